@@ -1,0 +1,276 @@
+//! The T5 configuration, read from a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+fn d_model() -> usize {
+    512
+}
+fn d_kv() -> usize {
+    64
+}
+fn d_ff() -> usize {
+    2048
+}
+fn num_layers() -> usize {
+    6
+}
+fn num_heads() -> usize {
+    8
+}
+fn buckets() -> usize {
+    32
+}
+fn max_distance() -> usize {
+    128
+}
+fn eps() -> f64 {
+    1e-6
+}
+fn ff_proj() -> String {
+    "relu".into()
+}
+fn dropout() -> f64 {
+    0.1
+}
+fn vocab() -> usize {
+    32128
+}
+fn eos() -> usize {
+    1
+}
+
+/// Hugging Face `T5Config` fields that change the computation; unknown fields are kept for saving.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct T5Config {
+    /// Vocabulary size (rows of the shared embedding).
+    #[serde(default = "vocab")]
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    #[serde(default = "d_model")]
+    pub d_model: usize,
+    /// Width of each attention head.
+    #[serde(default = "d_kv")]
+    pub d_kv: usize,
+    /// Hidden width of the feed-forward block.
+    #[serde(default = "d_ff")]
+    pub d_ff: usize,
+    /// Encoder blocks.
+    #[serde(default = "num_layers")]
+    pub num_layers: usize,
+    /// Decoder blocks (defaults to `num_layers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_decoder_layers: Option<usize>,
+    /// Attention heads per module.
+    #[serde(default = "num_heads")]
+    pub num_heads: usize,
+    /// Relative-position buckets.
+    #[serde(default = "buckets")]
+    pub relative_attention_num_buckets: usize,
+    /// Largest distance with its own logarithmic bucket.
+    #[serde(default = "max_distance")]
+    pub relative_attention_max_distance: usize,
+    /// RMS-norm epsilon.
+    #[serde(default = "eps")]
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gelu`, `gated-gelu`, `gated-silu`, ...
+    #[serde(default = "ff_proj")]
+    pub feed_forward_proj: String,
+    /// Dropout probability used in training.
+    #[serde(default = "dropout")]
+    pub dropout_rate: f64,
+    /// Whether the LM head is the shared embedding (transformers 4 default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_word_embeddings: Option<bool>,
+    /// transformers 5: whether decoder outputs are scaled by `d_model^-0.5` before the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_decoder_outputs: Option<bool>,
+    /// Padding id (also the decoder start id in T5).
+    #[serde(default)]
+    pub pad_token_id: usize,
+    /// End-of-sequence id.
+    #[serde(default = "eos")]
+    pub eos_token_id: usize,
+    /// First decoder input id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_start_token_id: Option<usize>,
+    /// Every other field of the file, written back unchanged on save.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The feed-forward non-linearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(0, x)`.
+    Relu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// Tanh-approximated GELU (`gelu_new`, used by `gated-gelu`).
+    GeluNew,
+    /// `x * sigmoid(x)`.
+    Silu,
+}
+
+impl T5Config {
+    /// A small config for tests and training from scratch.
+    pub fn small(vocab_size: usize, d_model: usize, d_ff: usize, layers: usize, heads: usize) -> Self {
+        Self {
+            vocab_size,
+            d_model,
+            d_kv: d_model / heads,
+            d_ff,
+            num_layers: layers,
+            num_decoder_layers: Some(layers),
+            num_heads: heads,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+            dropout_rate: 0.1,
+            tie_word_embeddings: Some(true),
+            scale_decoder_outputs: None,
+            pad_token_id: 0,
+            eos_token_id: 1,
+            decoder_start_token_id: Some(0),
+            extra: Default::default(),
+        }
+    }
+
+    /// Reads and checks a `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let cfg: T5Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        cfg.check().map_err(|message| ModelError::Config {
+            path: path.into(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks internal consistency; the message names the offending field.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(mt) = self.extra.get("model_type").and_then(|v| v.as_str()) {
+            if !matches!(mt, "t5" | "mt5" | "umt5") {
+                return Err(format!("model_type is `{mt}`, expected `t5`"));
+            }
+        }
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_heads", self.num_heads),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+        ] {
+            if v == 0 {
+                return Err(format!("`{name}` must be positive"));
+            }
+        }
+        self.activation()?;
+        Ok(())
+    }
+
+    /// Decoder depth.
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    /// Width of all heads together.
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// Whether the LM head is the shared embedding matrix.
+    pub fn tied_head(&self) -> bool {
+        self.tie_word_embeddings.unwrap_or(true)
+    }
+
+    /// Whether decoder outputs are multiplied by `d_model^-0.5` before the LM head: transformers 5's
+    /// `scale_decoder_outputs` when given, else the transformers 4 rule (scale exactly when tied).
+    pub fn scales_decoder_output(&self) -> bool {
+        self.scale_decoder_outputs.unwrap_or_else(|| self.tied_head())
+    }
+
+    /// Whether the feed-forward block is gated (`wi_0`, `wi_1`).
+    pub fn gated(&self) -> bool {
+        self.feed_forward_proj.starts_with("gated-")
+    }
+
+    /// The feed-forward non-linearity, following transformers (`gated-gelu` means `gelu_new`).
+    pub fn activation(&self) -> Result<Activation, String> {
+        let act = self
+            .extra
+            .get("dense_act_fn")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| {
+                let name = self.feed_forward_proj.rsplit('-').next().unwrap_or("relu");
+                if self.feed_forward_proj == "gated-gelu" {
+                    "gelu_new".into()
+                } else {
+                    name.to_string()
+                }
+            });
+        match act.as_str() {
+            "relu" => Ok(Activation::Relu),
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluNew),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => Err(format!(
+                "unsupported feed-forward activation `{other}` (feed_forward_proj `{}`)",
+                self.feed_forward_proj
+            )),
+        }
+    }
+
+    /// The first decoder input id (T5: the pad id).
+    pub fn decoder_start(&self) -> usize {
+        self.decoder_start_token_id.unwrap_or(self.pad_token_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> T5Config {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn head_semantics_of_transformers_4_and_5() {
+        // Original T5: tie omitted -> tied and scaled.
+        let c = parse(r#"{"model_type":"t5"}"#);
+        assert!(c.tied_head() && c.scales_decoder_output());
+        // T5 v1.1 as written by transformers 4: untied, no scaling.
+        let c = parse(r#"{"tie_word_embeddings":false,"feed_forward_proj":"gated-gelu"}"#);
+        assert!(!c.tied_head() && !c.scales_decoder_output());
+        assert_eq!(c.activation().unwrap(), Activation::GeluNew);
+        assert!(c.gated());
+        // transformers 5 writes the scaling explicitly.
+        let c = parse(r#"{"tie_word_embeddings":true,"scale_decoder_outputs":false}"#);
+        assert!(c.tied_head() && !c.scales_decoder_output());
+        let c = parse(r#"{"tie_word_embeddings":false,"scale_decoder_outputs":true}"#);
+        assert!(!c.tied_head() && c.scales_decoder_output());
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let c = parse(r#"{"model_type":"t5","architectures":["T5ForConditionalGeneration"]}"#);
+        let back: serde_json::Value = serde_json::to_value(&c).unwrap();
+        assert_eq!(back["architectures"][0], "T5ForConditionalGeneration");
+    }
+
+    #[test]
+    fn bad_activation_is_named() {
+        let c = parse(r#"{"feed_forward_proj":"gated-banana"}"#);
+        assert!(c.check().unwrap_err().contains("banana"));
+    }
+}

@@ -1,0 +1,291 @@
+//! T5 building blocks: RMS norm, feed-forward, relative-position attention.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::TensorData;
+
+use super::config::Activation as Act;
+use crate::error::ModelError;
+use crate::hooks::{AttnKind, AttnSite, HookPoint, Hooks, Site, Stack};
+use crate::weights::HostTensor;
+
+/// Large negative additive mask value (as Hugging Face uses: the f32 minimum).
+pub const MASK_VALUE: f32 = f32::MIN;
+
+pub(crate) fn param1(t: HostTensor, device: &Device) -> Param<Tensor<1>> {
+    let n = t.values.len();
+    Param::from_tensor(Tensor::from_data(TensorData::new(t.values, [n]), device))
+}
+
+pub(crate) fn param2(t: HostTensor, device: &Device) -> Param<Tensor<2>> {
+    let shape = [t.shape[0], t.shape[1]];
+    Param::from_tensor(Tensor::from_data(TensorData::new(t.values, shape), device))
+}
+
+pub(crate) fn host2(p: &Param<Tensor<2>>) -> Result<HostTensor, ModelError> {
+    let t = p.val();
+    let dims = t.dims();
+    let values = t
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Tensor(format!("{e:?}")))?;
+    Ok(HostTensor::new(dims.to_vec(), values))
+}
+
+pub(crate) fn host1(p: &Param<Tensor<1>>) -> Result<HostTensor, ModelError> {
+    let t = p.val();
+    let values = t
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| ModelError::Tensor(format!("{e:?}")))?;
+    Ok(HostTensor::new(vec![values.len()], values))
+}
+
+/// `x @ w` for `x: [batch, pos, d_in]`, `w: [d_in, d_out]`, as one matrix product.
+pub fn linear(x: Tensor<3>, w: &Tensor<2>) -> Tensor<3> {
+    let [b, s, d] = x.dims();
+    let out = w.dims()[1];
+    x.reshape([b * s, d]).matmul(w.clone()).reshape([b, s, out])
+}
+
+/// T5's layer norm: scale by the root mean square, no centring, no bias.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// Per-channel gain, `[d_model]`.
+    pub weight: Param<Tensor<1>>,
+    /// Added to the mean square.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// `[batch, pos, d_model] -> [batch, pos, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let ms = x.clone().square().mean_dim(2);
+        let d = self.weight.dims()[0];
+        x * ms.add_scalar(self.eps).sqrt().recip() * self.weight.val().reshape([1, 1, d])
+    }
+}
+
+/// The feed-forward block: `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)`.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    /// `[d_model, d_ff]` (`wi`, or `wi_0` when gated).
+    pub wi: Param<Tensor<2>>,
+    /// `[d_model, d_ff]` linear branch of the gate.
+    pub wi_1: Option<Param<Tensor<2>>>,
+    /// `[d_ff, d_model]`.
+    pub wo: Param<Tensor<2>>,
+    /// Non-linearity.
+    #[module(skip)]
+    pub act: ActKind,
+}
+
+/// A `Module`-friendly copy of the activation choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActKind(pub Act);
+
+impl FeedForward {
+    /// The hidden activations after the non-linearity (and gate), `[batch, pos, d_ff]`.
+    pub fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = linear(x.clone(), &self.wi.val());
+        let h = match self.act.0 {
+            Act::Relu => activation::relu(h),
+            Act::Gelu => activation::gelu(h),
+            Act::GeluNew => activation::gelu_approximate(h),
+            Act::Silu => activation::silu(h),
+        };
+        match &self.wi_1 {
+            Some(w1) => h * linear(x, &w1.val()),
+            None => h,
+        }
+    }
+
+    /// `[batch, pos, d_model] -> [batch, pos, d_model]`, with the `mlp.hook_post` point.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        hooks: &mut Hooks<'_>,
+        stack: Stack,
+        layer: usize,
+    ) -> Result<Tensor<3>, ModelError> {
+        let h = self.hidden(x);
+        let h = hooks.apply3(HookPoint::block(stack, layer, Site::MlpPost), h)?;
+        Ok(linear(h, &self.wo.val()))
+    }
+}
+
+/// Keys and values kept between decoding steps, `[batch, head, len, d_head]`.
+#[derive(Clone, Debug, Default)]
+pub struct KvPair {
+    /// Keys.
+    pub k: Option<Tensor<4>>,
+    /// Values.
+    pub v: Option<Tensor<4>>,
+}
+
+impl KvPair {
+    fn select(&self, idx: &Tensor<1, Int>) -> Self {
+        Self {
+            k: self.k.clone().map(|t| t.select(0, idx.clone())),
+            v: self.v.clone().map(|t| t.select(0, idx.clone())),
+        }
+    }
+}
+
+/// Multi-head attention with T5's conventions: no `1/sqrt(d_head)` scaling, no biases, and an
+/// optional relative-position bias table (in the first layer of each stack).
+#[derive(Module, Debug)]
+pub struct T5Attention {
+    /// `[d_model, heads * d_head]`.
+    pub q: Param<Tensor<2>>,
+    /// `[d_model, heads * d_head]`.
+    pub k: Param<Tensor<2>>,
+    /// `[d_model, heads * d_head]`.
+    pub v: Param<Tensor<2>>,
+    /// `[heads * d_head, d_model]`.
+    pub o: Param<Tensor<2>>,
+    /// `[num_buckets, heads]`, first layer only.
+    pub relative_attention_bias: Option<Param<Tensor<2>>>,
+    /// Heads.
+    #[module(skip)]
+    pub n_heads: usize,
+    /// Width per head.
+    #[module(skip)]
+    pub d_kv: usize,
+}
+
+/// Where an attention call sits, for naming its hook points.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnAt {
+    /// Stack.
+    pub stack: Stack,
+    /// Block index.
+    pub layer: usize,
+    /// Self or cross.
+    pub kind: AttnKind,
+}
+
+impl AttnAt {
+    fn point(&self, site: AttnSite) -> HookPoint {
+        HookPoint::attn(self.stack, self.layer, self.kind, site)
+    }
+}
+
+impl T5Attention {
+    fn heads(&self, x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<4> {
+        let [b, s, _] = x.dims();
+        linear(x, &w.val()).reshape([b, s, self.n_heads, self.d_kv])
+    }
+
+    /// Attention of `x: [batch, q, d_model]` over `kv_input` (itself when `None`), with an additive
+    /// `bias` broadcastable to `[batch, head, q, k]`. With `cache`, new self-attention keys/values are
+    /// appended to it, and cross-attention keys/values are computed once and reused.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        kv_input: Option<&Tensor<3>>,
+        bias: Tensor<4>,
+        cache: Option<&mut KvPair>,
+        hooks: &mut Hooks<'_>,
+        at: AttnAt,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [b, q_len, _] = x.dims();
+        let q = hooks.apply4(at.point(AttnSite::Q), self.heads(x.clone(), &self.q))?;
+        let q = q.swap_dims(1, 2);
+        let cached = cache
+            .as_ref()
+            .and_then(|c| c.k.clone().zip(c.v.clone()));
+        let (k, v) = match (kv_input, cached) {
+            (Some(_), Some(kv)) => kv,
+            (kv_src, cached) => {
+                let src = kv_src.cloned().unwrap_or(x);
+                let k = hooks.apply4(at.point(AttnSite::K), self.heads(src.clone(), &self.k))?;
+                let v = hooks.apply4(at.point(AttnSite::V), self.heads(src, &self.v))?;
+                let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+                match (kv_input, cached) {
+                    (None, Some((pk, pv))) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    _ => (k, v),
+                }
+            }
+        };
+        if let Some(c) = cache {
+            c.k = Some(k.clone());
+            c.v = Some(v.clone());
+        }
+        let scores = q.matmul(k.swap_dims(2, 3)) + bias;
+        let scores = hooks.apply4(at.point(AttnSite::Scores), scores)?;
+        let pattern = activation::softmax(scores, 3);
+        let pattern = hooks.apply4(at.point(AttnSite::Pattern), pattern)?;
+        let z = pattern.matmul(v).swap_dims(1, 2);
+        let z = hooks.apply4(at.point(AttnSite::Z), z)?;
+        let z = z.reshape([b, q_len, self.n_heads * self.d_kv]);
+        Ok(linear(z, &self.o.val()))
+    }
+}
+
+/// T5's relative-position bucket of `relative = key_pos - query_pos`, computed in f32 as PyTorch does so
+/// bucket edges agree with Hugging Face.
+pub fn relative_position_bucket(
+    relative: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut buckets = num_buckets;
+    let mut out = 0usize;
+    let n = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            out += buckets;
+        }
+        relative.unsigned_abs() as usize
+    } else {
+        (-relative.min(0)) as usize
+    };
+    let max_exact = buckets / 2;
+    if n < max_exact {
+        out + n
+    } else {
+        let denom = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+        let scaled = (n as f32 / max_exact as f32).ln() / denom * (buckets - max_exact) as f32;
+        out + (max_exact + scaled as usize).min(buckets - 1)
+    }
+}
+
+/// The relative-position bias `[1, heads, q_len, k_len]` for queries at `q_start..q_start+q_len` and keys
+/// at `0..k_len`, from a bias table `[num_buckets, heads]`.
+pub fn position_bias(
+    table: &Tensor<2>,
+    q_start: usize,
+    q_len: usize,
+    k_len: usize,
+    bidirectional: bool,
+    max_distance: usize,
+) -> Tensor<4> {
+    let [num_buckets, heads] = table.dims();
+    let mut idx = Vec::with_capacity(q_len * k_len);
+    for i in 0..q_len {
+        for j in 0..k_len {
+            let rel = j as i64 - (q_start + i) as i64;
+            idx.push(relative_position_bucket(rel, bidirectional, num_buckets, max_distance) as i64);
+        }
+    }
+    let device = table.device();
+    let idx: Tensor<1, Int> = Tensor::from_data(TensorData::new(idx, [q_len * k_len]), &device);
+    table
+        .clone()
+        .select(0, idx)
+        .reshape([q_len, k_len, heads])
+        .permute([2, 0, 1])
+        .unsqueeze::<4>()
+}
+
+/// Selects batch rows of every cached key/value pair (for beam search reordering).
+pub(crate) fn select_kv(layers: &[(KvPair, KvPair)], idx: &Tensor<1, Int>) -> Vec<(KvPair, KvPair)> {
+    layers
+        .iter()
+        .map(|(s, c)| (s.select(idx), c.select(idx)))
+        .collect()
+}
