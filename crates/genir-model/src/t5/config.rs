@@ -230,6 +230,23 @@ impl T5Config {
         }
     }
 
+    /// Floating-point operations (multiply and add counted separately) of one forward pass over `batch`
+    /// sources of `src` tokens and `tgt` decoder tokens: every matrix product, attention included; norms,
+    /// softmax and activations (under 1% here) are not counted.
+    pub fn forward_flops(&self, batch: usize, src: usize, tgt: usize) -> u64 {
+        let (b, s, t) = (batch as u64, src as u64, tgt as u64);
+        let (d, inner, ff, v) = (self.d_model as u64, self.inner_dim() as u64, self.d_ff as u64, self.vocab_size as u64);
+        let ff_mats = if self.gated() { 3 } else { 2 };
+        let proj = |n: u64| 2 * n * d * inner; // one of q/k/v/o over n tokens
+        let attn = |q: u64, k: u64| 2 * 2 * b * q * k * inner; // scores and pattern @ v
+        let ffn = |n: u64| ff_mats * 2 * n * d * ff;
+        let enc_layer = 4 * proj(b * s) + attn(s, s) + ffn(b * s);
+        let dec_layer = 4 * proj(b * t) + attn(t, t) // self-attention
+            + 2 * proj(b * t) + 2 * proj(b * s) + attn(t, s) // cross-attention
+            + ffn(b * t);
+        self.num_layers as u64 * enc_layer + self.decoder_layers() as u64 * dec_layer + 2 * b * t * d * v
+    }
+
     /// The first decoder input id (T5: the pad id).
     pub fn decoder_start(&self) -> usize {
         self.decoder_start_token_id.unwrap_or(self.pad_token_id)

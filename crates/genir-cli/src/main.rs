@@ -1,0 +1,39 @@
+//! `genir`: the command line of genir.
+
+mod cache;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Train, search with, look inside and edit generative retrieval models.
+#[derive(Parser, Debug)]
+#[command(name = "genir", version, about, long_about = None)]
+struct Cli {
+    /// Compute backend: flex (CPU), wgpu or cuda, where built in.
+    #[arg(long, global = true, default_value = "flex")]
+    backend: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a model on inputs and write its logits and cached activations to a safetensors file.
+    #[command(after_help = cache::EXAMPLES)]
+    Cache(cache::CacheArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let backend: genir_model::device::Backend = cli.backend.parse()?;
+    let device = backend.device()?;
+    match cli.command {
+        Command::Cache(args) => cache::run(args, &device),
+    }
+}
