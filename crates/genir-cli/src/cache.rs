@@ -74,12 +74,18 @@ pub fn run(args: CacheArgs, device: &Device) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
     tensors.insert("logits".to_string(), HostTensor::new(dims, values));
     for (point, act) in cache.iter() {
-        tensors.insert(point.to_string(), HostTensor::new(act.dims(), act.to_vec()?));
+        tensors.insert(
+            point.to_string(),
+            HostTensor::new(act.dims(), act.to_vec()?),
+        );
     }
     let mut meta = HashMap::new();
     meta.insert("sources".into(), serde_json::to_string(&args.sources)?);
     meta.insert("input_ids".into(), serde_json::to_string(&ids)?);
-    meta.insert("target_ids".into(), serde_json::to_string(&args.target_ids)?);
+    meta.insert(
+        "target_ids".into(),
+        serde_json::to_string(&args.target_ids)?,
+    );
     meta.insert("model".into(), args.model.display().to_string());
     meta.insert("genir_version".into(), env!("CARGO_PKG_VERSION").into());
     let n = tensors.len();

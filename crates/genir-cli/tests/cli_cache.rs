@@ -18,7 +18,13 @@ fn cache_writes_logits_and_hooks_matching_the_reference() {
     let status = genir()
         .args(["cache", "--model"])
         .arg(fixture())
-        .args(["--source", "The quick brown fox.", "--target-ids", "0,5", "--out"])
+        .args([
+            "--source",
+            "The quick brown fox.",
+            "--target-ids",
+            "0,5",
+            "--out",
+        ])
         .arg(&out)
         .status()
         .unwrap();
@@ -30,20 +36,38 @@ fn cache_writes_logits_and_hooks_matching_the_reference() {
     assert!(names.contains(&"decoder.blocks.2.cross_attn.hook_z".to_string()));
     let logits = st.tensor("logits").unwrap();
     assert_eq!(logits.shape(), &[1, 2, 312]);
-    assert_eq!(st.tensor("decoder.blocks.0.cross_attn.hook_z").unwrap().shape(), &[1, 2, 4, 8]);
-    assert_eq!(st.tensor("decoder.blocks.0.cross_attn.hook_pattern").unwrap().shape()[..3], [1, 4, 2]);
+    assert_eq!(
+        st.tensor("decoder.blocks.0.cross_attn.hook_z")
+            .unwrap()
+            .shape(),
+        &[1, 2, 4, 8]
+    );
+    assert_eq!(
+        st.tensor("decoder.blocks.0.cross_attn.hook_pattern")
+            .unwrap()
+            .shape()[..3],
+        [1, 4, 2]
+    );
 
     // Source 1 of the reference batch is "The quick brown fox."; its logits at the first position match
     // Hugging Face's (decoder input 0 in both).
     let reference = std::fs::read(fixture().join("reference.safetensors")).unwrap();
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
     let want = reference.tensor("logits").unwrap();
-    let f = |b: &[u8]| -> Vec<f32> { b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let f = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
     let want = f(want.data());
     let got = f(logits.data());
     let v = 312;
     let row = &want[32 * v..32 * v + v]; // batch 1, position 0
-    let diff = got[..v].iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = got[..v]
+        .iter()
+        .zip(row)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff < 1e-4, "{diff}");
 }
 
@@ -54,29 +78,68 @@ fn filters_and_bad_arguments() {
     let ok = genir()
         .args(["cache", "--model"])
         .arg(fixture())
-        .args(["--source", "a", "--source", "b c d", "--target-ids", "0", "--hooks", "decoder.blocks.*.hook_resid_post", "--out"])
+        .args([
+            "--source",
+            "a",
+            "--source",
+            "b c d",
+            "--target-ids",
+            "0",
+            "--hooks",
+            "decoder.blocks.*.hook_resid_post",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.len(), 4); // logits + 3 decoder blocks
-    assert_eq!(st.tensor("decoder.blocks.1.hook_resid_post").unwrap().shape(), &[2, 1, 32]);
+    assert_eq!(
+        st.tensor("decoder.blocks.1.hook_resid_post")
+            .unwrap()
+            .shape(),
+        &[2, 1, 32]
+    );
 
     let bad = genir()
         .args(["cache", "--model"])
         .arg(fixture())
-        .args(["--source", "a", "--target-ids", "0", "--hooks", "decoder.blocks.*.hook_resid_pst", "--out"])
+        .args([
+            "--source",
+            "a",
+            "--target-ids",
+            "0",
+            "--hooks",
+            "decoder.blocks.*.hook_resid_pst",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("unknown hook point") && err.contains("hook_resid_post"), "{err}");
+    assert!(
+        err.contains("unknown hook point") && err.contains("hook_resid_post"),
+        "{err}"
+    );
 
     let bad = genir()
-        .args(["cache", "--model", "/nonexistent/model", "--source", "a", "--target-ids", "0", "--out"])
+        .args([
+            "cache",
+            "--model",
+            "/nonexistent/model",
+            "--source",
+            "a",
+            "--target-ids",
+            "0",
+            "--out",
+        ])
         .arg(&out)
         .output()
         .unwrap();
@@ -93,6 +156,9 @@ fn filters_and_bad_arguments() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("99999"));
 
-    let bad = genir().args(["--backend", "tpu", "cache"]).output().unwrap();
+    let bad = genir()
+        .args(["--backend", "tpu", "cache"])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
 }

@@ -16,7 +16,9 @@ fn setup(device: &Device) -> (T5Model, Seq2SeqInput) {
     let mut config = T5Config::small(9000, 256, 1024, 4, 4);
     config.dropout_rate = 0.0;
     let model = T5Model::init(config, 0, device).expect("init");
-    let ids: Vec<i64> = (0..BATCH * SRC).map(|i| (3 + (i * 7919) % 8990) as i64).collect();
+    let ids: Vec<i64> = (0..BATCH * SRC)
+        .map(|i| (3 + (i * 7919) % 8990) as i64)
+        .collect();
     let input = Seq2SeqInput {
         input_ids: Tensor::from_data(TensorData::new(ids, [BATCH, SRC]), device),
         attention_mask: Tensor::ones([BATCH, SRC], device),
@@ -48,7 +50,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("flex/cache_all_points", |b| {
         b.iter(|| {
-            let (logits, cache) = model.run_with_cache(&input, HookFilter::all()).expect("forward");
+            let (logits, cache) = model
+                .run_with_cache(&input, HookFilter::all())
+                .expect("forward");
             std::hint::black_box(cache.len());
             sync(logits)
         })

@@ -11,7 +11,11 @@ use genir_model::t5::{Seq2SeqInput, T5Config, T5Model};
 use genir_model::weights::{write_safetensors, HostTensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: export_for_hf OUT_DIR")?);
+    let out = std::path::PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: export_for_hf OUT_DIR")?,
+    );
     let device = Device::flex();
     for (name, gated, tied) in [("relu-tied", false, true), ("gated-untied", true, false)] {
         let mut config = T5Config::small(120, 32, 64, 2, 4);
@@ -29,7 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let input = Seq2SeqInput::from_ids(&sources, &decoder, 0, &device)?;
         let logits = model.forward(&input, &mut Hooks::none())?;
         let dims = logits.dims().to_vec();
-        let values = logits.into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let values = logits
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?;
         let mut t = BTreeMap::new();
         t.insert("logits".to_string(), HostTensor::new(dims, values));
         write_safetensors(&dir.join("genir_logits.safetensors"), &t, None)?;

@@ -13,7 +13,9 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("path", &self.path).finish()
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -37,7 +39,13 @@ impl TextTokenizer {
     /// Errors if the tokenizer has ids the embedding table does not cover.
     pub fn check_vocab(&self, vocab_size: usize) -> Result<(), ModelError> {
         let n = self.inner.get_vocab_size(true);
-        let max_id = self.inner.get_vocab(true).values().copied().max().unwrap_or(0) as usize;
+        let max_id = self
+            .inner
+            .get_vocab(true)
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0) as usize;
         if n > vocab_size || max_id >= vocab_size {
             return Err(ModelError::Tokenizer {
                 path: self.path.clone(),

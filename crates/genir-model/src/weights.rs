@@ -68,10 +68,11 @@ impl WeightFile {
     /// Reads a safetensors file (f32, f16, bf16 and f64 tensors are converted to f32).
     pub fn read_safetensors(path: &Path) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let values = to_f32(&view).map_err(|message| ModelError::Weights {
@@ -111,7 +112,11 @@ impl WeightFile {
                     .chunks_exact(2)
                     .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
-                other => return Err(bad(format!("tensor `{name}` has dtype {other:?}, expected a float type"))),
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has dtype {other:?}, expected a float type"
+                    )))
+                }
             };
             tensors.insert(name.clone(), HostTensor::new(t.shape().to_vec(), values));
         }
@@ -280,7 +285,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
         let mut m = BTreeMap::new();
-        m.insert("a.weight".to_string(), HostTensor::new(vec![2, 3], (0..6).map(|v| v as f32).collect()));
+        m.insert(
+            "a.weight".to_string(),
+            HostTensor::new(vec![2, 3], (0..6).map(|v| v as f32).collect()),
+        );
         write_safetensors(&path, &m, None).unwrap();
         let mut w = WeightFile::read_safetensors(&path).unwrap();
         let err = w.take("a.weight", &[3, 2]).unwrap_err().to_string();
@@ -302,6 +310,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = WeightFile::read_safetensors(&path).unwrap_err().to_string();
-        assert!(err.contains("w.safetensors") && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains("w.safetensors") && err.contains("corrupt"),
+            "{err}"
+        );
     }
 }

@@ -10,7 +10,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use genir_model::device::Backend;
 use genir_model::hooks::{
-    Activation, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention, Selection, Site, Stack,
+    Activation, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention, Selection, Site,
+    Stack,
 };
 use genir_model::t5::{relative_position_bucket, Seq2SeqInput, T5Model};
 use genir_model::tokenizer::TextTokenizer;
@@ -64,14 +65,23 @@ impl Fixture {
             .input_ids
             .iter()
             .zip(&self.mask)
-            .map(|(ids, m)| ids.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&i, _)| i).collect())
+            .map(|(ids, m)| {
+                ids.iter()
+                    .zip(m)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(&i, _)| i)
+                    .collect()
+            })
             .collect();
         let dec: Vec<Vec<u32>> = self.decoder_ids.iter().map(|d| d[..t].to_vec()).collect();
         Seq2SeqInput::from_ids(&sources, &dec, 0, device).unwrap()
     }
 
     fn reference(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        let t = self.reference.get(name).unwrap_or_else(|| panic!("no reference `{name}`"));
+        let t = self
+            .reference
+            .get(name)
+            .unwrap_or_else(|| panic!("no reference `{name}`"));
         (t.shape.clone(), t.values.clone())
     }
 }
@@ -82,7 +92,10 @@ fn values3(t: &Tensor<3>) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Rows `..t` along axis 1 of a `[batch, T, ...]` row-major buffer.
@@ -101,11 +114,18 @@ fn tokenizer_matches_hugging_face_ids() {
     let device = device();
     for name in VARIANTS {
         let f = load(name, &device);
-        let tok = TextTokenizer::from_file(&fixtures().join(name).join("tokenizer.json"), f.model.config.vocab_size)
-            .unwrap();
+        let tok = TextTokenizer::from_file(
+            &fixtures().join(name).join("tokenizer.json"),
+            f.model.config.vocab_size,
+        )
+        .unwrap();
         for (i, s) in f.sources.iter().enumerate() {
-            let expected: Vec<u32> =
-                f.input_ids[i].iter().zip(&f.mask[i]).filter(|(_, &m)| m == 1).map(|(&v, _)| v).collect();
+            let expected: Vec<u32> = f.input_ids[i]
+                .iter()
+                .zip(&f.mask[i])
+                .filter(|(_, &m)| m == 1)
+                .map(|(&v, _)| v)
+                .collect();
             assert_eq!(tok.encode(s).unwrap(), expected, "{name}: source {i}");
         }
     }
@@ -128,14 +148,19 @@ fn logits_and_every_recorded_activation_match_hugging_face() {
                 continue;
             }
             let point: HookPoint = key.parse().unwrap();
-            let act = cache.get(&point).unwrap_or_else(|| panic!("{name}: `{key}` not cached"));
+            let act = cache
+                .get(&point)
+                .unwrap_or_else(|| panic!("{name}: `{key}` not cached"));
             let (shape, want) = f.reference(&key);
             assert_eq!(act.dims(), shape, "{name}: `{key}` shape");
             let d = max_diff(&act.to_vec().unwrap(), &want);
             assert!(d < TOL, "{name}: `{key}` differs by {d}");
             compared += 1;
         }
-        assert!(compared > 40, "{name}: only {compared} activations compared");
+        assert!(
+            compared > 40,
+            "{name}: only {compared} activations compared"
+        );
     }
 }
 
@@ -147,7 +172,10 @@ fn every_decoder_length_from_1_to_32_matches() {
         let f = load(name, &device);
         let (shape, want) = f.reference("logits");
         for t in 1..=32 {
-            let logits = f.model.forward(&f.input(t, &device), &mut Hooks::none()).unwrap();
+            let logits = f
+                .model
+                .forward(&f.input(t, &device), &mut Hooks::none())
+                .unwrap();
             let d = max_diff(&values3(&logits), &prefix(&shape, &want, t));
             assert!(d < TOL, "{name}: decoder length {t} differs by {d}");
         }
@@ -164,7 +192,11 @@ fn kv_cached_decoding_equals_the_full_forward() {
         for chunk in [1usize, 3, 32] {
             let enc = f
                 .model
-                .encode(input.input_ids.clone(), input.attention_mask.clone(), &mut Hooks::none())
+                .encode(
+                    input.input_ids.clone(),
+                    input.attention_mask.clone(),
+                    &mut Hooks::none(),
+                )
                 .unwrap();
             let mut state = f.model.start_decoding(enc, input.attention_mask.clone());
             let mut parts = Vec::new();
@@ -172,12 +204,19 @@ fn kv_cached_decoding_equals_the_full_forward() {
             while start < 32 {
                 let end = (start + chunk).min(32);
                 let ids = input.decoder_input_ids.clone().slice([0..3, start..end]);
-                parts.push(f.model.decode_step(&mut state, ids, &mut Hooks::none()).unwrap());
+                parts.push(
+                    f.model
+                        .decode_step(&mut state, ids, &mut Hooks::none())
+                        .unwrap(),
+                );
                 start = end;
             }
             let stepped = Tensor::cat(parts, 1);
             let d = max_diff(&values3(&stepped), &full);
-            assert!(d < TOL, "{name}: KV-cached decoding in chunks of {chunk} differs by {d}");
+            assert!(
+                d < TOL,
+                "{name}: KV-cached decoding in chunks of {chunk} differs by {d}"
+            );
         }
     }
 }
@@ -189,21 +228,36 @@ fn beam_reordering_of_decoder_state_follows_the_rows() {
     let input = f.input(4, &device);
     let enc = f
         .model
-        .encode(input.input_ids.clone(), input.attention_mask.clone(), &mut Hooks::none())
+        .encode(
+            input.input_ids.clone(),
+            input.attention_mask.clone(),
+            &mut Hooks::none(),
+        )
         .unwrap();
     let mut state = f.model.start_decoding(enc, input.attention_mask.clone());
     let first = input.decoder_input_ids.clone().slice([0..3, 0..2]);
-    f.model.decode_step(&mut state, first, &mut Hooks::none()).unwrap();
+    f.model
+        .decode_step(&mut state, first, &mut Hooks::none())
+        .unwrap();
     let mut reordered = state.select(&[2, 2, 0]);
     let next = input.decoder_input_ids.clone().slice([0..3, 2..3]);
     let rows = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 2, 0], [3]), &device);
-    let got = f.model.decode_step(&mut reordered, next.select(0, rows), &mut Hooks::none()).unwrap();
-    let full = f.model.forward(&f.input(3, &device), &mut Hooks::none()).unwrap();
+    let got = f
+        .model
+        .decode_step(&mut reordered, next.select(0, rows), &mut Hooks::none())
+        .unwrap();
+    let full = f
+        .model
+        .forward(&f.input(3, &device), &mut Hooks::none())
+        .unwrap();
     let full = values3(&full.slice([0..3, 2..3]));
     let got = values3(&got);
     let v = full.len() / 3;
     for (out_row, src_row) in [(0usize, 2usize), (1, 2), (2, 0)] {
-        let d = max_diff(&got[out_row * v..(out_row + 1) * v], &full[src_row * v..(src_row + 1) * v]);
+        let d = max_diff(
+            &got[out_row * v..(out_row + 1) * v],
+            &full[src_row * v..(src_row + 1) * v],
+        );
         assert!(d < TOL, "row {out_row} (from {src_row}) differs by {d}");
     }
 }
@@ -227,17 +281,29 @@ fn caching_and_self_patching_change_nothing() {
         let input = f.input(6, &device);
         let plain = values3(&f.model.forward(&input, &mut Hooks::none()).unwrap());
         let (cached_logits, cache) = f.model.run_with_cache(&input, HookFilter::all()).unwrap();
-        assert_eq!(max_diff(&plain, &values3(&cached_logits)), 0.0, "{name}: caching changed the logits");
+        assert_eq!(
+            max_diff(&plain, &values3(&cached_logits)),
+            0.0,
+            "{name}: caching changed the logits"
+        );
         let (e, d) = f.model.depth();
         let points = HookPoint::all(e, d);
-        assert_eq!(cache.len(), points.len(), "{name}: not every point was cached");
+        assert_eq!(
+            cache.len(),
+            points.len(),
+            "{name}: not every point was cached"
+        );
         // Patch every point at once with the run's own activations.
         let mut hooks = Hooks::none();
         for p in &points {
             hooks = hooks.patch_from(&cache, *p, Selection::all()).unwrap();
         }
         let patched = values3(&f.model.forward(&input, &mut hooks).unwrap());
-        assert_eq!(max_diff(&plain, &patched), 0.0, "{name}: self-patching changed the logits");
+        assert_eq!(
+            max_diff(&plain, &patched),
+            0.0,
+            "{name}: self-patching changed the logits"
+        );
     }
 }
 
@@ -264,11 +330,16 @@ fn patching_the_last_residual_stream_gives_the_other_runs_logits() {
         let (clean_logits, cache) = f.model.run_with_cache(&clean, HookFilter::all()).unwrap();
         let corrupt_logits = values3(&f.model.forward(&corrupt, &mut Hooks::none()).unwrap());
         let clean_logits = values3(&clean_logits);
-        assert!(max_diff(&clean_logits, &corrupt_logits) > 1e-2, "{name}: runs do not differ");
+        assert!(
+            max_diff(&clean_logits, &corrupt_logits) > 1e-2,
+            "{name}: runs do not differ"
+        );
         let last = f.model.depth().1 - 1;
         for site in [Site::ResidPost] {
             let point = HookPoint::block(Stack::Decoder, last, site);
-            let mut hooks = Hooks::none().patch_from(&cache, point, Selection::all()).unwrap();
+            let mut hooks = Hooks::none()
+                .patch_from(&cache, point, Selection::all())
+                .unwrap();
             let patched = values3(&f.model.forward(&corrupt, &mut hooks).unwrap());
             assert!(max_diff(&patched, &clean_logits) < 1e-5, "{name}: {point}");
         }
@@ -276,19 +347,33 @@ fn patching_the_last_residual_stream_gives_the_other_runs_logits() {
         let point = HookPoint::block(Stack::Decoder, last, Site::ResidPost);
         let mut hooks = Hooks::none();
         for pos in 0..5 {
-            hooks = hooks.patch_from(&cache, point, Selection::positions(vec![pos])).unwrap();
+            hooks = hooks
+                .patch_from(&cache, point, Selection::positions(vec![pos]))
+                .unwrap();
         }
         let patched = values3(&f.model.forward(&corrupt, &mut hooks).unwrap());
-        assert!(max_diff(&patched, &clean_logits) < 1e-5, "{name}: per-position patching");
+        assert!(
+            max_diff(&patched, &clean_logits) < 1e-5,
+            "{name}: per-position patching"
+        );
         // Patching only position 2 of the last layer changes only position 2's logits.
-        let mut hooks = Hooks::none().patch_from(&cache, point, Selection::positions(vec![2])).unwrap();
+        let mut hooks = Hooks::none()
+            .patch_from(&cache, point, Selection::positions(vec![2]))
+            .unwrap();
         let patched = values3(&f.model.forward(&corrupt, &mut hooks).unwrap());
         let v = f.model.config.vocab_size;
         for b in 0..3 {
             for t in 0..5 {
                 let r = (b * 5 + t) * v..(b * 5 + t + 1) * v;
-                let want = if t == 2 { &clean_logits[r.clone()] } else { &corrupt_logits[r.clone()] };
-                assert!(max_diff(&patched[r], want) < 1e-5, "{name}: batch {b} pos {t}");
+                let want = if t == 2 {
+                    &clean_logits[r.clone()]
+                } else {
+                    &corrupt_logits[r.clone()]
+                };
+                assert!(
+                    max_diff(&patched[r], want) < 1e-5,
+                    "{name}: batch {b} pos {t}"
+                );
             }
         }
     }
@@ -301,7 +386,10 @@ fn head_patching_and_ablation_touch_only_the_selection() {
     let (clean, corrupt) = clean_and_corrupt(&f, &device);
     let (_, clean_cache) = f.model.run_with_cache(&clean, HookFilter::all()).unwrap();
     let point = HookPoint::attn(Stack::Decoder, 1, AttnKind::CrossAttn, AttnSite::Z);
-    let (_, corrupt_cache) = f.model.run_with_cache(&corrupt, HookFilter::points(&[point])).unwrap();
+    let (_, corrupt_cache) = f
+        .model
+        .run_with_cache(&corrupt, HookFilter::points(&[point]))
+        .unwrap();
     let mut hooks = Hooks::none()
         .patch_from(&clean_cache, point, Selection::heads(vec![1]))
         .unwrap()
@@ -323,12 +411,25 @@ fn head_patching_and_ablation_touch_only_the_selection() {
         .with(mlp, Intervention::Zero(Selection::all()))
         .with_cache(HookFilter::points(&[mlp]));
     let ablated = values3(&f.model.forward(&clean, &mut hooks).unwrap());
-    assert!(hooks.take_cache().get(&mlp).unwrap().to_vec().unwrap().iter().all(|v| *v == 0.0));
+    assert!(hooks
+        .take_cache()
+        .get(&mlp)
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .all(|v| *v == 0.0));
     let plain = values3(&f.model.forward(&clean, &mut Hooks::none()).unwrap());
     assert!(max_diff(&ablated, &plain) > 1e-3, "ablation had no effect");
     let mean = Tensor::<3>::ones([1, 1, 32], &device) * 0.5;
     let mut hooks = Hooks::none()
-        .with(mlp, Intervention::Mean { mean: Activation::Rank3(mean), selection: Selection::positions(vec![0]) })
+        .with(
+            mlp,
+            Intervention::Mean {
+                mean: Activation::Rank3(mean),
+                selection: Selection::positions(vec![0]),
+            },
+        )
         .with_cache(HookFilter::points(&[mlp]));
     f.model.forward(&clean, &mut hooks).unwrap();
     let got = hooks.take_cache().get(&mlp).unwrap().to_vec().unwrap();
@@ -366,17 +467,22 @@ fn custom_hooks_read_and_write() {
     // A hook that returns the wrong shape is an error naming the point.
     let mut hooks = Hooks::none().with(
         point,
-        Intervention::Custom(Box::new(|_, a| Ok(match a {
-            Activation::Rank3(t) => Activation::Rank3(t.slice([0..1, 0..1, 0..32])),
-            other => other,
-        }))),
+        Intervention::Custom(Box::new(|_, a| {
+            Ok(match a {
+                Activation::Rank3(t) => Activation::Rank3(t.slice([0..1, 0..1, 0..32])),
+                other => other,
+            })
+        })),
     );
     let err = f.model.forward(&input, &mut hooks).unwrap_err().to_string();
     assert!(err.contains("decoder.blocks.2.hook_mlp_out"), "{err}");
     // Hooks on layers the model does not have are refused before running.
     let bad: HookPoint = "decoder.blocks.7.hook_mlp_out".parse().unwrap();
     let mut hooks = Hooks::none().with(bad, Intervention::Zero(Selection::all()));
-    assert!(matches!(f.model.forward(&input, &mut hooks), Err(ModelError::UnknownHook { .. })));
+    assert!(matches!(
+        f.model.forward(&input, &mut hooks),
+        Err(ModelError::UnknownHook { .. })
+    ));
 }
 
 #[test]
@@ -393,9 +499,12 @@ fn save_and_reload_round_trip() {
         let b = values3(&back.forward(&input, &mut Hooks::none()).unwrap());
         assert_eq!(max_diff(&a, &b), 0.0, "{name}");
         let saved = WeightFile::read_safetensors(&dir.path().join("model.safetensors")).unwrap();
-        let original = WeightFile::read_safetensors(&fixtures().join(name).join("model.safetensors")).unwrap();
+        let original =
+            WeightFile::read_safetensors(&fixtures().join(name).join("model.safetensors")).unwrap();
         for n in saved.names() {
-            let o = original.get(&n).unwrap_or_else(|| panic!("{name}: saved `{n}` is not a Hugging Face name"));
+            let o = original
+                .get(&n)
+                .unwrap_or_else(|| panic!("{name}: saved `{n}` is not a Hugging Face name"));
             assert_eq!(o, saved.get(&n).unwrap(), "{name}: `{n}`");
         }
     }
@@ -417,49 +526,90 @@ fn bad_checkpoints_are_clear_errors() {
     let dir = copy_fixture("relu-tied");
     let w = WeightFile::read_safetensors(&dir.path().join("model.safetensors")).unwrap();
     let mut kept = std::collections::BTreeMap::new();
-    for n in w.names().into_iter().filter(|n| n != "decoder.block.1.layer.1.EncDecAttention.k.weight") {
+    for n in w
+        .names()
+        .into_iter()
+        .filter(|n| n != "decoder.block.1.layer.1.EncDecAttention.k.weight")
+    {
         kept.insert(n.clone(), w.get(&n).unwrap().clone());
     }
-    genir_model::weights::write_safetensors(&dir.path().join("model.safetensors"), &kept, None).unwrap();
-    let err = T5Model::from_pretrained(dir.path(), &device).unwrap_err().to_string();
-    assert!(err.contains("decoder.block.1.layer.1.EncDecAttention.k.weight") && err.contains("missing"), "{err}");
+    genir_model::weights::write_safetensors(&dir.path().join("model.safetensors"), &kept, None)
+        .unwrap();
+    let err = T5Model::from_pretrained(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("decoder.block.1.layer.1.EncDecAttention.k.weight") && err.contains("missing"),
+        "{err}"
+    );
 
     // A config that disagrees with the tensor shapes.
     let dir = copy_fixture("relu-tied");
-    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"d_ff\": 64", "\"d_ff\": 48");
+    let cfg = std::fs::read_to_string(dir.path().join("config.json"))
+        .unwrap()
+        .replace("\"d_ff\": 64", "\"d_ff\": 48");
     std::fs::write(dir.path().join("config.json"), cfg).unwrap();
-    let err = T5Model::from_pretrained(dir.path(), &device).unwrap_err().to_string();
-    assert!(err.contains("DenseReluDense.wi.weight") && err.contains("[64, 32]") && err.contains("[48, 32]"), "{err}");
+    let err = T5Model::from_pretrained(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DenseReluDense.wi.weight")
+            && err.contains("[64, 32]")
+            && err.contains("[48, 32]"),
+        "{err}"
+    );
 
     // A truncated weights file.
     let dir = copy_fixture("relu-tied");
     let p = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let err = T5Model::from_pretrained(dir.path(), &device).unwrap_err().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+    let err = T5Model::from_pretrained(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("corrupt"),
+        "{err}"
+    );
 
     // Malformed config.json.
     let dir = copy_fixture("relu-tied");
     std::fs::write(dir.path().join("config.json"), "{\"d_model\": 32,").unwrap();
-    let err = T5Model::from_pretrained(dir.path(), &device).unwrap_err().to_string();
-    assert!(err.contains("config.json") && err.contains("invalid config"), "{err}");
+    let err = T5Model::from_pretrained(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("invalid config"),
+        "{err}"
+    );
 
     // No weights at all.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("relu-tied/config.json"), dir.path().join("config.json")).unwrap();
-    let err = T5Model::from_pretrained(dir.path(), &device).unwrap_err().to_string();
+    std::fs::copy(
+        fixtures().join("relu-tied/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let err = T5Model::from_pretrained(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 
     // A tokenizer that does not fit the vocabulary.
-    let err = TextTokenizer::from_file(&fixtures().join("relu-tied/tokenizer.json"), 100).unwrap_err().to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("does not belong"), "{err}");
+    let err = TextTokenizer::from_file(&fixtures().join("relu-tied/tokenizer.json"), 100)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("does not belong"),
+        "{err}"
+    );
 }
 
 #[test]
 fn relative_position_buckets_match_transformers() {
     let table: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("buckets.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("buckets.json")).unwrap())
+            .unwrap();
     let rel: Vec<i64> = serde_json::from_value(table["relative"].clone()).unwrap();
     for (key, bidi, nb, md) in [
         ("bidirectional_32_128", true, 32, 128),
@@ -468,7 +618,10 @@ fn relative_position_buckets_match_transformers() {
         ("causal_16_20", false, 16, 20),
     ] {
         let want: Vec<usize> = serde_json::from_value(table[key].clone()).unwrap();
-        let got: Vec<usize> = rel.iter().map(|&r| relative_position_bucket(r, bidi, nb, md)).collect();
+        let got: Vec<usize> = rel
+            .iter()
+            .map(|&r| relative_position_bucket(r, bidi, nb, md))
+            .collect();
         assert_eq!(got, want, "{key}");
     }
 }

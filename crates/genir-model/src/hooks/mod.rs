@@ -161,8 +161,7 @@ impl Selection {
 }
 
 /// A user function applied at a hook point; it may read and return a modified activation.
-pub type HookFn<'a> =
-    Box<dyn FnMut(&HookPoint, Activation) -> Result<Activation, ModelError> + 'a>;
+pub type HookFn<'a> = Box<dyn FnMut(&HookPoint, Activation) -> Result<Activation, ModelError> + 'a>;
 
 /// What to do to an activation as it passes a hook point.
 pub enum Intervention<'a> {
@@ -356,11 +355,7 @@ fn broadcast_to(
 ) -> Result<Activation, ModelError> {
     let target = x.dims();
     let src = mean.dims();
-    let ok = src.len() == target.len()
-        && src
-            .iter()
-            .zip(&target)
-            .all(|(s, t)| *s == *t || *s == 1);
+    let ok = src.len() == target.len() && src.iter().zip(&target).all(|(s, t)| *s == *t || *s == 1);
     if !ok {
         return Err(ModelError::HookShape {
             point: point.to_string(),
@@ -418,7 +413,8 @@ fn blend(
     let strides: Vec<usize> = (0..dims.len())
         .map(|i| dims[i + 1..].iter().product())
         .collect();
-    let contains = |list: &Option<Vec<usize>>, i: usize| list.as_ref().is_none_or(|l| l.contains(&i));
+    let contains =
+        |list: &Option<Vec<usize>>, i: usize| list.as_ref().is_none_or(|l| l.contains(&i));
     for (flat, m) in mask.iter_mut().enumerate() {
         let coord = |axis: usize| (flat / strides[axis]) % dims[axis];
         *m = contains(&sel.batch, coord(0))

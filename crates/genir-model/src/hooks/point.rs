@@ -514,6 +514,8 @@ mod tests {
         let f = HookFilter::parse("decoder.blocks.*.hook_resid_post, *.cross_attn.hook_pattern");
         let n = HookPoint::all(2, 2).iter().filter(|p| f.matches(p)).count();
         assert_eq!(n, 4);
-        assert!(HookFilter::parse("decoder.nothing*").validate(2, 2).is_err());
+        assert!(HookFilter::parse("decoder.nothing*")
+            .validate(2, 2)
+            .is_err());
     }
 }

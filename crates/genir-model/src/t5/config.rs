@@ -117,7 +117,13 @@ pub enum Activation {
 
 impl T5Config {
     /// A small config for tests and training from scratch.
-    pub fn small(vocab_size: usize, d_model: usize, d_ff: usize, layers: usize, heads: usize) -> Self {
+    pub fn small(
+        vocab_size: usize,
+        d_model: usize,
+        d_ff: usize,
+        layers: usize,
+        heads: usize,
+    ) -> Self {
         Self {
             vocab_size,
             d_model,
@@ -167,7 +173,10 @@ impl T5Config {
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
         ] {
             if v == 0 {
                 return Err(format!("`{name}` must be positive"));
@@ -195,7 +204,8 @@ impl T5Config {
     /// Whether decoder outputs are multiplied by `d_model^-0.5` before the LM head: transformers 5's
     /// `scale_decoder_outputs` when given, else the transformers 4 rule (scale exactly when tied).
     pub fn scales_decoder_output(&self) -> bool {
-        self.scale_decoder_outputs.unwrap_or_else(|| self.tied_head())
+        self.scale_decoder_outputs
+            .unwrap_or_else(|| self.tied_head())
     }
 
     /// Whether the feed-forward block is gated (`wi_0`, `wi_1`).
@@ -235,7 +245,12 @@ impl T5Config {
     /// softmax and activations (under 1% here) are not counted.
     pub fn forward_flops(&self, batch: usize, src: usize, tgt: usize) -> u64 {
         let (b, s, t) = (batch as u64, src as u64, tgt as u64);
-        let (d, inner, ff, v) = (self.d_model as u64, self.inner_dim() as u64, self.d_ff as u64, self.vocab_size as u64);
+        let (d, inner, ff, v) = (
+            self.d_model as u64,
+            self.inner_dim() as u64,
+            self.d_ff as u64,
+            self.vocab_size as u64,
+        );
         let ff_mats = if self.gated() { 3 } else { 2 };
         let proj = |n: u64| 2 * n * d * inner; // one of q/k/v/o over n tokens
         let attn = |q: u64, k: u64| 2 * 2 * b * q * k * inner; // scores and pattern @ v
@@ -244,7 +259,9 @@ impl T5Config {
         let dec_layer = 4 * proj(b * t) + attn(t, t) // self-attention
             + 2 * proj(b * t) + 2 * proj(b * s) + attn(t, s) // cross-attention
             + ffn(b * t);
-        self.num_layers as u64 * enc_layer + self.decoder_layers() as u64 * dec_layer + 2 * b * t * d * v
+        self.num_layers as u64 * enc_layer
+            + self.decoder_layers() as u64 * dec_layer
+            + 2 * b * t * d * v
     }
 
     /// The first decoder input id (T5: the pad id).

@@ -194,9 +194,7 @@ impl T5Attention {
         let [b, q_len, _] = x.dims();
         let q = hooks.apply4(at.point(AttnSite::Q), self.heads(x.clone(), &self.q))?;
         let q = q.swap_dims(1, 2);
-        let cached = cache
-            .as_ref()
-            .and_then(|c| c.k.clone().zip(c.v.clone()));
+        let cached = cache.as_ref().and_then(|c| c.k.clone().zip(c.v.clone()));
         let (k, v) = match (kv_input, cached) {
             (Some(_), Some(kv)) => kv,
             (kv_src, cached) => {
@@ -205,7 +203,9 @@ impl T5Attention {
                 let v = hooks.apply4(at.point(AttnSite::V), self.heads(src, &self.v))?;
                 let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
                 match (kv_input, cached) {
-                    (None, Some((pk, pv))) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                    (None, Some((pk, pv))) => {
+                        (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+                    }
                     _ => (k, v),
                 }
             }
@@ -269,7 +269,9 @@ pub fn position_bias(
     for i in 0..q_len {
         for j in 0..k_len {
             let rel = j as i64 - (q_start + i) as i64;
-            idx.push(relative_position_bucket(rel, bidirectional, num_buckets, max_distance) as i64);
+            idx.push(
+                relative_position_bucket(rel, bidirectional, num_buckets, max_distance) as i64,
+            );
         }
     }
     let device = table.device();
@@ -283,7 +285,10 @@ pub fn position_bias(
 }
 
 /// Selects batch rows of every cached key/value pair (for beam search reordering).
-pub(crate) fn select_kv(layers: &[(KvPair, KvPair)], idx: &Tensor<1, Int>) -> Vec<(KvPair, KvPair)> {
+pub(crate) fn select_kv(
+    layers: &[(KvPair, KvPair)],
+    idx: &Tensor<1, Int>,
+) -> Vec<(KvPair, KvPair)> {
     layers
         .iter()
         .map(|(s, c)| (s.select(idx), c.select(idx)))

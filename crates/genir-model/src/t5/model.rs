@@ -85,11 +85,20 @@ impl T5Block {
                 layer,
                 kind: AttnKind::CrossAttn,
             };
-            let c = attn.forward(ln.forward(x.clone()), Some(enc), mask.clone(), cross_kv, hooks, at)?;
+            let c = attn.forward(
+                ln.forward(x.clone()),
+                Some(enc),
+                mask.clone(),
+                cross_kv,
+                hooks,
+                at,
+            )?;
             let c = hooks.apply3(p(Site::CrossAttnOut), c)?;
             x = hooks.apply3(p(Site::ResidMidCross), x + c)?;
         }
-        let m = self.ff.forward(self.ln_ff.forward(x.clone()), hooks, stack, layer)?;
+        let m = self
+            .ff
+            .forward(self.ln_ff.forward(x.clone()), hooks, stack, layer)?;
         let m = hooks.apply3(p(Site::MlpOut), m)?;
         hooks.apply3(p(Site::ResidPost), x + m)
     }
@@ -166,7 +175,8 @@ impl Seq2SeqInput {
             ));
         }
         let flat: Vec<i64> = decoder.iter().flatten().map(|&v| v as i64).collect();
-        let decoder_input_ids = Tensor::from_data(TensorData::new(flat, [decoder.len(), t]), device);
+        let decoder_input_ids =
+            Tensor::from_data(TensorData::new(flat, [decoder.len(), t]), device);
         Ok(Self {
             input_ids,
             attention_mask,
@@ -221,7 +231,10 @@ impl DecoderState {
     pub fn select(&self, rows: &[usize]) -> Self {
         let device = self.encoder_out.device();
         let idx: Tensor<1, Int> = Tensor::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            TensorData::new(
+                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
             &device,
         );
         Self {
@@ -281,7 +294,10 @@ impl T5Model {
             path: w.path().with_file_name("config.json"),
             message,
         })?);
-        let shared = w.take_any(&["shared.weight", "encoder.embed_tokens.weight"], &[vocab, d])?;
+        let shared = w.take_any(
+            &["shared.weight", "encoder.embed_tokens.weight"],
+            &[vocab, d],
+        )?;
         let norm = |w: &mut WeightFile, name: &str| -> Result<RmsNorm, ModelError> {
             Ok(RmsNorm {
                 weight: param1(w.take(name, &[d])?, device),
@@ -290,7 +306,8 @@ impl T5Model {
         };
         // Hugging Face stores linear weights as [out, in]; genir keeps [in, out] for `x @ w`.
         let lin = |w: &mut WeightFile, name: &str, out: usize, inp: usize| {
-            w.take(name, &[out, inp]).map(|t| param2(t.transposed(), device))
+            w.take(name, &[out, inp])
+                .map(|t| param2(t.transposed(), device))
         };
         let attn = |w: &mut WeightFile, pre: &str, rel: bool| -> Result<T5Attention, ModelError> {
             Ok(T5Attention {
@@ -367,7 +384,11 @@ impl T5Model {
             Some(param2(w.take("lm_head.weight", &[vocab, d])?, device))
         };
         // Copies of the shared embedding that Hugging Face may also store.
-        for alias in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"] {
+        for alias in [
+            "encoder.embed_tokens.weight",
+            "decoder.embed_tokens.weight",
+            "lm_head.weight",
+        ] {
             if w.contains(alias) && (alias != "lm_head.weight" || c.tied_head()) {
                 let _ = w.take(alias, &[vocab, d]);
             }
@@ -410,7 +431,10 @@ impl T5Model {
                 let mut put = |k: String, t: HostTensor| {
                     out.insert(k, t);
                 };
-                put(format!("{pre}.0.layer_norm.weight"), host1(&b.ln_self.weight)?);
+                put(
+                    format!("{pre}.0.layer_norm.weight"),
+                    host1(&b.ln_self.weight)?,
+                );
                 let mut attn = |a: &T5Attention, p: String| -> Result<(), ModelError> {
                     for (n, w) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
                         put(format!("{p}.{n}.weight"), host2(w)?.transposed());
@@ -428,7 +452,10 @@ impl T5Model {
                 } else {
                     1
                 };
-                put(format!("{pre}.{ff_idx}.layer_norm.weight"), host1(&b.ln_ff.weight)?);
+                put(
+                    format!("{pre}.{ff_idx}.layer_norm.weight"),
+                    host1(&b.ln_ff.weight)?,
+                );
                 let ffp = format!("{pre}.{ff_idx}.DenseReluDense");
                 match &b.ff.wi_1 {
                     Some(w1) => {
@@ -471,14 +498,21 @@ impl T5Model {
         write_atomic(&dir.join("config.json"), text.as_bytes())?;
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        write_safetensors(&dir.join("model.safetensors"), &self.to_hf_tensors()?, Some(meta))
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            &self.to_hf_tensors()?,
+            Some(meta),
+        )
     }
 
     /// Embeds `ids: [batch, len]` with the shared table.
     pub fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let [b, s] = ids.dims();
         let d = self.config.d_model;
-        self.shared.val().select(0, ids.reshape([b * s])).reshape([b, s, d])
+        self.shared
+            .val()
+            .select(0, ids.reshape([b * s]))
+            .reshape([b, s, d])
     }
 
     fn check_hooks(&self, hooks: &Hooks<'_>) -> Result<(), ModelError> {
@@ -530,7 +564,11 @@ impl T5Model {
     }
 
     /// Starts incremental decoding over an encoder output.
-    pub fn start_decoding(&self, encoder_out: Tensor<3>, attention_mask: Tensor<2, Int>) -> DecoderState {
+    pub fn start_decoding(
+        &self,
+        encoder_out: Tensor<3>,
+        attention_mask: Tensor<2, Int>,
+    ) -> DecoderState {
         DecoderState {
             encoder_out,
             encoder_bias: mask_bias(attention_mask),
@@ -567,7 +605,14 @@ impl T5Model {
         };
         let mut x = x;
         for (l, block) in self.decoder.blocks.iter().enumerate() {
-            x = block.forward(x, &inputs, Some(&mut state.layers[l]), hooks, Stack::Decoder, l)?;
+            x = block.forward(
+                x,
+                &inputs,
+                Some(&mut state.layers[l]),
+                hooks,
+                Stack::Decoder,
+                l,
+            )?;
         }
         state.past_len += n;
         let h = self.decoder.final_norm.forward(x);
@@ -585,7 +630,13 @@ impl T5Model {
         decoder_mask: Option<Tensor<2, Int>>,
         hooks: &mut Hooks<'_>,
     ) -> Result<Tensor<3>, ModelError> {
-        let h = self.decode_hidden(encoder_out, attention_mask, decoder_input_ids, decoder_mask, hooks)?;
+        let h = self.decode_hidden(
+            encoder_out,
+            attention_mask,
+            decoder_input_ids,
+            decoder_mask,
+            hooks,
+        )?;
         Ok(self.lm_logits(h))
     }
 
@@ -617,8 +668,18 @@ impl T5Model {
             false,
             self.config.relative_attention_max_distance,
         ) + causal_bias(0, t, pad.as_deref(), b, &device);
-        let x = hooks.apply3(HookPoint::embed(Stack::Decoder), self.embed(decoder_input_ids))?;
-        self.decode_from(x, 0, self_bias, encoder_out, mask_bias(attention_mask), hooks)
+        let x = hooks.apply3(
+            HookPoint::embed(Stack::Decoder),
+            self.embed(decoder_input_ids),
+        )?;
+        self.decode_from(
+            x,
+            0,
+            self_bias,
+            encoder_out,
+            mask_bias(attention_mask),
+            hooks,
+        )
     }
 
     /// Runs decoder blocks `start..` on a residual stream and applies the final norm (for sweeps that
@@ -667,7 +728,11 @@ impl T5Model {
     }
 
     /// Full forward pass: logits `[batch, tgt, vocab]`.
-    pub fn forward(&self, input: &Seq2SeqInput, hooks: &mut Hooks<'_>) -> Result<Tensor<3>, ModelError> {
+    pub fn forward(
+        &self,
+        input: &Seq2SeqInput,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
         let enc = self.encode(input.input_ids.clone(), input.attention_mask.clone(), hooks)?;
         self.decode(
             &enc,
@@ -699,8 +764,12 @@ fn init_tensors(c: &T5Config, seed: u64) -> Vec<(String, HostTensor)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut normal = |shape: Vec<usize>, std: f64| -> HostTensor {
         let n: usize = shape.iter().product();
-        let dist = Normal::new(0.0, std).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
-        HostTensor::new(shape, (0..n).map(|_| dist.sample(&mut rng) as f32).collect())
+        let dist =
+            Normal::new(0.0, std).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
+        HostTensor::new(
+            shape,
+            (0..n).map(|_| dist.sample(&mut rng) as f32).collect(),
+        )
     };
     let ones = |n: usize| HostTensor::new(vec![n], vec![1.0; n]);
     let (d, inner, ff, v) = (c.d_model, c.inner_dim(), c.d_ff, c.vocab_size);
@@ -710,14 +779,29 @@ fn init_tensors(c: &T5Config, seed: u64) -> Vec<(String, HostTensor)> {
         for l in 0..layers {
             let pre = format!("{stack}.block.{l}.layer");
             let mut attn = |p: String, rel: bool, out: &mut Vec<(String, HostTensor)>| {
-                out.push((format!("{p}.q.weight"), normal(vec![inner, d], (df * kv_f).powf(-0.5))));
-                out.push((format!("{p}.k.weight"), normal(vec![inner, d], df.powf(-0.5))));
-                out.push((format!("{p}.v.weight"), normal(vec![inner, d], df.powf(-0.5))));
-                out.push((format!("{p}.o.weight"), normal(vec![d, inner], (inner as f64).powf(-0.5))));
+                out.push((
+                    format!("{p}.q.weight"),
+                    normal(vec![inner, d], (df * kv_f).powf(-0.5)),
+                ));
+                out.push((
+                    format!("{p}.k.weight"),
+                    normal(vec![inner, d], df.powf(-0.5)),
+                ));
+                out.push((
+                    format!("{p}.v.weight"),
+                    normal(vec![inner, d], df.powf(-0.5)),
+                ));
+                out.push((
+                    format!("{p}.o.weight"),
+                    normal(vec![d, inner], (inner as f64).powf(-0.5)),
+                ));
                 if rel {
                     out.push((
                         format!("{p}.relative_attention_bias.weight"),
-                        normal(vec![c.relative_attention_num_buckets, c.num_heads], df.powf(-0.5)),
+                        normal(
+                            vec![c.relative_attention_num_buckets, c.num_heads],
+                            df.powf(-0.5),
+                        ),
                     ));
                 }
             };
@@ -732,12 +816,24 @@ fn init_tensors(c: &T5Config, seed: u64) -> Vec<(String, HostTensor)> {
             };
             let fp = format!("{pre}.{ff_idx}.DenseReluDense");
             if c.gated() {
-                out.push((format!("{fp}.wi_0.weight"), normal(vec![ff, d], df.powf(-0.5))));
-                out.push((format!("{fp}.wi_1.weight"), normal(vec![ff, d], df.powf(-0.5))));
+                out.push((
+                    format!("{fp}.wi_0.weight"),
+                    normal(vec![ff, d], df.powf(-0.5)),
+                ));
+                out.push((
+                    format!("{fp}.wi_1.weight"),
+                    normal(vec![ff, d], df.powf(-0.5)),
+                ));
             } else {
-                out.push((format!("{fp}.wi.weight"), normal(vec![ff, d], df.powf(-0.5))));
+                out.push((
+                    format!("{fp}.wi.weight"),
+                    normal(vec![ff, d], df.powf(-0.5)),
+                ));
             }
-            out.push((format!("{fp}.wo.weight"), normal(vec![d, ff], ff_f.powf(-0.5))));
+            out.push((
+                format!("{fp}.wo.weight"),
+                normal(vec![d, ff], ff_f.powf(-0.5)),
+            ));
             out.push((format!("{pre}.{ff_idx}.layer_norm.weight"), ones(d)));
         }
         out.push((format!("{stack}.final_layer_norm.weight"), ones(d)));

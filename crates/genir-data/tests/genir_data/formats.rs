@@ -1,0 +1,326 @@
+use std::io::Write;
+use std::path::Path;
+
+use genir_data::formats::{self, jsonl, trec, tsv, Format};
+use genir_data::{Corpus, Document, Error, Qrel, Qrels, Queries, Query, Run, RunEntry};
+
+fn corpus() -> Corpus {
+    Corpus::new(vec![
+        Document::new(
+            "d1",
+            "First title",
+            "Some text, with \"quotes\" and ünïcode.",
+        ),
+        Document::new("d2", "", "No title here."),
+        Document::new("d3", "Third", "Tabs are\tnot allowed in TSV."),
+    ])
+}
+
+fn queries() -> Queries {
+    Queries::new(vec![
+        Query::new("q1", "what is text"),
+        Query::new("q2", "title"),
+    ])
+}
+
+fn qrels() -> Qrels {
+    Qrels::new(vec![
+        Qrel::new("q1", "d1", 2),
+        Qrel::new("q1", "d2", 0),
+        Qrel::new("q2", "d1", 1),
+    ])
+}
+
+fn run() -> Run {
+    Run::new(vec![
+        RunEntry {
+            qid: "q1".into(),
+            docid: "d1".into(),
+            rank: 1,
+            score: 3.5,
+            tag: "bm25".into(),
+        },
+        RunEntry {
+            qid: "q1".into(),
+            docid: "d2".into(),
+            rank: 2,
+            score: -0.25,
+            tag: "bm25".into(),
+        },
+    ])
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+fn parse_error(e: Error) -> (String, u64, String) {
+    match e {
+        Error::Parse {
+            path, line, field, ..
+        } => (
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            line,
+            field,
+        ),
+        other => panic!("expected a parse error, got {other}"),
+    }
+}
+
+#[test]
+fn jsonl_round_trips_in_every_layout() {
+    let c = corpus();
+    for layout in [
+        jsonl::Layout::Genir,
+        jsonl::Layout::IrDatasets,
+        jsonl::Layout::Beir,
+    ] {
+        let mut buf = Vec::new();
+        jsonl::write_documents(&mut buf, &c, layout).unwrap();
+        let back: Corpus = jsonl::documents(buf.as_slice(), "mem")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, c, "{layout:?}");
+        let mut buf = Vec::new();
+        jsonl::write_queries(&mut buf, &queries(), layout).unwrap();
+        let back: Queries = jsonl::queries(buf.as_slice(), "mem")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, queries(), "{layout:?}");
+    }
+    let mut buf = Vec::new();
+    jsonl::write_documents(&mut buf, &c, jsonl::Layout::Beir).unwrap();
+    let first = String::from_utf8(buf).unwrap();
+    assert!(first.starts_with("{\"_id\":\"d1\""), "{first}");
+}
+
+/// The file names to test: Parquet only when the `parquet` feature is on.
+fn with_parquet(names: &[&'static str], parquet: &'static str) -> Vec<&'static str> {
+    let mut v = names.to_vec();
+    if cfg!(feature = "parquet") {
+        v.push(parquet);
+    }
+    v
+}
+
+#[test]
+fn files_round_trip_by_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = corpus().filter(|d| !d.text.contains('\t'));
+    for name in with_parquet(&["c.jsonl", "c.jsonl.gz", "c.tsv", "c.tsv.gz"], "c.parquet") {
+        let p = dir.path().join(name);
+        formats::save_corpus(&p, &c).unwrap();
+        assert_eq!(formats::load_corpus(&p).unwrap(), c, "{name}");
+    }
+    for name in with_parquet(&["q.jsonl", "q.tsv"], "q.parquet") {
+        let p = dir.path().join(name);
+        formats::save_queries(&p, &queries()).unwrap();
+        assert_eq!(formats::load_queries(&p).unwrap(), queries(), "{name}");
+    }
+    for name in with_parquet(&["r.trec", "r.qrels", "r.tsv", "r.txt.gz"], "r.parquet") {
+        let p = dir.path().join(name);
+        formats::save_qrels(&p, &qrels()).unwrap();
+        assert_eq!(formats::load_qrels(&p).unwrap(), qrels(), "{name}");
+    }
+    let beir = std::fs::read_to_string(dir.path().join("r.tsv")).unwrap();
+    assert!(
+        beir.starts_with("query-id\tcorpus-id\tscore\nq1\td1\t2\n"),
+        "{beir}"
+    );
+    let trec_text = std::fs::read_to_string(dir.path().join("r.trec")).unwrap();
+    assert!(trec_text.starts_with("q1 0 d1 2\n"), "{trec_text}");
+    for name in with_parquet(&["run.trec"], "run.parquet") {
+        let p = dir.path().join(name);
+        formats::save_run(&p, &run()).unwrap();
+        assert_eq!(formats::load_run(&p).unwrap(), run(), "{name}");
+    }
+    let run_text = std::fs::read_to_string(dir.path().join("run.trec")).unwrap();
+    assert_eq!(run_text.lines().next(), Some("q1 Q0 d1 1 3.5 bm25"));
+}
+
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_frames_have_the_documented_columns() {
+    let df = formats::parquet::qrels_to_frame(&qrels()).unwrap();
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, ["qid", "docid", "grade"]);
+    assert_eq!(df.height(), 3);
+}
+
+#[test]
+fn tsv_refuses_to_write_tabs() {
+    let mut buf = Vec::new();
+    let err = tsv::write_documents(&mut buf, &corpus(), true).unwrap_err();
+    assert!(matches!(err, Error::Unwritable { .. }), "{err}");
+    assert!(err.to_string().contains("d3"));
+    let mut buf = Vec::new();
+    let bad = Qrels::new(vec![Qrel::new("q 1", "d1", 1)]);
+    assert!(trec::write_qrels(&mut buf, &bad).is_err());
+}
+
+#[test]
+fn streaming_reads_lazily_and_stops_at_the_first_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("big.tsv")).unwrap();
+    for i in 0..1000 {
+        writeln!(f, "d{i}\ttext number {i}").unwrap();
+    }
+    writeln!(f, "broken line without a tab").unwrap();
+    writeln!(f, "d9999\tafter the error").unwrap();
+    drop(f);
+    let mut stream = formats::stream_documents(&dir.path().join("big.tsv")).unwrap();
+    let first = stream.next().unwrap().unwrap();
+    assert_eq!(first, Document::new("d0", "", "text number 0"));
+    let rest: Vec<_> = stream.collect();
+    assert_eq!(
+        rest.len(),
+        1000,
+        "999 documents, then one error, then nothing"
+    );
+    assert!(rest[..999].iter().all(Result::is_ok));
+    let err = rest.into_iter().last().unwrap().unwrap_err();
+    assert_eq!(
+        parse_error(err),
+        ("big.tsv".into(), 1001, "<columns>".into())
+    );
+}
+
+type Loader = Box<dyn Fn(&Path) -> Result<(), Error>>;
+type Case = (std::path::PathBuf, Loader, u64, &'static str);
+
+#[test]
+fn malformed_input_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<Case> = vec![
+        (
+            write(
+                d,
+                "a.jsonl",
+                "{\"docid\":\"1\",\"text\":\"ok\"}\n\n{\"docid\":\"2\"}\n",
+            ),
+            Box::new(|p| formats::load_corpus(p).map(drop)),
+            3,
+            "text",
+        ),
+        (
+            write(d, "b.jsonl", "{\"title\":\"x\",\"text\":\"y\"}\n"),
+            Box::new(|p| formats::load_corpus(p).map(drop)),
+            1,
+            "docid|doc_id|_id|id",
+        ),
+        (
+            write(d, "c.jsonl", "{\"_id\":\"1\",\"text\":\"ok\"}\n{not json\n"),
+            Box::new(|p| formats::load_corpus(p).map(drop)),
+            2,
+            "<record>",
+        ),
+        (
+            write(d, "d.jsonl", "{\"qid\": [1], \"text\": \"x\"}\n"),
+            Box::new(|p| formats::load_queries(p).map(drop)),
+            1,
+            "qid",
+        ),
+        (
+            write(d, "e.tsv", "q1\tfine\nq2\n"),
+            Box::new(|p| formats::load_queries(p).map(drop)),
+            2,
+            "text",
+        ),
+        (
+            write(d, "f.trec", "q1 0 d1 1\nq1 0 d2 high\n"),
+            Box::new(|p| formats::load_qrels(p).map(drop)),
+            2,
+            "grade",
+        ),
+        (
+            write(d, "g.trec", "q1 0 d1 1 extra\n"),
+            Box::new(|p| formats::load_qrels(p).map(drop)),
+            1,
+            "<columns>",
+        ),
+        (
+            write(d, "h.run", "q1 Q0 d1 1 2.0 tag\nq1 Q0 d2 two 1.0 tag\n"),
+            Box::new(|p| formats::load_run(p).map(drop)),
+            2,
+            "rank",
+        ),
+        (
+            write(d, "i.run", "q1 Q0 d1 1 NaN tag\n"),
+            Box::new(|p| formats::load_run(p).map(drop)),
+            1,
+            "score",
+        ),
+        (
+            write(d, "j.tsv", "\td1 has no id\n"),
+            Box::new(|p| formats::load_corpus(p).map(drop)),
+            1,
+            "docid",
+        ),
+    ];
+    for (path, load, line, field) in cases {
+        let err = load(&path).expect_err(&path.display().to_string());
+        let msg = err.to_string();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            msg.contains(&name) && msg.contains(&format!(":{line}:")),
+            "{msg}"
+        );
+        assert_eq!(parse_error(err), (name, line, field.to_string()));
+    }
+}
+
+#[test]
+fn grades_accept_integral_floats_only() {
+    let q: Qrels = trec::qrels("q 0 d 1.0\n".as_bytes(), "m")
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(q.grade("q", "d"), Some(1));
+    assert!(trec::qrels("q 0 d 1.5\n".as_bytes(), "m")
+        .collect::<Result<Qrels, _>>()
+        .is_err());
+}
+
+#[test]
+fn formats_are_detected_from_names() {
+    assert_eq!(
+        Format::from_path(Path::new("x/corpus.jsonl.gz")).unwrap(),
+        Format::Jsonl
+    );
+    assert_eq!(
+        Format::from_path(Path::new("qrels.dev.tsv")).unwrap(),
+        Format::Tsv
+    );
+    assert_eq!(
+        Format::from_path(Path::new("2019qrels-pass.txt")).unwrap(),
+        Format::Trec
+    );
+    assert_eq!(
+        Format::from_path(Path::new("a.PARQUET")).unwrap(),
+        Format::Parquet
+    );
+    assert!(Format::from_path(Path::new("a.csv")).is_err());
+    assert!(matches!(
+        formats::load_corpus(Path::new("/nonexistent/c.jsonl")),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn collections_serialize_as_plain_lists() {
+    let json = serde_json::to_string(&queries()).unwrap();
+    assert_eq!(
+        json,
+        r#"[{"qid":"q1","text":"what is text"},{"qid":"q2","text":"title"}]"#
+    );
+    let back: Queries = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.get("q2").map(|q| q.text.as_str()), Some("title"));
+    let q: Qrels = serde_json::from_str(&serde_json::to_string(&qrels()).unwrap()).unwrap();
+    assert_eq!(q.relevant("q1").collect::<Vec<_>>(), ["d1"]);
+}

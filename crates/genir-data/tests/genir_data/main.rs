@@ -1,0 +1,18 @@
+//! Integration tests of genir-data (one binary, to keep link time down).
+
+mod download;
+mod formats;
+mod loaders;
+mod perturb;
+mod server;
+mod shipped;
+mod splits;
+mod validate;
+
+use std::path::PathBuf;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
