@@ -335,8 +335,10 @@ fn patching_the_last_residual_stream_gives_the_other_runs_logits() {
             "{name}: runs do not differ"
         );
         let last = f.model.depth().1 - 1;
-        for site in [Site::ResidPost] {
-            let point = HookPoint::block(Stack::Decoder, last, site);
+        for point in [
+            HookPoint::block(Stack::Decoder, last, Site::ResidPost),
+            HookPoint::final_norm(Stack::Decoder),
+        ] {
             let mut hooks = Hooks::none()
                 .patch_from(&cache, point, Selection::all())
                 .unwrap();
