@@ -99,25 +99,19 @@ impl WeightFile {
         let mut tensors = HashMap::new();
         for (name, t) in reader.tensors() {
             let bytes = t.read().map_err(|e| bad(e.to_string()))?;
-            let values = match t.dtype() {
-                PtDtype::F32 => bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                PtDtype::F16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                PtDtype::BF16 => bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                other => {
-                    return Err(bad(format!(
-                        "tensor `{name}` has dtype {other:?}, expected a float type"
-                    )))
-                }
+            let float = match t.dtype() {
+                PtDtype::F64 => Some(FloatBytes::F64),
+                PtDtype::F32 => Some(FloatBytes::F32),
+                PtDtype::F16 => Some(FloatBytes::F16),
+                PtDtype::BF16 => Some(FloatBytes::BF16),
+                _ => None,
             };
+            let values = float.map(|f| f.decode(&bytes)).ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}` has dtype {:?}, expected a float type",
+                    t.dtype()
+                ))
+            })?;
             tensors.insert(name.clone(), HostTensor::new(t.shape().to_vec(), values));
         }
         Ok(Self {
@@ -202,27 +196,49 @@ impl WeightFile {
     }
 }
 
+/// Little-endian float encodings found in checkpoints.
+#[derive(Clone, Copy)]
+enum FloatBytes {
+    F64,
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatBytes {
+    fn decode(self, data: &[u8]) -> Vec<f32> {
+        match self {
+            FloatBytes::F64 => data
+                .chunks_exact(8)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+            FloatBytes::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            FloatBytes::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            FloatBytes::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    }
+}
+
 fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
-    let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
+    let float = match view.dtype() {
+        Dtype::F64 => FloatBytes::F64,
+        Dtype::F32 => FloatBytes::F32,
+        Dtype::F16 => FloatBytes::F16,
+        Dtype::BF16 => FloatBytes::BF16,
         other => return Err(format!("dtype {other:?} is not a float type")),
-    })
+    };
+    Ok(float.decode(view.data()))
 }
 
 /// Writes named f32 tensors (and string metadata) as one safetensors file: to a temporary file in the same

@@ -627,3 +627,48 @@ fn relative_position_buckets_match_transformers() {
         assert_eq!(got, want, "{key}");
     }
 }
+
+#[test]
+fn padded_decoder_rows_do_not_leak_into_real_positions() {
+    // Rows of different decoder lengths, right-padded with a mask: every real position's logits equal those of
+    // the row run alone at its own length.
+    let device = device();
+    let f = load("gated-untied", &device);
+    let input = f.input(6, &device);
+    let enc = f
+        .model
+        .encode(
+            input.input_ids.clone(),
+            input.attention_mask.clone(),
+            &mut Hooks::none(),
+        )
+        .unwrap();
+    let lens = [6usize, 3, 1];
+    let mask: Vec<i64> = lens
+        .iter()
+        .flat_map(|&l| (0..6).map(move |i| i64::from(i < l)))
+        .collect();
+    let mask = Tensor::<2, Int>::from_data(TensorData::new(mask, [3, 6]), &device);
+    let padded = f
+        .model
+        .decode(
+            &enc,
+            input.attention_mask.clone(),
+            input.decoder_input_ids.clone(),
+            Some(mask),
+            &mut Hooks::none(),
+        )
+        .unwrap();
+    let v = f.model.config.vocab_size;
+    let padded = values3(&padded);
+    for (row, &len) in lens.iter().enumerate() {
+        let alone = values3(
+            &f.model
+                .forward(&f.input(len, &device), &mut Hooks::none())
+                .unwrap(),
+        );
+        let got = &padded[row * 6 * v..(row * 6 + len) * v];
+        let want = &alone[row * len * v..(row + 1) * len * v];
+        assert!(max_diff(got, want) < TOL, "row {row}");
+    }
+}

@@ -654,8 +654,7 @@ impl T5Model {
         let device = decoder_input_ids.device();
         let pad = match decoder_mask {
             Some(m) => Some(
-                m.into_data()
-                    .try_to_vec::<i64>()
+                m.try_into_vec_as::<i64>()
                     .map_err(|e| ModelError::Tensor(format!("{e:?}")))?,
             ),
             None => None,
