@@ -190,14 +190,7 @@ fn kv_cached_decoding_equals_the_full_forward() {
         let input = f.input(32, &device);
         let full = values3(&f.model.forward(&input, &mut Hooks::none()).unwrap());
         for chunk in [1usize, 3, 32] {
-            let enc = f
-                .model
-                .encode(
-                    input.input_ids.clone(),
-                    input.attention_mask.clone(),
-                    &mut Hooks::none(),
-                )
-                .unwrap();
+            let enc = f.model.encode_input(&input, &mut Hooks::none()).unwrap();
             let mut state = f.model.start_decoding(enc, input.attention_mask.clone());
             let mut parts = Vec::new();
             let mut start = 0;
@@ -226,14 +219,7 @@ fn beam_reordering_of_decoder_state_follows_the_rows() {
     let device = device();
     let f = load("relu-tied", &device);
     let input = f.input(4, &device);
-    let enc = f
-        .model
-        .encode(
-            input.input_ids.clone(),
-            input.attention_mask.clone(),
-            &mut Hooks::none(),
-        )
-        .unwrap();
+    let enc = f.model.encode_input(&input, &mut Hooks::none()).unwrap();
     let mut state = f.model.start_decoding(enc, input.attention_mask.clone());
     let first = input.decoder_input_ids.clone().slice([0..3, 0..2]);
     f.model
@@ -635,14 +621,7 @@ fn padded_decoder_rows_do_not_leak_into_real_positions() {
     let device = device();
     let f = load("gated-untied", &device);
     let input = f.input(6, &device);
-    let enc = f
-        .model
-        .encode(
-            input.input_ids.clone(),
-            input.attention_mask.clone(),
-            &mut Hooks::none(),
-        )
-        .unwrap();
+    let enc = f.model.encode_input(&input, &mut Hooks::none()).unwrap();
     let lens = [6usize, 3, 1];
     let mask: Vec<i64> = lens
         .iter()

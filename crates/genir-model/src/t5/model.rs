@@ -726,13 +726,22 @@ impl T5Model {
         linear(h, &self.unembed().transpose())
     }
 
+    /// Encoder output for a batch's sources, `[batch, src, d_model]`.
+    pub fn encode_input(
+        &self,
+        input: &Seq2SeqInput,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
+        self.encode(input.input_ids.clone(), input.attention_mask.clone(), hooks)
+    }
+
     /// Full forward pass: logits `[batch, tgt, vocab]`.
     pub fn forward(
         &self,
         input: &Seq2SeqInput,
         hooks: &mut Hooks<'_>,
     ) -> Result<Tensor<3>, ModelError> {
-        let enc = self.encode(input.input_ids.clone(), input.attention_mask.clone(), hooks)?;
+        let enc = self.encode_input(input, hooks)?;
         self.decode(
             &enc,
             input.attention_mask.clone(),
