@@ -1,6 +1,7 @@
 //! `genir`: the command line of genir.
 
 mod cache;
+mod dsi;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,15 @@ enum Command {
     /// Run a model on inputs and write its logits and cached activations to a safetensors file.
     #[command(after_help = cache::EXAMPLES)]
     Cache(cache::CacheArgs),
+    /// Train a GenIR (DSI) model on a collection: indexing and retrieval examples, resumable checkpoints.
+    #[command(after_help = dsi::TRAIN_EXAMPLES)]
+    Train(Box<dsi::TrainArgs>),
+    /// Retrieve docids for queries with constrained beam search.
+    #[command(after_help = dsi::SEARCH_EXAMPLES)]
+    Search(dsi::SearchArgs),
+    /// Evaluate a model on a query split: Hits@1, Hits@10, MRR@10, Recall@k; TREC run and Parquet output.
+    #[command(after_help = dsi::EVAL_EXAMPLES)]
+    Eval(dsi::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,5 +45,8 @@ fn main() -> Result<()> {
     let device = backend.device()?;
     match cli.command {
         Command::Cache(args) => cache::run(args, &device),
+        Command::Train(args) => dsi::train(*args, &device),
+        Command::Search(args) => dsi::search(args, &device),
+        Command::Eval(args) => dsi::eval(args, &device),
     }
 }

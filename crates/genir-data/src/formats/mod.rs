@@ -168,6 +168,67 @@ pub fn stream_documents(path: &Path) -> Result<DocumentStream> {
     }
 }
 
+/// Reads a collection from a folder laid out like the shipped ones: one `corpus.*` file and, per split,
+/// `queries.<split>.*` and `qrels.<split>.*` (any readable format, e.g. `queries.test.tsv`,
+/// `qrels.test.trec`). A split with queries but no qrels (or the reverse) is an error naming the file.
+pub fn load_collection_dir(dir: &Path) -> Result<crate::Collection> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut corpus = None;
+    let mut queries = std::collections::BTreeMap::new();
+    let mut qrels = std::collections::BTreeMap::new();
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    for path in names {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
+            continue;
+        };
+        let parts: Vec<&str> = name.split('.').collect();
+        match parts.as_slice() {
+            ["corpus", ..] if corpus.is_none() => corpus = Some(path.clone()),
+            ["queries", split, _, ..] => {
+                queries.insert(split.to_string(), path.clone());
+            }
+            ["qrels", split, _, ..] => {
+                qrels.insert(split.to_string(), path.clone());
+            }
+            _ => {}
+        }
+    }
+    let corpus_path = corpus.ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{}: no corpus.* file (expected corpus.jsonl, corpus.tsv or corpus.parquet)",
+            dir.display()
+        ))
+    })?;
+    let mut splits = std::collections::BTreeMap::new();
+    for (split, qpath) in &queries {
+        let rpath = qrels.get(split).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: no qrels.{split}.* beside it", qpath.display()))
+        })?;
+        splits.insert(
+            split.clone(),
+            crate::QuerySet {
+                queries: load_queries(qpath)?,
+                qrels: load_qrels(rpath)?,
+            },
+        );
+    }
+    if let Some((split, path)) = qrels.iter().find(|(s, _)| !queries.contains_key(*s)) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no queries.{split}.* beside it",
+            path.display()
+        )));
+    }
+    Ok(crate::Collection {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        corpus: load_corpus(&corpus_path)?,
+        splits,
+    })
+}
+
 /// Reads a corpus from a JSONL, TSV or Parquet file, chosen by the file name.
 pub fn load_corpus(path: &Path) -> Result<Corpus> {
     match Format::from_path(path)? {

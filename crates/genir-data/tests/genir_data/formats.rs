@@ -324,3 +324,36 @@ fn collections_serialize_as_plain_lists() {
     let q: Qrels = serde_json::from_str(&serde_json::to_string(&qrels()).unwrap()).unwrap();
     assert_eq!(q.relevant("q1").collect::<Vec<_>>(), ["d1"]);
 }
+
+#[test]
+fn collection_dir_reads_the_shipped_layout_and_names_missing_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/wiki-genir-mini");
+    let c = genir_data::formats::load_collection_dir(&root).unwrap();
+    let shipped = genir_data::shipped::load("wiki-genir-mini").unwrap();
+    assert_eq!(c.corpus.len(), shipped.corpus.len());
+    assert_eq!(c.split_names(), shipped.split_names());
+    assert_eq!(
+        c.split("test").unwrap().qrels.len(),
+        shipped.split("test").unwrap().qrels.len()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root.join("corpus.jsonl"), dir.path().join("corpus.jsonl")).unwrap();
+    std::fs::copy(
+        root.join("queries.test.tsv"),
+        dir.path().join("queries.test.tsv"),
+    )
+    .unwrap();
+    let e = genir_data::formats::load_collection_dir(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("queries.test.tsv") && e.contains("qrels.test"),
+        "{e}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let e = genir_data::formats::load_collection_dir(empty.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("corpus"), "{e}");
+}

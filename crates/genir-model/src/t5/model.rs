@@ -397,13 +397,29 @@ impl T5Model {
         if !unused.is_empty() {
             tracing::warn!(file = %w.path().display(), ?unused, "tensors not used by the T5 model");
         }
-        Ok(Self {
+        let model = Self {
             shared: param2(shared, device),
             encoder,
             decoder,
             lm_head,
             config,
-        })
+        };
+        Ok(model.with_stable_param_ids())
+    }
+
+    /// Numbers the parameters `1..` in module order, so that two loads of the same architecture give
+    /// every parameter the same [`ParamId`](burn::module::ParamId) (optimizer state saved for one load
+    /// then applies to the other: that is how training resumes from a checkpoint).
+    pub fn with_stable_param_ids(self) -> Self {
+        struct Numbering(u64);
+        impl burn::module::ModuleMapper for Numbering {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                self.0 += 1;
+                let (_, value, mapper) = param.consume();
+                Param::from_mapped_value(burn::module::ParamId::from(self.0), value, mapper)
+            }
+        }
+        self.map(&mut Numbering(0))
     }
 
     /// Loads a Hugging Face folder: `config.json` and `model.safetensors` (or `pytorch_model.bin`).
@@ -419,6 +435,43 @@ impl T5Model {
         let tensors = init_tensors(&config, seed);
         let mut w = WeightFile::from_tensors("<random init>", tensors.into_iter().collect());
         Self::from_weights(config, &mut w, device)
+    }
+
+    /// The same model with `new_vocab` embedding (and head) rows: existing rows are kept, new rows are drawn
+    /// from a normal distribution with the existing table's standard deviation (seeded). Used to add docid
+    /// tokens to a pretrained model.
+    pub fn resize_vocab(&self, new_vocab: usize, seed: u64) -> Result<Self, ModelError> {
+        let old = self.config.vocab_size;
+        if new_vocab < old {
+            return Err(ModelError::Input(format!(
+                "cannot shrink the vocabulary from {old} to {new_vocab} rows"
+            )));
+        }
+        let device = self.shared.val().device();
+        let mut tensors = self.to_hf_tensors()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        for name in ["shared.weight", "lm_head.weight"] {
+            if let Some(t) = tensors.get_mut(name) {
+                let d = t.shape[1];
+                let n = t.values.len() as f64;
+                let mean = t.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = t
+                    .values
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                let dist = Normal::new(0.0, var.sqrt().max(1e-6))
+                    .map_err(|e| ModelError::Input(e.to_string()))?;
+                t.values
+                    .extend((0..(new_vocab - old) * d).map(|_| dist.sample(&mut rng) as f32));
+                t.shape[0] = new_vocab;
+            }
+        }
+        let mut config = self.config.clone();
+        config.vocab_size = new_vocab;
+        let mut w = WeightFile::from_tensors("<resized model>", tensors.into_iter().collect());
+        Self::from_weights(config, &mut w, &device)
     }
 
     /// The model's tensors under their Hugging Face names and layouts.

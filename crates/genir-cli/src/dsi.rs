@@ -1,0 +1,381 @@
+//! `genir train`, `genir search`, `genir eval`: the DSI workflow.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use clap::Args;
+use genir_data::Collection;
+use genir_train::bundle::GenirModel;
+use genir_train::docid::DocidKind;
+use genir_train::examples::ExampleConfig;
+use genir_train::metrics::evaluate;
+use genir_train::train::{Architecture, Init, Progress, StepInfo, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// File in a run folder recording which collection it was trained on.
+const RUN_INFO: &str = "genir_run.json";
+
+/// Loads a collection: a shipped name (`wiki-genir`, `wiki-genir-mini`) or a folder with `corpus.*`,
+/// `queries.<split>.*` and `qrels.<split>.*`.
+pub fn load_collection(spec: &str) -> Result<Collection> {
+    if genir_data::shipped::names().contains(&spec) {
+        return Ok(genir_data::shipped::load(spec)?);
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return genir_data::formats::load_collection_dir(path)
+            .with_context(|| format!("loading the collection in {}", path.display()));
+    }
+    bail!(
+        "--corpus {spec:?}: neither a shipped collection ({}) nor a folder",
+        genir_data::shipped::names().join(", ")
+    )
+}
+
+fn corpus_of(model: &Path, given: Option<&str>) -> Result<String> {
+    if let Some(c) = given {
+        return Ok(c.to_string());
+    }
+    let info = model.join(RUN_INFO);
+    let text = std::fs::read_to_string(&info).with_context(|| {
+        format!(
+            "{} is missing: pass --corpus to say which collection the model was trained on",
+            info.display()
+        )
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", info.display()))?;
+    v.get("corpus")
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no \"corpus\" field", info.display()))
+}
+
+pub const TRAIN_EXAMPLES: &str = "Examples:
+  # the README's main job: a small DSI model from scratch on the shipped corpus, atomic docids
+  genir train --out models/dsi-atomic
+  # semantic (hierarchical k-means) docids, 10 clusters per level, leaves of 100
+  genir train --out models/dsi-semantic --docids semantic:10:100 --epochs 40
+  # a \"missing documents\" model: the same recipe without three documents
+  genir train --out models/dsi-minus3 --exclude 17,256,1024
+  # continue a run that was stopped
+  genir train --out models/dsi-atomic --resume";
+
+/// Arguments of `genir train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Collection: a shipped name or a folder (corpus.*, queries.<split>.*, qrels.<split>.*).
+    #[arg(long, default_value = "wiki-genir")]
+    pub corpus: String,
+    /// Run folder (model, tokenizer, docids, checkpoints).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Docid scheme: atomic, naive, semantic or semantic:K:C.
+    #[arg(long, default_value = "atomic")]
+    pub docids: String,
+    /// Start from a Hugging Face T5 folder instead of training from scratch.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// From scratch: residual width.
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    /// From scratch: feed-forward width.
+    #[arg(long, default_value_t = 512)]
+    pub d_ff: usize,
+    /// From scratch: encoder (and decoder) blocks.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// From scratch: attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// From scratch: WordPiece vocabulary size learned from the corpus.
+    #[arg(long, default_value_t = 8000)]
+    pub text_vocab: usize,
+    /// Passes over the training examples.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f32,
+    /// Global gradient-norm clipping (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_norm: f32,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Longest encoder input in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_source_len: usize,
+    /// Indexing examples per document (consecutive chunks of its text).
+    #[arg(long, default_value_t = 1)]
+    pub index_chunks: usize,
+    /// Indexing examples per retrieval example in an epoch (default: every indexing example once).
+    #[arg(long)]
+    pub index_ratio: Option<f64>,
+    /// Documents to leave out of training (comma-separated docids).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Validate every N steps (0: at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Data-parallel shards per step (one thread each; on several GPUs, one device each).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Stop after this many steps of this session (a later --resume continues); for tests and budgets.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let init = match &self.pretrained {
+            Some(p) => Init::Pretrained(p.clone()),
+            None => Init::Scratch(Architecture {
+                d_model: self.d_model,
+                d_ff: self.d_ff,
+                layers: self.layers,
+                heads: self.heads,
+                text_vocab: self.text_vocab,
+            }),
+        };
+        Ok(TrainConfig {
+            init,
+            docids: self.docids.parse::<DocidKind>()?,
+            examples: ExampleConfig {
+                max_source_len: self.max_source_len,
+                index_chunks: self.index_chunks,
+                index_ratio: self.index_ratio,
+                exclude: self.exclude.clone(),
+            },
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            lr: self.lr,
+            warmup_steps: self.warmup,
+            weight_decay: self.weight_decay,
+            clip_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            keep_checkpoints: self.keep_checkpoints,
+            eval_every: self.eval_every,
+            validation_split: "validation".into(),
+            shards: self.shards,
+        })
+    }
+}
+
+struct Bar {
+    bar: ProgressBar,
+    /// When stderr is not a terminal the bar is hidden: print a line every this many steps instead.
+    every: usize,
+}
+
+impl Progress for Bar {
+    fn step(&mut self, info: &StepInfo) {
+        if self.bar.length() != Some(info.total_steps as u64) {
+            self.bar.set_length(info.total_steps as u64);
+        }
+        self.bar.set_position(info.step as u64);
+        let msg = format!(
+            "epoch {} loss {:.4} lr {:.2e} {:.0} ex/s",
+            info.epoch + 1,
+            info.loss,
+            info.lr,
+            info.examples_per_sec
+        );
+        if self.bar.is_hidden() && (info.step % self.every == 0 || info.step == info.total_steps) {
+            eprintln!("step {}/{}: {msg}", info.step, info.total_steps);
+        }
+        self.bar.set_message(msg);
+    }
+    fn event(&mut self, message: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{message}");
+        } else {
+            self.bar.println(message);
+        }
+        tracing::info!("{message}");
+    }
+}
+
+pub fn train(args: TrainArgs, device: &Device) -> Result<()> {
+    let config = args.config()?;
+    let collection = load_collection(&args.corpus)?;
+    let started = Instant::now();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} | {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut progress = Bar { bar, every: 100 };
+    let mut trainer = Trainer::new(config, device.clone());
+    trainer.stop_after = args.stop_after;
+    let summary = trainer
+        .train(&collection, &args.out, args.resume, &mut progress)
+        .with_context(|| format!("training into {}", args.out.display()))?;
+    progress.bar.finish_and_clear();
+    if !summary.finished {
+        eprintln!(
+            "stopped after step {} of {} (--stop-after); continue with --resume",
+            summary.state.step, summary.state.total_steps
+        );
+        return Ok(());
+    }
+    let info = serde_json::json!({ "corpus": args.corpus });
+    genir_model::weights::write_atomic(&args.out.join(RUN_INFO), info.to_string().as_bytes())?;
+    let last = summary.state.validation.last();
+    eprintln!(
+        "trained {} steps in {:.1} s ({:.1} examples/s this session){}; model in {}",
+        summary.state.step,
+        started.elapsed().as_secs_f64(),
+        summary.examples_per_sec,
+        last.map(|v| format!(
+            "; validation Hits@1 {:.4}, Hits@10 {:.4}",
+            v.hits_at_1, v.hits_at_10
+        ))
+        .unwrap_or_default(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub const SEARCH_EXAMPLES: &str = "Examples:
+  genir search --model models/dsi-atomic \"who founded the anarchist congress of amsterdam\"
+  genir search --model models/dsi-atomic -k 3 \"first query\" \"second query\"";
+
+/// Arguments of `genir search`.
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Model folder written by `genir train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Collection for titles (default: the one the model was trained on).
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Results per query.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Beam width for multi-token docids (at least k).
+    #[arg(long, default_value_t = 10)]
+    pub beams: usize,
+    /// Query texts.
+    #[arg(required = true)]
+    pub queries: Vec<String>,
+}
+
+pub fn search(args: SearchArgs, device: &Device) -> Result<()> {
+    let model = GenirModel::load(&args.model, device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let collection = corpus_of(&args.model, args.corpus.as_deref())
+        .and_then(|c| load_collection(&c))
+        .ok();
+    let mut searcher = model.searcher()?;
+    searcher.beams = args.beams;
+    let hits = searcher.search(&args.queries, args.k)?;
+    for (q, hs) in args.queries.iter().zip(hits) {
+        println!("query: {q}");
+        for (i, h) in hs.iter().enumerate() {
+            let title = collection
+                .as_ref()
+                .and_then(|c| c.corpus.get(&h.docid))
+                .map(|d| d.title.clone())
+                .unwrap_or_default();
+            println!("{:>3}  {:>8}  {:>9.4}  {}", i + 1, h.docid, h.score, title);
+        }
+    }
+    Ok(())
+}
+
+pub const EVAL_EXAMPLES: &str = "Examples:
+  genir eval --model models/dsi-atomic --split test
+  genir eval --model models/dsi-atomic --split test --run-out test.run --parquet test.parquet";
+
+/// Arguments of `genir eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model folder written by `genir train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Collection (default: the one the model was trained on).
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Query split to evaluate.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Results per query (Recall@100 needs 100).
+    #[arg(short, long, default_value_t = 100)]
+    pub k: usize,
+    /// Beam width for multi-token docids (at least k).
+    #[arg(long, default_value_t = 10)]
+    pub beams: usize,
+    /// Queries per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Write the ranked results as a TREC run file.
+    #[arg(long)]
+    pub run_out: Option<PathBuf>,
+    /// Write per-query measures as Parquet.
+    #[arg(long)]
+    pub parquet: Option<PathBuf>,
+}
+
+pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
+    let model = GenirModel::load(&args.model, device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let collection = load_collection(&corpus_of(&args.model, args.corpus.as_deref())?)?;
+    let Some(split) = collection.split(&args.split) else {
+        bail!(
+            "--split {}: the collection has splits {}",
+            args.split,
+            collection.split_names().join(", ")
+        );
+    };
+    let mut searcher = model.searcher()?;
+    searcher.beams = args.beams;
+    let started = Instant::now();
+    let tag = args
+        .model
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "genir".into());
+    let run = searcher.run(&split.queries, args.k, args.batch_size, &tag)?;
+    let secs = started.elapsed().as_secs_f64();
+    let qids: Vec<String> = split.queries.iter().map(|q| q.qid.clone()).collect();
+    let ev = evaluate(&run, &split.qrels, Some(&qids));
+    println!("{} {}: {}", collection.name, args.split, ev.summary());
+    eprintln!(
+        "{} queries in {:.2} s ({:.1} queries/s)",
+        qids.len(),
+        secs,
+        qids.len() as f64 / secs.max(1e-9)
+    );
+    if let Some(p) = &args.run_out {
+        genir_data::formats::save_run(p, &run)?;
+    }
+    if let Some(p) = &args.parquet {
+        ev.write_parquet(p)?;
+    }
+    Ok(())
+}

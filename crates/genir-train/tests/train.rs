@@ -1,0 +1,371 @@
+//! Training, resuming, data-parallel shards and constrained search on tiny collections.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::prelude::*;
+use genir_data::{Collection, Corpus, Document, Qrel, Qrels, Queries, Query, QuerySet};
+use genir_train::bundle::GenirModel;
+use genir_train::docid::DocidKind;
+use genir_train::examples::ExampleConfig;
+use genir_train::metrics::evaluate;
+use genir_train::train::{Architecture, Init, LogProgress, TrainConfig, Trainer};
+use genir_train::TrainError;
+
+const TOPICS: [&str; 12] = [
+    "volcano lava eruption magma",
+    "violin orchestra symphony concert",
+    "glacier ice arctic polar",
+    "bitcoin blockchain ledger mining",
+    "pharaoh pyramid egypt nile",
+    "tennis racket wimbledon serve",
+    "photosynthesis chlorophyll leaf plant",
+    "submarine sonar torpedo navy",
+    "cheese dairy milk cheddar",
+    "telescope galaxy nebula orbit",
+    "chess bishop knight checkmate",
+    "hurricane storm cyclone wind",
+];
+
+/// Twelve documents with distinct vocabularies; one training and one validation query each.
+fn tiny_collection() -> Collection {
+    let docs = TOPICS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let w: Vec<&str> = t.split(' ').collect();
+            Document::new(
+                format!("{}", 100 + i * 7),
+                format!("The {}", w[0]),
+                format!(
+                    "The {} is about {} and {}. Many people study {} with {}.",
+                    w[0], w[1], w[2], w[3], w[1]
+                ),
+            )
+        })
+        .collect();
+    let mut splits = BTreeMap::new();
+    for (split, pick) in [("train", [0usize, 1]), ("validation", [2, 3])] {
+        let mut queries = Vec::new();
+        let mut qrels = Vec::new();
+        for (i, t) in TOPICS.iter().enumerate() {
+            let w: Vec<&str> = t.split(' ').collect();
+            let qid = format!("{split}-{i}");
+            queries.push(Query::new(&qid, format!("{} {}", w[pick[0]], w[pick[1]])));
+            qrels.push(Qrel::new(&qid, format!("{}", 100 + i * 7), 1));
+        }
+        splits.insert(
+            split.to_string(),
+            QuerySet {
+                queries: Queries::new(queries),
+                qrels: Qrels::new(qrels),
+            },
+        );
+    }
+    Collection {
+        name: "tiny".into(),
+        corpus: Corpus::new(docs),
+        splits,
+    }
+}
+
+fn config(docids: DocidKind, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        init: Init::Scratch(Architecture {
+            d_model: 32,
+            d_ff: 64,
+            layers: 1,
+            heads: 2,
+            text_vocab: 120,
+        }),
+        docids,
+        examples: ExampleConfig {
+            max_source_len: 32,
+            index_chunks: 1,
+            index_ratio: None,
+            exclude: Vec::new(),
+        },
+        batch_size: 8,
+        epochs,
+        lr: 1e-2,
+        warmup_steps: 5,
+        weight_decay: 0.01,
+        clip_norm: Some(1.0),
+        seed: 3,
+        checkpoint_every: 4,
+        keep_checkpoints: 2,
+        eval_every: 0,
+        validation_split: "validation".into(),
+        shards: 1,
+    }
+}
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn train_split_hits(dir: &Path, c: &Collection, split: &str) -> (f64, f64) {
+    let m = GenirModel::load(dir, &device()).unwrap();
+    let s = c.split(split).unwrap();
+    let run = m.searcher().unwrap().run(&s.queries, 10, 16, "t").unwrap();
+    let ev = evaluate(&run, &s.qrels, None);
+    (ev.hits_at_1, ev.hits_at_10)
+}
+
+#[test]
+fn atomic_model_learns_the_tiny_collection() {
+    let c = tiny_collection();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = Trainer::new(config(DocidKind::Atomic, 40), device())
+        .train(&c, dir.path(), false, &mut LogProgress)
+        .unwrap();
+    assert!(summary.finished);
+    let first = summary.state.losses.first().unwrap().1;
+    let last = summary.state.losses.last().unwrap().1;
+    assert!(last < first * 0.2, "loss {first} -> {last}");
+    let (h1, _) = train_split_hits(dir.path(), &c, "train");
+    assert!(h1 >= 0.9, "training queries Hits@1 {h1}");
+    // the final model folder opens as a Hugging Face T5 folder plus docids.json
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "docids.json",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    assert!(!summary.state.validation.is_empty());
+}
+
+#[test]
+fn naive_and_semantic_models_learn_and_search_only_valid_docids() {
+    let c = tiny_collection();
+    for kind in [
+        DocidKind::Naive,
+        DocidKind::Semantic {
+            branching: 3,
+            leaf_size: 3,
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        Trainer::new(config(kind.clone(), 60), device())
+            .train(&c, dir.path(), false, &mut LogProgress)
+            .unwrap();
+        let (h1, h10) = train_split_hits(dir.path(), &c, "train");
+        assert!(h1 >= 0.75, "{kind}: training Hits@1 {h1}");
+        assert!(h10 >= 0.9, "{kind}: training Hits@10 {h10}");
+        let m = GenirModel::load(dir.path(), &device()).unwrap();
+        let valid: Vec<&str> = c.corpus.iter().map(|d| d.docid.as_str()).collect();
+        let hits = m
+            .searcher()
+            .unwrap()
+            .search(&["volcano lava".into()], 12)
+            .unwrap();
+        assert_eq!(hits[0].len(), 12, "{kind}: every docid is reachable");
+        assert!(hits[0].iter().all(|h| valid.contains(&h.docid.as_str())));
+    }
+}
+
+#[test]
+fn beam_search_matches_exhaustive_scoring() {
+    let c = tiny_collection();
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(DocidKind::Naive, 10), device())
+        .train(&c, dir.path(), false, &mut LogProgress)
+        .unwrap();
+    let m = GenirModel::load(dir.path(), &device()).unwrap();
+    let mut s = m.searcher().unwrap();
+    s.beams = 12; // as wide as the corpus: beam search is exact
+    for q in ["glacier polar", "chess knight", "unrelated words here"] {
+        let ids = s.encode_queries(&[q.to_string()]).unwrap();
+        let hits = s.search_ids(&ids, 5).unwrap().remove(0);
+        let all: Vec<usize> = (0..m.scheme.len()).collect();
+        let scores = s.score_docs(&ids[0], &all).unwrap();
+        let mut order: Vec<usize> = all.clone();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let got: Vec<usize> = hits.iter().map(|h| h.doc).collect();
+        assert_eq!(got, order[..5].to_vec(), "{q}");
+        for h in &hits {
+            assert!(
+                (h.score - scores[h.doc]).abs() < 1e-4,
+                "{q}: {} vs {}",
+                h.score,
+                scores[h.doc]
+            );
+        }
+    }
+    // restricted documents are never returned
+    let banned = m.scheme.index_of("100").unwrap();
+    let r = m.searcher().unwrap().restrict(|d| d != banned);
+    let hits = r.search(&["volcano lava".into()], 12).unwrap().remove(0);
+    assert_eq!(hits.len(), 11);
+    assert!(hits.iter().all(|h| h.doc != banned));
+}
+
+fn model_bytes(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_stopped_run_resumes_bit_for_bit() {
+    let c = tiny_collection();
+    let straight = tempfile::tempdir().unwrap();
+    let cfg = config(DocidKind::Atomic, 4); // 24 examples / 8 = 3 steps per epoch, 12 steps
+    Trainer::new(cfg.clone(), device())
+        .train(&c, straight.path(), false, &mut LogProgress)
+        .unwrap();
+    let stopped = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(cfg.clone(), device());
+    t.stop_after = Some(6); // checkpoint at step 4; steps 5-6 are lost, as in a killed run
+    let s = t
+        .train(&c, stopped.path(), false, &mut LogProgress)
+        .unwrap();
+    assert!(!s.finished);
+    let err = Trainer::new(cfg.clone(), device())
+        .train(&c, stopped.path(), false, &mut LogProgress)
+        .unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let s = Trainer::new(cfg.clone(), device())
+        .train(&c, stopped.path(), true, &mut LogProgress)
+        .unwrap();
+    assert!(s.resumed && s.finished);
+    assert_eq!(s.state.step, 12);
+    assert!(
+        model_bytes(straight.path()) == model_bytes(stopped.path()),
+        "resumed model differs from the uninterrupted one"
+    );
+    // a different configuration cannot resume this run
+    let mut other = cfg;
+    other.lr *= 2.0;
+    let err = Trainer::new(other, device())
+        .train(&c, stopped.path(), true, &mut LogProgress)
+        .unwrap_err();
+    assert!(matches!(err, TrainError::Checkpoint { .. }), "{err}");
+}
+
+#[test]
+fn two_data_parallel_shards_take_the_same_step_as_one_device() {
+    let c = tiny_collection();
+    let mut cfg = config(DocidKind::Atomic, 1);
+    let one = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(cfg.clone(), device());
+    t.stop_after = None;
+    t.train(&c, one.path(), false, &mut LogProgress).unwrap();
+    cfg.shards = 2;
+    let two = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(cfg, device());
+    t.devices = vec![device(), device()];
+    t.train(&c, two.path(), false, &mut LogProgress).unwrap();
+    let a = GenirModel::load(one.path(), &device())
+        .unwrap()
+        .model
+        .to_hf_tensors()
+        .unwrap();
+    let b = GenirModel::load(two.path(), &device())
+        .unwrap()
+        .model
+        .to_hf_tensors()
+        .unwrap();
+    let mut worst = 0f32;
+    for (name, ta) in &a {
+        let tb = &b[name];
+        for (x, y) in ta.values.iter().zip(&tb.values) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst < 1e-4, "max parameter difference {worst}");
+}
+
+#[test]
+fn missing_documents_are_left_out_but_keep_their_docids() {
+    let c = tiny_collection();
+    let mut cfg = config(DocidKind::Atomic, 2);
+    cfg.examples.exclude = vec!["100".into(), "107".into()];
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(cfg.clone(), device())
+        .train(&c, dir.path(), false, &mut LogProgress)
+        .unwrap();
+    let m = GenirModel::load(dir.path(), &device()).unwrap();
+    assert_eq!(m.scheme.len(), 12);
+    cfg.examples.exclude = vec!["nope".into()];
+    let err = Trainer::new(cfg, device())
+        .train(
+            &c,
+            tempfile::tempdir().unwrap().path(),
+            false,
+            &mut LogProgress,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn unknown_docids_in_qrels_name_the_query() {
+    let mut c = tiny_collection();
+    let train = c.splits.get_mut("train").unwrap();
+    train.qrels = Qrels::new(vec![Qrel::new("train-0", "no-such-doc", 1)]);
+    let err = Trainer::new(config(DocidKind::Atomic, 1), device())
+        .train(
+            &c,
+            tempfile::tempdir().unwrap().path(),
+            false,
+            &mut LogProgress,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no-such-doc") && err.contains("train-0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_checkpoints_are_clear_errors() {
+    let c = tiny_collection();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(config(DocidKind::Atomic, 4), device());
+    t.stop_after = Some(5);
+    t.train(&c, dir.path(), false, &mut LogProgress).unwrap();
+    let latest = std::fs::read_to_string(dir.path().join("checkpoints/latest")).unwrap();
+    let ck = dir.path().join("checkpoints").join(latest.trim());
+    std::fs::write(ck.join("optimizer.bpk"), b"garbage").unwrap();
+    let err = Trainer::new(config(DocidKind::Atomic, 4), device())
+        .train(&c, dir.path(), true, &mut LogProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("optimizer"), "{err}");
+    std::fs::remove_file(ck.join("state.json")).unwrap();
+    let err = Trainer::new(config(DocidKind::Atomic, 4), device())
+        .train(&c, dir.path(), true, &mut LogProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("incomplete"), "{err}");
+    let bad = dir.path().join("not-a-model");
+    std::fs::create_dir_all(&bad).unwrap();
+    let err = GenirModel::load(&bad, &device()).unwrap_err().to_string();
+    assert!(err.contains("docids.json"), "{err}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_model_and_another_seed_does_not() {
+    let c = tiny_collection();
+    let cfg = config(DocidKind::Atomic, 2);
+    let runs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for r in &runs {
+        Trainer::new(cfg.clone(), device())
+            .train(&c, r.path(), false, &mut LogProgress)
+            .unwrap();
+    }
+    for f in ["model.safetensors", "tokenizer.json", "docids.json"] {
+        let a = std::fs::read(runs[0].path().join(f)).unwrap();
+        let b = std::fs::read(runs[1].path().join(f)).unwrap();
+        assert!(a == b, "{f} differs between two runs with one seed");
+    }
+    let mut other = cfg;
+    other.seed += 1;
+    let o = tempfile::tempdir().unwrap();
+    Trainer::new(other, device())
+        .train(&c, o.path(), false, &mut LogProgress)
+        .unwrap();
+    assert!(model_bytes(o.path()) != model_bytes(runs[0].path()));
+}
