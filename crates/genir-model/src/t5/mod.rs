@@ -1,12 +1,14 @@
-//! The T5 encoder-decoder (`T5ForConditionalGeneration`), its config, and its layers.
+//! The T5 encoder-decoder (`T5ForConditionalGeneration`), its config, its layers, and the MonoT5 re-ranker.
 
 mod config;
 mod layers;
 mod model;
+mod monot5;
 
 pub use config::{Activation, T5Config};
 pub use layers::{
     linear, position_bias, relative_position_bucket, AttnAt, FeedForward, KvPair, RmsNorm,
     T5Attention, MASK_VALUE,
 };
+pub use monot5::MonoT5;
 pub use model::{pad_batch, BlockInputs, DecoderState, Seq2SeqInput, T5Block, T5Model, T5Stack};
