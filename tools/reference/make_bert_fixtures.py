@@ -4,7 +4,7 @@
 For each variant it makes a seeded random tiny model with Hugging Face transformers (BERT with a sequence
 classification head, a bare BertModel saved as `pytorch_model.bin` in a sentence-transformers folder, DistilBERT with
 its 2-class head, ELECTRA with `embedding_size != hidden_size` and its classification head), a small WordPiece
-tokenizer trained on Python standard-library docstrings, saves the model folder in HF layout, runs a padded batch with
+tokenizer with a vocabulary from Python standard-library docstrings, saves the model folder in HF layout, runs a padded batch with
 eager attention, and writes `reference.safetensors`: the last hidden state, pooled embeddings, classifier logits and
 per-layer activations named with genir's hook names. Component outputs come from torch forward hooks on the HF modules,
 independent of genir's code.
@@ -25,7 +25,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (BertConfig, BertForSequenceClassification, BertModel, DistilBertConfig,
                           DistilBertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification,
                           PreTrainedTokenizerFast, T5ForConditionalGeneration)
@@ -64,12 +64,23 @@ def corpus():
 
 
 def make_tokenizer(vocab):
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    """A WordPiece tokenizer (BERT's kind) whose vocabulary is built deterministically: the special tokens, every
+    character of the corpus (alone and as a `##` continuation), then the most frequent words (ties alphabetical).
+    (The `tokenizers` WordPiece trainer breaks ties in hash order, so its vocabulary changes from run to run.)"""
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts = {}
+    for text in corpus() + [t for p in PAIRS for t in p] + TEXTS:
+        for word, _ in pre.pre_tokenize_str(norm.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for w in counts for c in w})
+    tokens = SPECIALS + chars + ["##" + c for c in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    tokens += words[: max(0, vocab - len(tokens))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=SPECIALS)
-    tok.train_from_iterator(corpus(), trainer=trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -129,7 +129,10 @@ fn tokenizer_pairs_and_texts_match_hugging_face() {
         let f = Fixture::load(name);
         let tok = TextTokenizer::from_file(&f.dir.join("tokenizer.json"), 1000).unwrap();
         let got: Vec<Encoded> = if name == "bert-dot-bin" {
-            f.texts().iter().map(|t| tok.encode_full(t).unwrap()).collect()
+            f.texts()
+                .iter()
+                .map(|t| tok.encode_full(t).unwrap())
+                .collect()
         } else {
             f.pairs()
                 .iter()
@@ -196,9 +199,7 @@ fn encoders_and_every_recorded_activation_match_hugging_face() {
             compared >= 1 + 5 * layers + 5,
             "{name}: only {compared} activations compared"
         );
-        eprintln!(
-            "{name}: last hidden state and {compared} activations, max abs diff {worst:.2e}"
-        );
+        eprintln!("{name}: last hidden state and {compared} activations, max abs diff {worst:.2e}");
     }
 }
 
@@ -220,7 +221,9 @@ fn cross_encoders_match_hugging_face_logits() {
         assert!(d_rel < TOL, "{name}: relevance differs by {d_rel}");
         // From text, through the tokenizer's pair encoding.
         let pairs = f.pairs();
-        let scored = cat.score_batch(&as_refs(&pairs), &mut Hooks::none()).unwrap();
+        let scored = cat
+            .score_batch(&as_refs(&pairs), &mut Hooks::none())
+            .unwrap();
         assert!(max_diff(&scored, &want) < TOL, "{name}: score_batch");
         let one = cat
             .score(&pairs[1].0, &pairs[1].1, &mut Hooks::none())
@@ -267,14 +270,18 @@ fn bi_encoder_matches_sentence_transformers_pooling() {
     let pairs = [(texts[0], texts[1]), (texts[2], texts[0])];
     let scores = dot.score_batch(&pairs, &mut Hooks::none()).unwrap();
     let h = shape[1];
-    let cos = |i: usize, j: usize| -> f32 {
-        (0..h).map(|k| want[i * h + k] * want[j * h + k]).sum()
-    };
+    let cos =
+        |i: usize, j: usize| -> f32 { (0..h).map(|k| want[i * h + k] * want[j * h + k]).sum() };
     assert!(max_diff(&scores, &[cos(0, 1), cos(2, 0)]) < TOL);
     let one = dot.score(texts[0], texts[1], &mut Hooks::none()).unwrap();
     assert!((one - cos(0, 1)).abs() < TOL);
     let m = dot.similarity_matrix(emb.clone(), emb);
-    assert!(max_diff(&values(&m), &(0..9).map(|i| cos(i / 3, i % 3)).collect::<Vec<_>>()) < TOL);
+    assert!(
+        max_diff(
+            &values(&m),
+            &(0..9).map(|i| cos(i / 3, i % 3)).collect::<Vec<_>>()
+        ) < TOL
+    );
     // CLS pooling without normalisation.
     dot.pooling = Pooling::Cls;
     dot.normalize = false;
@@ -282,7 +289,25 @@ fn bi_encoder_matches_sentence_transformers_pooling() {
     let (_, want) = f.reference("embedding_cls");
     let d_cls = max_diff(&values(&emb), &want);
     assert!(d_cls < TOL, "CLS embeddings differ by {d_cls}");
-    eprintln!("bert-dot-bin: mean+normalize max abs diff {d_mean:.2e}, cls {d_cls:.2e}");
+    // Max pooling over real tokens only, from the reference last hidden state.
+    dot.pooling = Pooling::Max;
+    let emb = values(&dot.embed(&texts, &mut Hooks::none()).unwrap());
+    let (hs, hidden) = f.reference("last_hidden_state");
+    let (len, h) = (hs[1], hs[2]);
+    let mut want = Vec::new();
+    for (b, row) in f.rows.iter().enumerate() {
+        for k in 0..h {
+            let m = (0..row.ids.len())
+                .map(|t| hidden[(b * len + t) * h + k])
+                .fold(f32::NEG_INFINITY, f32::max);
+            want.push(m);
+        }
+    }
+    let d_max = max_diff(&emb, &want);
+    assert!(d_max < TOL, "max-pooled embeddings differ by {d_max}");
+    eprintln!(
+        "bert-dot-bin: mean+normalize max abs diff {d_mean:.2e}, cls {d_cls:.2e}, max {d_max:.2e}"
+    );
 
     // A plain Hugging Face folder (no modules.json): CLS pooling, no normalisation, dot product.
     let plain = Dot::from_pretrained(&fixtures().join("bert-cat"), &device).unwrap();
@@ -290,19 +315,27 @@ fn bi_encoder_matches_sentence_transformers_pooling() {
         (plain.pooling, plain.normalize, plain.similarity),
         (Pooling::Cls, false, Similarity::Dot)
     );
+    let (q, d) = ("sort a list", "Return a sorted list.");
+    let qe = values(&plain.embed(&[q], &mut Hooks::none()).unwrap());
+    let de = values(&plain.embed(&[d], &mut Hooks::none()).unwrap());
+    let want: f32 = qe.iter().zip(&de).map(|(a, b)| a * b).sum();
+    let got = plain.score(q, d, &mut Hooks::none()).unwrap();
+    assert!(
+        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
 }
 
 #[test]
 fn monot5_matches_hugging_face() {
     let device = device();
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("monot5.json")).unwrap(),
-    )
-    .unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("monot5.json")).unwrap())
+            .unwrap();
     let t5_dir = fixtures().join("../t5/relu-tied");
     let model = T5Model::from_pretrained(&t5_dir, &device).unwrap();
-    let tok = TextTokenizer::from_file(&t5_dir.join("tokenizer.json"), model.config.vocab_size)
-        .unwrap();
+    let tok =
+        TextTokenizer::from_file(&t5_dir.join("tokenizer.json"), model.config.vocab_size).unwrap();
     let true_id: u32 = serde_json::from_value(reference["true_id"].clone()).unwrap();
     let false_id: u32 = serde_json::from_value(reference["false_id"].clone()).unwrap();
     assert_eq!(tok.token_to_id("▁true"), Some(true_id));
@@ -314,7 +347,10 @@ fn monot5_matches_hugging_face() {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("▁false") && err.contains("with_token_ids"), "{err}");
+        assert!(
+            err.contains("▁false") && err.contains("with_token_ids"),
+            "{err}"
+        );
     }
     assert!(MonoT5::with_token_ids(
         T5Model::from_pretrained(&t5_dir, &device).unwrap(),
@@ -328,10 +364,19 @@ fn monot5_matches_hugging_face() {
     let pairs = as_refs(&pairs);
     let input = mono.encode_pairs(&pairs).unwrap();
     let ids: Vec<Vec<i64>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
-    let got_ids = input.input_ids.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+    let got_ids = input
+        .input_ids
+        .to_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
     let len = input.input_ids.dims()[1];
     for (i, row) in ids.iter().enumerate() {
-        assert_eq!(&got_ids[i * len..i * len + row.len()], row.as_slice(), "prompt {i}");
+        assert_eq!(
+            &got_ids[i * len..i * len + row.len()],
+            row.as_slice(),
+            "prompt {i}"
+        );
     }
     let tf = mono.true_false_logits(&input, &mut Hooks::none()).unwrap();
     let want_tf: Vec<Vec<f32>> =
@@ -342,7 +387,9 @@ fn monot5_matches_hugging_face() {
     let scores = mono.score_batch(&pairs, &mut Hooks::none()).unwrap();
     let d = max_diff(&scores, &want);
     assert!(d < TOL, "MonoT5 scores differ by {d}");
-    let one = mono.score(pairs[2].0, pairs[2].1, &mut Hooks::none()).unwrap();
+    let one = mono
+        .score(pairs[2].0, pairs[2].1, &mut Hooks::none())
+        .unwrap();
     assert!((one - want[2]).abs() < TOL);
     eprintln!("monot5: true/false logits max abs diff {d_tf:.2e}, scores {d:.2e}");
 }
@@ -382,12 +429,18 @@ fn patching_the_last_residual_stream_gives_the_other_runs_output() {
         let f = Fixture::load(name);
         let cat = Cat::from_pretrained(&f.dir, &device).unwrap();
         let (clean, corrupt) = clean_and_corrupt(&f, &device);
-        let (clean_out, cache) = cat.encoder.run_with_cache(&clean, HookFilter::all()).unwrap();
+        let (clean_out, cache) = cat
+            .encoder
+            .run_with_cache(&clean, HookFilter::all())
+            .unwrap();
         let clean_out = values(&clean_out);
         let clean_rel = values(&cat.relevance(&clean, &mut Hooks::none()).unwrap());
         let corrupt_out = values(&cat.encoder.forward(&corrupt, &mut Hooks::none()).unwrap());
         let corrupt_rel = values(&cat.relevance(&corrupt, &mut Hooks::none()).unwrap());
-        assert!(max_diff(&clean_rel, &corrupt_rel) > 1e-3, "{name}: runs do not differ");
+        assert!(
+            max_diff(&clean_rel, &corrupt_rel) > 1e-3,
+            "{name}: runs do not differ"
+        );
         let last = cat.encoder.depth() - 1;
         let point = HookPoint::block(Stack::Encoder, last, Site::ResidPost);
         // Every position, one selection at a time.
@@ -426,7 +479,11 @@ fn patching_the_last_residual_stream_gives_the_other_runs_output() {
         for b in 0..3 {
             for t in 0..len {
                 let r = (b * len + t) * h..(b * len + t + 1) * h;
-                let want = if t == 2 { &clean_out[r.clone()] } else { &corrupt_out[r.clone()] };
+                let want = if t == 2 {
+                    &clean_out[r.clone()]
+                } else {
+                    &corrupt_out[r.clone()]
+                };
                 assert_eq!(max_diff(&out[r], want), 0.0, "{name}: batch {b} pos {t}");
             }
         }
@@ -536,7 +593,10 @@ fn custom_hooks_and_unknown_points() {
         let doubled = values(&cat.relevance(&input, &mut hooks).unwrap());
         assert!(max_diff(&doubled, &plain) > 1e-4);
     }
-    assert_eq!(seen, vec!["encoder.blocks.1.hook_self_attn_out".to_string()]);
+    assert_eq!(
+        seen,
+        vec!["encoder.blocks.1.hook_self_attn_out".to_string()]
+    );
     // The embedding point is after ELECTRA's projection: hidden_size wide.
     let (_, cache) = cat
         .encoder
@@ -632,7 +692,10 @@ fn bad_checkpoints_are_clear_errors() {
     for (name, drop) in [
         ("bert-cat", "bert.encoder.layer.1.attention.self.key.bias"),
         ("bert-cat", "classifier.weight"),
-        ("distilbert-cat", "distilbert.transformer.layer.1.sa_layer_norm.weight"),
+        (
+            "distilbert-cat",
+            "distilbert.transformer.layer.1.sa_layer_norm.weight",
+        ),
         ("electra-cat", "electra.embeddings_project.weight"),
         ("electra-cat", "classifier.out_proj.bias"),
     ] {
@@ -652,12 +715,18 @@ fn bad_checkpoints_are_clear_errors() {
     let err = BertEncoder::from_pretrained(dir.path(), &device)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("bert.embeddings.word_embeddings.weight"), "{err}");
+    assert!(
+        err.contains("bert.embeddings.word_embeddings.weight"),
+        "{err}"
+    );
     // A cross-encoder asked of a bare encoder: the head is missing.
     let err = Cat::from_pretrained(&fixtures().join("bert-dot-bin"), &device)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("pooler.dense.weight") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("pooler.dense.weight") && err.contains("missing"),
+        "{err}"
+    );
 
     // A config that disagrees with the tensor shapes.
     let dir = copy_fixture("bert-cat");
@@ -727,7 +796,10 @@ fn bad_checkpoints_are_clear_errors() {
     let err = Dot::from_pretrained(dir.path(), &device)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("modules.json") && err.contains("Dense"), "{err}");
+    assert!(
+        err.contains("modules.json") && err.contains("Dense"),
+        "{err}"
+    );
 
     // No weights at all.
     let dir = tempfile::tempdir().unwrap();
@@ -744,10 +816,16 @@ fn bad_checkpoints_are_clear_errors() {
     // Inputs longer than the position table, and text methods without a tokenizer.
     let enc = BertEncoder::from_pretrained(&fixtures().join("bert-cat"), &device).unwrap();
     let long = BertInput::from_ids(&[vec![5; 65]], 0, &device).unwrap();
-    let err = enc.forward(&long, &mut Hooks::none()).unwrap_err().to_string();
+    let err = enc
+        .forward(&long, &mut Hooks::none())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("65") && err.contains("64"), "{err}");
     let dot = Dot::new(enc, Pooling::Mean, false, Similarity::Dot);
-    let err = dot.embed(&["x"], &mut Hooks::none()).unwrap_err().to_string();
+    let err = dot
+        .embed(&["x"], &mut Hooks::none())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no tokenizer"), "{err}");
 }
 
@@ -755,7 +833,12 @@ fn bad_checkpoints_are_clear_errors() {
 fn configs_of_the_fixtures_read_as_their_family() {
     let c = BertConfig::from_file(&fixtures().join("distilbert-cat/config.json")).unwrap();
     assert_eq!(
-        (c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.type_vocab_size),
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.intermediate_size,
+            c.type_vocab_size
+        ),
         (32, 2, 64, 0)
     );
     let c = BertConfig::from_file(&fixtures().join("electra-cat/config.json")).unwrap();
@@ -780,7 +863,10 @@ fn minilm_check(dir: &Path, device: &Device) {
         .convert::<f32>()
         .try_to_vec::<f32>()
         .unwrap();
-    assert_eq!(got, ids.values, "token ids differ from sentence-transformers");
+    assert_eq!(
+        got, ids.values,
+        "token ids differ from sentence-transformers"
+    );
     let emb = dot.embed_input(&input, &mut Hooks::none()).unwrap();
     let want = reference.get("embeddings").unwrap();
     assert_eq!(emb.dims().to_vec(), want.shape);
@@ -789,7 +875,10 @@ fn minilm_check(dir: &Path, device: &Device) {
     let hidden = dot.encoder.forward(&input, &mut Hooks::none()).unwrap();
     let [b, _, h] = hidden.dims();
     let cls = values(&hidden.slice([0..b, 0..1, 0..h]));
-    let d_cls = max_diff(&cls, &reference.get("last_hidden_state_cls").unwrap().values);
+    let d_cls = max_diff(
+        &cls,
+        &reference.get("last_hidden_state_cls").unwrap().values,
+    );
     assert!(d_cls < TOL, "CLS states differ by {d_cls}");
     // Paraphrase structure: sentence 0 is closer to 1 than to 2 is not guaranteed; check self-similarity.
     let s = dot

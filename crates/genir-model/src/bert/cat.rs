@@ -171,10 +171,14 @@ impl Cat {
 
     /// Tokenizes `(query, document)` pairs into one padded batch (`[CLS] q [SEP] d [SEP]`, segments 0/1).
     pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<BertInput, ModelError> {
-        let tok = self.tokenizer.as_ref().ok_or_else(|| ModelError::Tokenizer {
-            path: PathBuf::from("tokenizer.json"),
-            message: "this cross-encoder has no tokenizer; load one with Cat::with_tokenizer".into(),
-        })?;
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: PathBuf::from("tokenizer.json"),
+                message: "this cross-encoder has no tokenizer; load one with Cat::with_tokenizer"
+                    .into(),
+            })?;
         let rows = pairs
             .iter()
             .map(|(q, d)| tok.encode_pair(q, d))

@@ -159,7 +159,8 @@ impl BertConfig {
             path: path.into(),
             message,
         };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         Self::from_json(value).map_err(bad)
     }
 
@@ -190,7 +191,7 @@ impl BertConfig {
                 return Err(format!("`{name}` must be positive"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim() * self.num_attention_heads != self.hidden_size {
             return Err(format!(
                 "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
                 self.hidden_size, self.num_attention_heads
@@ -278,15 +279,17 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let err = BertConfig::from_json(serde_json::json!({"hidden_size": 30, "num_attention_heads": 4}))
-            .unwrap_err();
+        let err =
+            BertConfig::from_json(serde_json::json!({"hidden_size": 30, "num_attention_heads": 4}))
+                .unwrap_err();
         assert!(err.contains("hidden_size"), "{err}");
         let err = BertConfig::from_json(serde_json::json!({"hidden_act": "banana"})).unwrap_err();
         assert!(err.contains("banana"), "{err}");
         let err = BertConfig::from_json(serde_json::json!({"model_type": "roberta"})).unwrap_err();
         assert!(err.contains("roberta"), "{err}");
-        let err = BertConfig::from_json(serde_json::json!({"position_embedding_type": "relative_key"}))
-            .unwrap_err();
+        let err =
+            BertConfig::from_json(serde_json::json!({"position_embedding_type": "relative_key"}))
+                .unwrap_err();
         assert!(err.contains("relative_key"), "{err}");
         let err = BertConfig::from_json(serde_json::json!({"embedding_size": 128})).unwrap_err();
         assert!(err.contains("embedding_size"), "{err}");

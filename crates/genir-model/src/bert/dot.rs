@@ -104,8 +104,8 @@ fn read_modules(dir: &Path) -> Result<Option<StModules>, ModelError> {
             "Normalize" => out.normalize = true,
             _ => {
                 return Err(bad(format!(
-                    "module `{ty}` is not supported (genir's Dot has Transformer, Pooling, Normalize)"
-                )))
+                "module `{ty}` is not supported (genir's Dot has Transformer, Pooling, Normalize)"
+            )))
             }
         }
     }
@@ -230,10 +230,13 @@ impl Dot {
     }
 
     fn tokenizer(&self) -> Result<&TextTokenizer, ModelError> {
-        self.tokenizer.as_ref().ok_or_else(|| ModelError::Tokenizer {
-            path: PathBuf::from("tokenizer.json"),
-            message: "this bi-encoder has no tokenizer; load one with Dot::with_tokenizer".into(),
-        })
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: PathBuf::from("tokenizer.json"),
+                message: "this bi-encoder has no tokenizer; load one with Dot::with_tokenizer"
+                    .into(),
+            })
     }
 
     /// Tokenizes texts into one padded batch.
@@ -286,11 +289,7 @@ impl Dot {
     }
 
     /// Embeddings of texts, `[texts, hidden]`, in one encoder pass whose hooks are `hooks`.
-    pub fn embed(
-        &self,
-        texts: &[&str],
-        hooks: &mut Hooks<'_>,
-    ) -> Result<Tensor<2>, ModelError> {
+    pub fn embed(&self, texts: &[&str], hooks: &mut Hooks<'_>) -> Result<Tensor<2>, ModelError> {
         let input = self.encode_texts(texts)?;
         self.embed_input(&input, hooks)
     }
@@ -339,12 +338,7 @@ impl Dot {
     }
 
     /// Score of one query and one document (one encoder pass: batch row 0 is the query, row 1 the document).
-    pub fn score(
-        &self,
-        query: &str,
-        doc: &str,
-        hooks: &mut Hooks<'_>,
-    ) -> Result<f32, ModelError> {
+    pub fn score(&self, query: &str, doc: &str, hooks: &mut Hooks<'_>) -> Result<f32, ModelError> {
         let s = self.score_batch(&[(query, doc)], hooks)?;
         s.first()
             .copied()

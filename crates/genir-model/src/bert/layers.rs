@@ -150,7 +150,10 @@ impl BertAttention {
         let k = hooks.apply4(p(AttnSite::K), self.heads(x.clone(), &self.k))?;
         let v = hooks.apply4(p(AttnSite::V), self.heads(x, &self.v))?;
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((self.d_head as f64).sqrt()) + bias;
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((self.d_head as f64).sqrt())
+            + bias;
         let scores = hooks.apply4(p(AttnSite::Scores), scores)?;
         let pattern = activation::softmax(scores, 3);
         let pattern = hooks.apply4(p(AttnSite::Pattern), pattern)?;

@@ -56,7 +56,9 @@ impl BertInput {
         );
         for (i, r) in rows.iter().enumerate() {
             if r.ids.is_empty() {
-                return Err(ModelError::Input(format!("sequence {i} of the batch is empty")));
+                return Err(ModelError::Input(format!(
+                    "sequence {i} of the batch is empty"
+                )));
             }
             if r.type_ids.len() != r.ids.len() || r.attention_mask.len() != r.ids.len() {
                 return Err(ModelError::Input(format!(
@@ -204,7 +206,10 @@ impl BertEncoder {
             None
         } else {
             Some(param2(
-                w.take(&emb("token_type_embeddings.weight"), &[c.type_vocab_size, e])?,
+                w.take(
+                    &emb("token_type_embeddings.weight"),
+                    &[c.type_vocab_size, e],
+                )?,
                 device,
             ))
         };

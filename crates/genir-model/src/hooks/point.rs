@@ -539,7 +539,10 @@ mod tests {
     #[test]
     fn encoder_only_models_have_no_decoder_or_final_norm() {
         let known = HookPoint::encoder_only(2);
-        assert_eq!(known.len(), 1 + 2 * HookPoint::block_points(Stack::Encoder, 0).len());
+        assert_eq!(
+            known.len(),
+            1 + 2 * HookPoint::block_points(Stack::Encoder, 0).len()
+        );
         let ok: HookPoint = "encoder.blocks.1.attn.hook_z".parse().unwrap();
         assert!(ok.validate_in(&known).is_ok());
         for bad in [

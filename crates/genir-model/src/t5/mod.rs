@@ -10,5 +10,5 @@ pub use layers::{
     linear, position_bias, relative_position_bucket, AttnAt, FeedForward, KvPair, RmsNorm,
     T5Attention, MASK_VALUE,
 };
-pub use monot5::MonoT5;
 pub use model::{pad_batch, BlockInputs, DecoderState, Seq2SeqInput, T5Block, T5Model, T5Stack};
+pub use monot5::MonoT5;
