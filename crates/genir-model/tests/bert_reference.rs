@@ -821,6 +821,22 @@ fn bad_checkpoints_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("65") && err.contains("64"), "{err}");
+    let bad_id = BertInput::from_ids(&[vec![2, 5000, 3]], 0, &device).unwrap();
+    let err = enc
+        .forward(&bad_id, &mut Hooks::none())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("input_ids") && err.contains("5000"), "{err}");
+    let mut bad_type = BertInput::from_ids(&[vec![2, 5, 3]], 0, &device).unwrap();
+    bad_type.token_type_ids = bad_type.token_type_ids.add_scalar(2);
+    let err = enc
+        .forward(&bad_type, &mut Hooks::none())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token_type_ids") && err.contains("2 rows"),
+        "{err}"
+    );
     let dot = Dot::new(enc, Pooling::Mean, false, Similarity::Dot);
     let err = dot
         .embed(&["x"], &mut Hooks::none())

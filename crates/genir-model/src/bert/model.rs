@@ -319,6 +319,8 @@ impl BertEncoder {
         Ok(())
     }
 
+    /// Checks an input against the model: length within the position table, matching shapes, token and
+    /// segment ids within their embedding tables (two reductions read back to the host).
     fn check_input(&self, input: &BertInput) -> Result<(), ModelError> {
         let [b, s] = input.dims();
         let max = self.config.max_position_embeddings;
@@ -339,14 +341,36 @@ impl BertEncoder {
                 )));
             }
         }
+        let range = |t: &Tensor<2, Int>| -> Result<(i64, i64), ModelError> {
+            let read = |x: Tensor<1, Int>| {
+                x.try_into_scalar::<i64>()
+                    .map_err(|e| ModelError::Tensor(format!("{e:?}")))
+            };
+            Ok((read(t.clone().min())?, read(t.clone().max())?))
+        };
+        let check = |what: &str, t: &Tensor<2, Int>, rows: usize| -> Result<(), ModelError> {
+            let (lo, hi) = range(t)?;
+            if lo < 0 || hi >= rows as i64 {
+                return Err(ModelError::Input(format!(
+                    "{what} range over {lo}..={hi}, but the embedding table has {rows} rows"
+                )));
+            }
+            Ok(())
+        };
+        check("input_ids", &input.input_ids, self.config.vocab_size)?;
+        if let Some(tt) = &self.embeddings.token_type {
+            check("token_type_ids", &input.token_type_ids, tt.dims()[0])?;
+        }
         Ok(())
     }
 
     /// The embedding output, `[batch, len, hidden]`: what block 0 reads (after the embedding norm and, for
     /// ELECTRA, the projection).
-    pub fn embed(&self, input: &BertInput) -> Tensor<3> {
-        self.embeddings
-            .forward(input.input_ids.clone(), input.token_type_ids.clone())
+    pub fn embed(&self, input: &BertInput) -> Result<Tensor<3>, ModelError> {
+        self.check_input(input)?;
+        Ok(self
+            .embeddings
+            .forward(input.input_ids.clone(), input.token_type_ids.clone()))
     }
 
     /// The last hidden state, `[batch, len, hidden]` (Hugging Face's `last_hidden_state`; it is also
@@ -357,8 +381,7 @@ impl BertEncoder {
         hooks: &mut Hooks<'_>,
     ) -> Result<Tensor<3>, ModelError> {
         self.check_hooks(hooks)?;
-        self.check_input(input)?;
-        let x = hooks.apply3(HookPoint::embed(Stack::Encoder), self.embed(input))?;
+        let x = hooks.apply3(HookPoint::embed(Stack::Encoder), self.embed(input)?)?;
         self.forward_from(x, 0, attention_bias(input.attention_mask.clone()), hooks)
     }
 
