@@ -1,4 +1,5 @@
-//! genir-model: a hooked T5 encoder-decoder for generative retrieval, on burn, exact against Hugging Face.
+//! genir-model: a hooked T5 encoder-decoder for generative retrieval, BERT-family encoders for dense retrieval
+//! ([`bert::Dot`]) and re-ranking ([`bert::Cat`], [`t5::MonoT5`]), on burn, exact against Hugging Face.
 //!
 //! Every component has a named [`HookPoint`](hooks::HookPoint) (`decoder.blocks.3.cross_attn.hook_z`, ...)
 //! that can be cached, patched, ablated or replaced through one mechanism, [`Hooks`](hooks::Hooks).
@@ -22,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bert;
 pub mod device;
 pub mod error;
 pub mod hooks;

@@ -4,6 +4,27 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
 
+/// One encoded text or text pair: token ids, segment (token type) ids and attention mask, all of one length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids, special tokens included (`[CLS] a [SEP] b [SEP]` for a BERT pair).
+    pub ids: Vec<u32>,
+    /// Segment ids from the post-processor (0 for the first text, 1 for the second in BERT pairs).
+    pub type_ids: Vec<u32>,
+    /// 1 for tokens, 0 for padding the tokenizer itself added.
+    pub attention_mask: Vec<u32>,
+}
+
+impl Encoded {
+    fn from_encoding(e: &tokenizers::Encoding) -> Self {
+        Self {
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+            attention_mask: e.get_attention_mask().to_vec(),
+        }
+    }
+}
+
 /// A tokenizer from a `tokenizer.json`, known to fit a model's vocabulary.
 #[derive(Clone)]
 pub struct TextTokenizer {
@@ -67,6 +88,63 @@ impl TextTokenizer {
                 path: self.path.clone(),
                 message: format!("cannot encode {text:?}: {e}"),
             })
+    }
+
+    /// A text with its segment ids and attention mask (special tokens added).
+    pub fn encode_full(&self, text: &str) -> Result<Encoded, ModelError> {
+        self.inner
+            .encode(text, true)
+            .map(|e| Encoded::from_encoding(&e))
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot encode {text:?}: {e}"),
+            })
+    }
+
+    /// A text pair through the tokenizer's post-processor, as Hugging Face's `tokenizer(a, b)`: for BERT,
+    /// `[CLS] a [SEP] b [SEP]` with segment ids 0 then 1. Truncation, if set, is longest-first over the pair.
+    pub fn encode_pair(&self, first: &str, second: &str) -> Result<Encoded, ModelError> {
+        self.inner
+            .encode((first, second), true)
+            .map(|e| Encoded::from_encoding(&e))
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot encode the pair ({first:?}, {second:?}): {e}"),
+            })
+    }
+
+    /// This tokenizer without the padding `tokenizer.json` may ask for (models pad each batch themselves).
+    pub fn without_padding(mut self) -> Self {
+        self.inner.with_padding(None);
+        self
+    }
+
+    /// This tokenizer truncating to `max_len` tokens, special tokens included (longest-first for pairs, as
+    /// Hugging Face's `truncation=True`); `None` turns truncation off.
+    pub fn with_max_length(mut self, max_len: Option<usize>) -> Result<Self, ModelError> {
+        let params = max_len.map(|max_length| tokenizers::TruncationParams {
+            max_length,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            direction: tokenizers::TruncationDirection::Right,
+            stride: 0,
+        });
+        self.inner
+            .with_truncation(params)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot truncate to {max_len:?} tokens: {e}"),
+            })?;
+        Ok(self)
+    }
+
+    /// The truncation length set in `tokenizer.json` or by [`TextTokenizer::with_max_length`], if any.
+    pub fn max_length(&self) -> Option<usize> {
+        self.inner.get_truncation().map(|t| t.max_length)
+    }
+
+    /// The file the tokenizer came from (used in messages).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The text of token ids.

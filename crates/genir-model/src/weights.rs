@@ -43,6 +43,8 @@ pub struct WeightFile {
     path: PathBuf,
     tensors: HashMap<String, HostTensor>,
     taken: HashSet<String>,
+    /// Non-float tensors (integer buffers such as BERT's `embeddings.position_ids`), name -> dtype: not loaded.
+    skipped: HashMap<String, String>,
 }
 
 impl WeightFile {
@@ -74,7 +76,13 @@ impl WeightFile {
                 message: e.to_string(),
             })?;
         let mut tensors = HashMap::new();
+        let mut skipped = HashMap::new();
         for (name, view) in st.tensors() {
+            if !is_float(view.dtype()) {
+                tracing::debug!(file = %path.display(), %name, dtype = ?view.dtype(), "non-float tensor not loaded");
+                skipped.insert(name, format!("{:?}", view.dtype()));
+                continue;
+            }
             let values = to_f32(&view).map_err(|message| ModelError::Weights {
                 path: path.into(),
                 message: format!("tensor `{name}`: {message}"),
@@ -85,6 +93,7 @@ impl WeightFile {
             path: path.into(),
             tensors,
             taken: HashSet::new(),
+            skipped,
         })
     }
 
@@ -97,27 +106,30 @@ impl WeightFile {
         };
         let reader = PytorchReader::new(path).map_err(|e| bad(e.to_string()))?;
         let mut tensors = HashMap::new();
+        let mut skipped = HashMap::new();
         for (name, t) in reader.tensors() {
-            let bytes = t.read().map_err(|e| bad(e.to_string()))?;
             let float = match t.dtype() {
-                PtDtype::F64 => Some(FloatBytes::F64),
-                PtDtype::F32 => Some(FloatBytes::F32),
-                PtDtype::F16 => Some(FloatBytes::F16),
-                PtDtype::BF16 => Some(FloatBytes::BF16),
-                _ => None,
+                PtDtype::F64 => FloatBytes::F64,
+                PtDtype::F32 => FloatBytes::F32,
+                PtDtype::F16 => FloatBytes::F16,
+                PtDtype::BF16 => FloatBytes::BF16,
+                other => {
+                    tracing::debug!(file = %path.display(), %name, dtype = ?other, "non-float tensor not loaded");
+                    skipped.insert(name.clone(), format!("{other:?}"));
+                    continue;
+                }
             };
-            let values = float.map(|f| f.decode(&bytes)).ok_or_else(|| {
-                bad(format!(
-                    "tensor `{name}` has dtype {:?}, expected a float type",
-                    t.dtype()
-                ))
-            })?;
-            tensors.insert(name.clone(), HostTensor::new(t.shape().to_vec(), values));
+            let bytes = t.read().map_err(|e| bad(e.to_string()))?;
+            tensors.insert(
+                name.clone(),
+                HostTensor::new(t.shape().to_vec(), float.decode(&bytes)),
+            );
         }
         Ok(Self {
             path: path.into(),
             tensors,
             taken: HashSet::new(),
+            skipped,
         })
     }
 
@@ -127,6 +139,7 @@ impl WeightFile {
             path: path.into(),
             tensors,
             taken: HashSet::new(),
+            skipped: HashMap::new(),
         }
     }
 
@@ -135,7 +148,18 @@ impl WeightFile {
         &self.path
     }
 
-    /// All tensor names, sorted.
+    /// Names and dtypes of the non-float tensors in the file (integer buffers), which are not loaded, sorted.
+    pub fn skipped(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .skipped
+            .iter()
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// All (float) tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.tensors.keys().cloned().collect();
         v.sort();
@@ -154,6 +178,12 @@ impl WeightFile {
 
     /// Takes the tensor `name`, checking its shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
+        if let Some(dtype) = self.skipped.get(name) {
+            return Err(ModelError::Weights {
+                path: self.path.clone(),
+                message: format!("tensor `{name}` has dtype {dtype}, expected a float type"),
+            });
+        }
         let t = self
             .tensors
             .get(name)
@@ -228,6 +258,10 @@ impl FloatBytes {
                 .collect(),
         }
     }
+}
+
+fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
 fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
@@ -314,6 +348,41 @@ mod tests {
         let t = w.take("a.weight", &[2, 3]).unwrap();
         assert_eq!(t.transposed().values, vec![0., 3., 1., 4., 2., 5.]);
         assert!(w.unused().is_empty());
+    }
+
+    #[test]
+    fn integer_buffers_are_skipped_not_fatal() {
+        // BERT checkpoints carry `embeddings.position_ids` (int64) next to the float weights.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let ids: Vec<u8> = (0..4i64).flat_map(|v| v.to_le_bytes()).collect();
+        let w: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let views = vec![
+            (
+                "embeddings.position_ids".to_string(),
+                TensorView::new(Dtype::I64, vec![1, 4], &ids).unwrap(),
+            ),
+            (
+                "w".to_string(),
+                TensorView::new(Dtype::F32, vec![2], &w).unwrap(),
+            ),
+        ];
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let mut f = WeightFile::read_safetensors(&path).unwrap();
+        assert_eq!(f.names(), vec!["w".to_string()]);
+        assert_eq!(
+            f.skipped(),
+            vec![("embeddings.position_ids".to_string(), "I64".to_string())]
+        );
+        let err = f
+            .take("embeddings.position_ids", &[1, 4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("embeddings.position_ids") && err.contains("I64"),
+            "{err}"
+        );
+        assert_eq!(f.take("w", &[2]).unwrap().values, vec![1.0, 2.0]);
     }
 
     #[test]

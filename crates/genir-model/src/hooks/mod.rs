@@ -155,6 +155,14 @@ impl Selection {
         }
     }
 
+    /// Only these batch rows.
+    pub fn batch(b: impl Into<Vec<usize>>) -> Self {
+        Self {
+            batch: Some(b.into()),
+            ..Self::default()
+        }
+    }
+
     fn is_all(&self) -> bool {
         self.positions.is_none() && self.heads.is_none() && self.batch.is_none()
     }
@@ -266,6 +274,18 @@ impl<'a> Hooks<'a> {
         }
         if let Some((f, _)) = &self.cache {
             f.validate(encoder_layers, decoder_layers)?;
+        }
+        Ok(())
+    }
+
+    /// Checks every intervention's point and the cache filter against `known`, the points of a model
+    /// (encoder-only models pass [`HookPoint::encoder_only`]).
+    pub fn validate_in(&self, known: &[HookPoint]) -> Result<(), ModelError> {
+        for p in self.interventions.keys() {
+            p.validate_in(known)?;
+        }
+        if let Some((f, _)) = &self.cache {
+            f.validate_in(known)?;
         }
         Ok(())
     }

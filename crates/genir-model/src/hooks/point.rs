@@ -203,6 +203,29 @@ impl HookPoint {
         out
     }
 
+    /// Every hook point of an encoder-only model (the BERT family), in model order: `encoder.hook_embed` and
+    /// the encoder blocks' points. There is no `encoder.ln_final.hook_normalized`: post-LN encoders end with
+    /// the last block's norm, which is `encoder.blocks.{last}.hook_resid_post`.
+    pub fn encoder_only(layers: usize) -> Vec<HookPoint> {
+        let mut out = vec![HookPoint::embed(Stack::Encoder)];
+        for l in 0..layers {
+            out.extend(Self::block_points(Stack::Encoder, l));
+        }
+        out
+    }
+
+    /// Checks that this point is one of `known` (the points of a model), suggesting near names if not.
+    pub fn validate_in(&self, known: &[HookPoint]) -> Result<(), ModelError> {
+        if known.contains(self) {
+            Ok(())
+        } else {
+            Err(ModelError::UnknownHook {
+                name: self.to_string(),
+                suggestions: suggest(&self.to_string(), known),
+            })
+        }
+    }
+
     /// The points of one block, in the order the forward pass reaches them.
     pub fn block_points(stack: Stack, layer: usize) -> Vec<HookPoint> {
         let b = |site| HookPoint::block(stack, layer, site);
@@ -424,12 +447,16 @@ impl HookFilter {
 
     /// Checks that every pattern matches at least one point of a model of this size.
     pub fn validate(&self, encoder_layers: usize, decoder_layers: usize) -> Result<(), ModelError> {
-        let all = HookPoint::all(encoder_layers, decoder_layers);
+        self.validate_in(&HookPoint::all(encoder_layers, decoder_layers))
+    }
+
+    /// Checks that every pattern matches at least one of `known` (the points of a model).
+    pub fn validate_in(&self, known: &[HookPoint]) -> Result<(), ModelError> {
         for p in self.patterns.iter().flatten() {
-            if !all.iter().any(|h| glob_match(p, &h.to_string())) {
+            if !known.iter().any(|h| glob_match(p, &h.to_string())) {
                 return Err(ModelError::UnknownHook {
                     name: p.clone(),
-                    suggestions: suggest(p, &all),
+                    suggestions: suggest(p, known),
                 });
             }
         }
@@ -507,6 +534,27 @@ mod tests {
         assert!("encoder.hook_resid_pre".parse::<HookPoint>().is_err());
         let p: HookPoint = "decoder.blocks.9.hook_mlp_out".parse().unwrap();
         assert!(p.validate(2, 2).is_err());
+    }
+
+    #[test]
+    fn encoder_only_models_have_no_decoder_or_final_norm() {
+        let known = HookPoint::encoder_only(2);
+        assert_eq!(
+            known.len(),
+            1 + 2 * HookPoint::block_points(Stack::Encoder, 0).len()
+        );
+        let ok: HookPoint = "encoder.blocks.1.attn.hook_z".parse().unwrap();
+        assert!(ok.validate_in(&known).is_ok());
+        for bad in [
+            "encoder.ln_final.hook_normalized",
+            "decoder.hook_embed",
+            "encoder.blocks.2.hook_resid_post",
+        ] {
+            let p: HookPoint = bad.parse().unwrap();
+            assert!(p.validate_in(&known).is_err(), "{bad}");
+        }
+        assert!(HookFilter::parse("decoder.*").validate_in(&known).is_err());
+        assert!(HookFilter::parse("encoder.*").validate_in(&known).is_ok());
     }
 
     #[test]

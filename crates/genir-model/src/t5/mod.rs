@@ -1,8 +1,9 @@
-//! The T5 encoder-decoder (`T5ForConditionalGeneration`), its config, and its layers.
+//! The T5 encoder-decoder (`T5ForConditionalGeneration`), its config, its layers, and the MonoT5 re-ranker.
 
 mod config;
 mod layers;
 mod model;
+mod monot5;
 
 pub use config::{Activation, T5Config};
 pub use layers::{
@@ -10,3 +11,4 @@ pub use layers::{
     T5Attention, MASK_VALUE,
 };
 pub use model::{pad_batch, BlockInputs, DecoderState, Seq2SeqInput, T5Block, T5Model, T5Stack};
+pub use monot5::MonoT5;
