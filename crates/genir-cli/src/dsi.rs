@@ -78,6 +78,13 @@ pub struct TrainArgs {
     /// Docid scheme: atomic, naive, semantic or semantic:K:C.
     #[arg(long, default_value = "atomic")]
     pub docids: String,
+    /// Document embeddings for semantic docids: tfidf, bi-encoder:DIR (e.g. all-MiniLM-L6-v2) or t5:DIR.
+    #[arg(long, default_value = "tfidf")]
+    pub embedder: String,
+    /// Keep atomic docid rows random instead of initialising them from the model's own document
+    /// representations.
+    #[arg(long)]
+    pub random_docid_rows: bool,
     /// Start from a Hugging Face T5 folder instead of training from scratch.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
@@ -97,16 +104,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 8000)]
     pub text_vocab: usize,
     /// Passes over the training examples.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 8)]
     pub epochs: usize,
     /// Examples per step.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub warmup: usize,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.01)]
@@ -121,8 +128,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     pub max_source_len: usize,
     /// Indexing examples per document (consecutive chunks of its text).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     pub index_chunks: usize,
+    /// Also index every sentence of each document as its own example.
+    #[arg(long)]
+    pub index_sentences: bool,
     /// Indexing examples per retrieval example in an epoch (default: every indexing example once).
     #[arg(long)]
     pub index_ratio: Option<f64>,
@@ -164,6 +174,7 @@ impl TrainArgs {
             examples: ExampleConfig {
                 max_source_len: self.max_source_len,
                 index_chunks: self.index_chunks,
+                index_sentences: self.index_sentences,
                 index_ratio: self.index_ratio,
                 exclude: self.exclude.clone(),
             },
@@ -179,6 +190,8 @@ impl TrainArgs {
             eval_every: self.eval_every,
             validation_split: "validation".into(),
             shards: self.shards,
+            embedder: self.embedder.parse()?,
+            docid_rows_from_documents: !self.random_docid_rows,
         })
     }
 }

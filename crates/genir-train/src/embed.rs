@@ -117,6 +117,76 @@ impl DocEmbedder for T5MeanEmbedder<'_> {
     }
 }
 
+impl DocEmbedder for genir_model::bert::Dot {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(32) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let e = genir_model::bert::Dot::embed(self, &refs, &mut Hooks::none())?;
+            let [_, d] = e.dims();
+            let v = e
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
+            out.extend(v.chunks(d).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+}
+
+/// Which embedder gives the document vectors of semantic docids.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedderSpec {
+    /// Hashed TF-IDF over the corpus (256 dimensions).
+    #[default]
+    TfIdf,
+    /// A bi-encoder folder (sentence-transformers or Hugging Face BERT / MiniLM / DistilBERT / ELECTRA).
+    BiEncoder(std::path::PathBuf),
+    /// Mean-pooled encoder of a Hugging Face T5 folder.
+    T5(std::path::PathBuf),
+}
+
+impl std::str::FromStr for EmbedderSpec {
+    type Err = TrainError;
+    /// `tfidf`, `bi-encoder:DIR` or `t5:DIR`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once(':') {
+            None if s == "tfidf" => Ok(Self::TfIdf),
+            Some(("bi-encoder", d)) => Ok(Self::BiEncoder(d.into())),
+            Some(("t5", d)) => Ok(Self::T5(d.into())),
+            _ => Err(TrainError::Config(format!(
+                "unknown embedder {s:?}: expected tfidf, bi-encoder:DIR or t5:DIR"
+            ))),
+        }
+    }
+}
+
+impl EmbedderSpec {
+    /// Embeds `texts` (on `device` for neural embedders).
+    pub fn embed(&self, texts: &[String], device: &burn::tensor::Device) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::TfIdf => TfIdfEmbedder::fit(texts, 256).embed(texts),
+            Self::BiEncoder(dir) => {
+                let dot = genir_model::bert::Dot::from_pretrained(dir, device)?;
+                DocEmbedder::embed(&dot, texts)
+            }
+            Self::T5(dir) => {
+                let model = T5Model::from_pretrained(dir, device)?;
+                let tok =
+                    TextTokenizer::from_file(&dir.join("tokenizer.json"), model.config.vocab_size)?;
+                T5MeanEmbedder {
+                    model: &model,
+                    tok: &tok,
+                    batch_size: 32,
+                    max_len: 128,
+                }
+                .embed(texts)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,10 @@ pub struct ExampleConfig {
     pub max_source_len: usize,
     /// Indexing examples per document: its first `index_chunks` consecutive chunks of text.
     pub index_chunks: usize,
+    /// Also index every sentence of a document (of at least 4 words) as its own example, so the model sees
+    /// the document the way sentence-like queries will address it (DSI's span/pseudo-query indexing).
+    #[serde(default)]
+    pub index_sentences: bool,
     /// Indexing examples per retrieval example in an epoch; `None` uses every indexing example once.
     pub index_ratio: Option<f64>,
     /// Documents left out of training entirely ("missing documents" models); they keep their docids.
@@ -53,7 +57,8 @@ impl Default for ExampleConfig {
     fn default() -> Self {
         Self {
             max_source_len: 64,
-            index_chunks: 1,
+            index_chunks: 2,
+            index_sentences: false,
             index_ratio: None,
             exclude: Vec::new(),
         }
@@ -67,6 +72,25 @@ pub struct TrainingSet {
     pub indexing: Vec<Example>,
     /// Retrieval examples.
     pub retrieval: Vec<Example>,
+}
+
+/// Sentences of a text (split after `.`, `!` or `?` followed by whitespace), of at least 4 words.
+pub fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let b = text.as_bytes();
+    for i in 0..b.len() {
+        let end =
+            matches!(b[i], b'.' | b'!' | b'?') && b.get(i + 1).is_some_and(u8::is_ascii_whitespace);
+        if end || i + 1 == b.len() {
+            let s = text[start..=i].trim();
+            if s.split_whitespace().count() >= 4 {
+                out.push(s);
+            }
+            start = i + 1;
+        }
+    }
+    out
 }
 
 fn cut(mut ids: Vec<u32>, max: usize, eos: u32) -> Vec<u32> {
@@ -120,6 +144,16 @@ impl TrainingSet {
                     doc: d,
                     kind: ExampleKind::Indexing,
                 });
+            }
+            if cfg.index_sentences {
+                for sentence in sentences(&doc.text) {
+                    let source = cut(tok.encode(sentence)?, cfg.max_source_len, eos);
+                    indexing.push(Example {
+                        source,
+                        doc: d,
+                        kind: ExampleKind::Indexing,
+                    });
+                }
             }
             if ids.is_empty() {
                 indexing.push(Example {
@@ -253,4 +287,30 @@ pub fn cross_entropy(logits: Tensor<3>, batch: &Batch, denominator: usize) -> Te
         .sum()
         .neg()
         .div_scalar(denominator.max(1) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sentences;
+
+    #[test]
+    fn sentences_split_on_terminal_punctuation_and_drop_fragments() {
+        let t = "Anarchism is a political philosophy. It is old! Is it? The 3.5 billion people live here.";
+        assert_eq!(
+            sentences(t),
+            vec![
+                "Anarchism is a political philosophy.",
+                "The 3.5 billion people live here."
+            ]
+        );
+        assert_eq!(
+            sentences("no terminal punctuation but four words"),
+            vec!["no terminal punctuation but four words"]
+        );
+        assert!(sentences("").is_empty());
+        assert_eq!(
+            sentences("Zürich est très belle. Ça va bien aujourd'hui merci."),
+            vec!["Zürich est très belle.", "Ça va bien aujourd'hui merci."]
+        );
+    }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::GenirModel;
 use crate::docid::{DocidKind, DocidScheme};
-use crate::embed::{DocEmbedder, TfIdfEmbedder};
+use crate::embed::EmbedderSpec;
 use crate::error::{Result, TrainError};
 use crate::examples::{cross_entropy, Batch, Example, ExampleConfig, TrainingSet};
 use crate::metrics::evaluate;
@@ -96,6 +96,13 @@ pub struct TrainConfig {
     pub validation_split: String,
     /// Data-parallel shards per step (each on its own device of the list given to the trainer).
     pub shards: usize,
+    /// Document embeddings for semantic docids.
+    #[serde(default)]
+    pub embedder: EmbedderSpec,
+    /// Initialise each atomic docid's output row from the untrained model's own representation of the
+    /// document (see [`init_docid_rows`]); otherwise the rows stay random.
+    #[serde(default)]
+    pub docid_rows_from_documents: bool,
 }
 
 impl Default for TrainConfig {
@@ -106,8 +113,8 @@ impl Default for TrainConfig {
             examples: ExampleConfig::default(),
             batch_size: 32,
             epochs: 30,
-            lr: 2e-3,
-            warmup_steps: 200,
+            lr: 1e-3,
+            warmup_steps: 100,
             weight_decay: 0.01,
             clip_norm: Some(1.0),
             seed: 42,
@@ -116,6 +123,8 @@ impl Default for TrainConfig {
             eval_every: 0,
             validation_split: "validation".into(),
             shards: 1,
+            embedder: EmbedderSpec::TfIdf,
+            docid_rows_from_documents: true,
         }
     }
 }
@@ -325,13 +334,127 @@ pub fn initial_model(
     collection: &Collection,
     device: &Device,
 ) -> Result<GenirModel> {
+    let mut bundle = initial_parts(config, collection, device)?;
+    if config.docid_rows_from_documents && bundle.scheme.is_atomic() {
+        let texts: Vec<String> = collection.corpus.iter().map(|d| d.full_text()).collect();
+        let skip: Vec<usize> = config
+            .examples
+            .exclude
+            .iter()
+            .filter_map(|d| bundle.scheme.index_of(d))
+            .collect();
+        bundle.model = init_docid_rows(&bundle, &texts, &skip, config.examples.max_source_len)?;
+    }
+    Ok(bundle)
+}
+
+/// Sets every atomic docid's output row to the model's own decoder representation of its document, so that
+/// training starts from retrieval by similarity instead of from a uniform guess.
+///
+/// With 2,000 randomly initialised docid rows a small model trained from scratch spends many epochs at the
+/// uniform loss (ln N) before it tells documents apart. Here each document's first chunk is run through the
+/// untrained model; its decoder state at the first position (final norm, output scaling) is centred on the
+/// mean over documents (the shared component carries no identity), scaled to the norm of an embedding row
+/// (`sqrt(d_model)` for T5's unit-variance initialisation) and written to the document's row. Rows of tied
+/// models are also input embeddings, but atomic docid tokens are never decoder inputs. Documents in `skip`
+/// (left out of training) keep their random rows, so nothing of their text enters the model.
+pub fn init_docid_rows(
+    bundle: &GenirModel,
+    texts: &[String],
+    skip: &[usize],
+    max_len: usize,
+) -> Result<T5Model> {
+    let model = &bundle.model;
+    let scheme = &bundle.scheme;
+    let device = model.shared.val().device();
+    let inference = model.valid();
+    let d = model.config.d_model;
+    let start = model.config.decoder_start() as i64;
+    let pad = model.config.pad_token_id as u32;
+    let mut reps: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        let ids = chunk
+            .iter()
+            .map(|t| {
+                let mut ids = bundle.tok.encode(t)?;
+                if ids.len() > max_len {
+                    ids.truncate(max_len.saturating_sub(1));
+                    ids.push(scheme.eos);
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dev = device.clone().inner();
+        let (input, mask) = genir_model::t5::pad_batch(&ids, pad, &dev)?;
+        let enc = inference.encode(input, mask.clone(), &mut Hooks::none())?;
+        let dec = Tensor::<2, Int>::from_data(
+            burn::tensor::TensorData::new(vec![start; ids.len()], [ids.len(), 1]),
+            &dev,
+        );
+        let h = inference.decode_hidden(&enc, mask, dec, None, &mut Hooks::none())?;
+        let v = h
+            .reshape([ids.len(), d])
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
+        reps.extend(v.chunks(d).map(<[f32]>::to_vec));
+    }
+    let kept: Vec<&Vec<f32>> = reps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !skip.contains(i))
+        .map(|(_, r)| r)
+        .collect();
+    let n = kept.len().max(1) as f32;
+    let mean: Vec<f32> = (0..d)
+        .map(|i| kept.iter().map(|r| r[i]).sum::<f32>() / n)
+        .collect();
+    let mut tensors = model.to_hf_tensors()?;
+    let target = (d as f32).sqrt();
+    let names: Vec<&str> = if model.lm_head.is_some() {
+        vec!["lm_head.weight"]
+    } else {
+        vec!["shared.weight"]
+    };
+    for name in names {
+        let Some(t) = tensors.get_mut(name) else {
+            continue;
+        };
+        for (doc, r) in reps.iter().enumerate() {
+            if skip.contains(&doc) {
+                continue;
+            }
+            let c: Vec<f32> = r.iter().zip(&mean).map(|(x, m)| x - m).collect();
+            let norm = c.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+            let row = scheme.target(doc)[0] as usize;
+            for (k, x) in c.iter().enumerate() {
+                t.values[row * d + k] = x / norm * target;
+            }
+        }
+    }
+    let mut w = genir_model::weights::WeightFile::from_tensors(
+        "<docid rows from documents>",
+        tensors.into_iter().collect(),
+    );
+    Ok(T5Model::from_weights(
+        model.config.clone(),
+        &mut w,
+        &device,
+    )?)
+}
+
+fn initial_parts(
+    config: &TrainConfig,
+    collection: &Collection,
+    device: &Device,
+) -> Result<GenirModel> {
     let docids: Vec<String> = collection.corpus.iter().map(|d| d.docid.clone()).collect();
     let texts: Vec<String> = collection.corpus.iter().map(|d| d.full_text()).collect();
     match &config.init {
         Init::Scratch(a) => {
             let mut tok = vocab::train_wordpiece(&texts, a.text_vocab)?;
             let offset = tok.get_vocab_size(true) as u32;
-            let embeddings = semantic_embeddings(&config.docids, &texts)?;
+            let embeddings = semantic_embeddings(config, &texts, device)?;
             let scheme = DocidScheme::build(
                 config.docids.clone(),
                 docids,
@@ -352,7 +475,7 @@ pub fn initial_model(
             let tok = TextTokenizer::from_file(&tok_path, base.config.vocab_size)?;
             let mut inner = tok.inner().clone();
             let offset = inner.get_vocab_size(true) as u32;
-            let embeddings = semantic_embeddings(&config.docids, &texts)?;
+            let embeddings = semantic_embeddings(config, &texts, device)?;
             let eos = base.config.eos_token_id as u32;
             let scheme = DocidScheme::build(
                 config.docids.clone(),
@@ -363,16 +486,25 @@ pub fn initial_model(
                 config.seed,
             )?;
             vocab::add_docid_tokens(&mut inner, &scheme)?;
-            let model = base.resize_vocab(scheme.vocab_size(), config.seed)?;
+            // Hugging Face T5 tables have unused rows past the tokenizer (32,128 vs 32,100): docid tokens
+            // start right after the tokenizer, reuse those rows, then extend the table.
+            let rows = scheme.vocab_size().max(base.config.vocab_size);
+            let model = base.resize_vocab(rows, config.seed)?;
             let tok = TextTokenizer::from_tokenizer(inner, tok_path);
             GenirModel::new(model, tok, scheme)
         }
     }
 }
 
-fn semantic_embeddings(kind: &DocidKind, texts: &[String]) -> Result<Option<Vec<Vec<f32>>>> {
-    match kind {
-        DocidKind::Semantic { .. } => Ok(Some(TfIdfEmbedder::fit(texts, 256).embed(texts)?)),
+fn semantic_embeddings(
+    config: &TrainConfig,
+    texts: &[String],
+    device: &Device,
+) -> Result<Option<Vec<Vec<f32>>>> {
+    match config.docids {
+        DocidKind::Semantic { .. } => {
+            Ok(Some(config.embedder.embed(texts, &device.clone().inner())?))
+        }
         _ => Ok(None),
     }
 }

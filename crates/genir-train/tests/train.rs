@@ -82,6 +82,7 @@ fn config(docids: DocidKind, epochs: usize) -> TrainConfig {
         examples: ExampleConfig {
             max_source_len: 32,
             index_chunks: 1,
+            index_sentences: false,
             index_ratio: None,
             exclude: Vec::new(),
         },
@@ -97,11 +98,17 @@ fn config(docids: DocidKind, epochs: usize) -> TrainConfig {
         eval_every: 0,
         validation_split: "validation".into(),
         shards: 1,
+        embedder: Default::default(),
+        docid_rows_from_documents: true,
     }
 }
 
+/// `flex` unless `GENIR_TEST_BACKEND` names another backend built in (CI also trains on `wgpu`).
 fn device() -> Device {
-    Device::flex()
+    let name = std::env::var("GENIR_TEST_BACKEND").unwrap_or_else(|_| "flex".into());
+    name.parse::<genir_model::device::Backend>()
+        .and_then(genir_model::device::Backend::device)
+        .unwrap_or_else(|e| panic!("GENIR_TEST_BACKEND={name}: {e}"))
 }
 
 fn train_split_hits(dir: &Path, c: &Collection, split: &str) -> (f64, f64) {
@@ -368,4 +375,55 @@ fn the_same_seed_gives_the_same_model_and_another_seed_does_not() {
         .train(&c, o.path(), false, &mut LogProgress)
         .unwrap();
     assert!(model_bytes(o.path()) != model_bytes(runs[0].path()));
+}
+
+#[test]
+fn a_pretrained_hugging_face_t5_gets_docid_rows_and_trains() {
+    let pretrained =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../genir-model/tests/fixtures/t5/relu-tied");
+    let c = tiny_collection();
+    let mut cfg = config(DocidKind::Atomic, 30);
+    cfg.init = Init::Pretrained(pretrained.clone());
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(cfg, device())
+        .train(&c, dir.path(), false, &mut LogProgress)
+        .unwrap();
+    let m = GenirModel::load(dir.path(), &device()).unwrap();
+    let base = genir_model::t5::T5Model::from_pretrained(&pretrained, &device()).unwrap();
+    // the text vocabulary is the pretrained one; docid tokens come right after it
+    assert_eq!(
+        m.scheme.token_offset as usize,
+        m.tok.vocab_size() - m.scheme.n_tokens()
+    );
+    assert_eq!(
+        m.model.config.vocab_size,
+        base.config.vocab_size.max(m.scheme.vocab_size())
+    );
+    assert_eq!(m.tok.token_to_id("<docid_0>"), Some(m.scheme.token_offset));
+    let (h1, _) = train_split_hits(dir.path(), &c, "train");
+    assert!(h1 >= 0.75, "pretrained start, training Hits@1 {h1}");
+}
+
+#[test]
+fn semantic_docids_from_a_bi_encoder() {
+    let enc = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../genir-model/tests/fixtures/bert/bert-dot-bin");
+    let c = tiny_collection();
+    let mut cfg = config(
+        DocidKind::Semantic {
+            branching: 3,
+            leaf_size: 4,
+        },
+        1,
+    );
+    cfg.embedder = genir_train::embed::EmbedderSpec::BiEncoder(enc);
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(cfg, device())
+        .train(&c, dir.path(), false, &mut LogProgress)
+        .unwrap();
+    let m = GenirModel::load(dir.path(), &device()).unwrap();
+    assert_eq!(m.scheme.len(), 12);
+    assert!(m.scheme.codes.iter().all(|c| c.len() >= 2));
+    let bad: Result<genir_train::embed::EmbedderSpec, _> = "word2vec:x".parse();
+    assert!(bad.is_err());
 }
