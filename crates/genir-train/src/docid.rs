@@ -96,6 +96,11 @@ pub struct DocidScheme {
     pub token_offset: u32,
     /// End-of-sequence id that closes multi-token docids (T5: 1).
     pub eos: u32,
+    /// Documents deleted from the index (by `genir-edit`): they keep their doc index and docid tokens, but
+    /// [`Searcher`](crate::search::Searcher) never returns them (they are left out of its trie). Not written
+    /// to `docids.json` when empty.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deleted: BTreeSet<String>,
     #[serde(skip)]
     index: HashMap<String, usize>,
 }
@@ -173,6 +178,7 @@ impl DocidScheme {
             token_names,
             token_offset,
             eos,
+            deleted: BTreeSet::new(),
             index: HashMap::new(),
         };
         scheme.reindex()?;
@@ -188,6 +194,11 @@ impl DocidScheme {
             .collect();
         if self.index.len() != self.docids.len() {
             return Err(TrainError::Config("duplicate docids in the scheme".into()));
+        }
+        if let Some(d) = self.deleted.iter().find(|d| !self.index.contains_key(*d)) {
+            return Err(TrainError::Config(format!(
+                "deleted docid {d:?} is not in the scheme"
+            )));
         }
         if self.codes.len() != self.docids.len() {
             return Err(TrainError::Config(format!(
@@ -257,6 +268,11 @@ impl DocidScheme {
                 docid: docid.to_string(),
                 context: context.to_string(),
             })
+    }
+
+    /// Whether a document has been deleted from the index (see [`DocidScheme::deleted`]).
+    pub fn is_deleted(&self, doc: usize) -> bool {
+        !self.deleted.is_empty() && self.docids.get(doc).is_some_and(|d| self.deleted.contains(d))
     }
 
     /// Whether a model id is a docid token.

@@ -48,7 +48,7 @@ fn host(t: Tensor<2>) -> Result<Vec<f32>> {
 }
 
 impl<'a> Searcher<'a> {
-    /// A searcher over every docid of the scheme.
+    /// A searcher over every docid of the scheme except deleted ones ([`DocidScheme::deleted`]).
     pub fn new(
         model: &'a T5Model,
         tok: &'a TextTokenizer,
@@ -65,18 +65,20 @@ impl<'a> Searcher<'a> {
             model,
             tok,
             scheme,
-            trie: scheme.trie(|_| true),
-            allowed: vec![true; scheme.len()],
+            trie: scheme.trie(|d| !scheme.is_deleted(d)),
+            allowed: (0..scheme.len()).map(|d| !scheme.is_deleted(d)).collect(),
             max_source_len: 64,
             beams: 10,
         })
     }
 
-    /// Restricts results to documents for which `keep` is true (e.g. after deletions): the others can never
-    /// be returned.
+    /// Restricts results to documents for which `keep` is true: the others can never be returned (deleted
+    /// documents stay excluded).
     pub fn restrict(mut self, keep: impl Fn(usize) -> bool) -> Self {
-        self.allowed = (0..self.scheme.len()).map(&keep).collect();
-        self.trie = self.scheme.trie(keep);
+        let scheme = self.scheme;
+        let keep = |d: usize| keep(d) && !scheme.is_deleted(d);
+        self.allowed = (0..scheme.len()).map(keep).collect();
+        self.trie = scheme.trie(keep);
         self
     }
 

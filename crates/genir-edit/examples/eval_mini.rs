@@ -1,0 +1,41 @@
+//! The comparison table of the README: `cargo run --release -p genir-edit --example eval_mini [n_new] [out]`.
+
+use burn::prelude::*;
+use genir_edit::eval::{evaluate_methods, EvalConfig};
+use genir_train::train::{Architecture, Init, TrainConfig};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let n_new: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let out = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "target/edit-eval".into()));
+    let wiki = genir_data::shipped::load("wiki-genir-mini")?;
+    let train = TrainConfig {
+        init: Init::Scratch(Architecture {
+            d_model: 128,
+            d_ff: 512,
+            layers: 2,
+            heads: 4,
+            text_vocab: 2000,
+        }),
+        epochs: 30,
+        warmup_steps: 50,
+        ..TrainConfig::default()
+    };
+    let mut cfg = EvalConfig::new(out.join(format!("n{n_new}")), train);
+    cfg.n_new = n_new;
+    let t = std::time::Instant::now();
+    let report = evaluate_methods(&wiki, &cfg, &Device::flex())?;
+    println!("{}", report.markdown());
+    println!(
+        "base: {} documents, trained in {:.1} s; whole evaluation {:.1} s",
+        report.base_docs,
+        report.base_train_seconds,
+        t.elapsed().as_secs_f64()
+    );
+    report.write_parquet(&out.join(format!("n{n_new}.parquet")))?;
+    std::fs::write(
+        out.join(format!("n{n_new}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(())
+}

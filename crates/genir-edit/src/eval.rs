@@ -1,0 +1,623 @@
+//! Editing measured against retraining.
+//!
+//! [`evaluate_methods`] splits `n_new` documents off a collection (documents that are the only relevant
+//! document of at least one query), trains a base model on the rest (atomic docids; the held-out documents'
+//! queries are never trained on), then adds the held-out documents one at a time by each method:
+//!
+//! - `incdsi`, `rank_one`: [`Editor::add`] with anchors calibrated on the base collection;
+//! - `continued_training`: the vocabulary grows by one row, then AdamW steps on the new document's inputs
+//!   only (its text chunks and pseudo queries), stopping once they all retrieve it;
+//! - `full_retraining`: a model trained from scratch on the whole corpus (same configuration).
+//!
+//! and measures:
+//! - **success** Hits@1 / Hits@10 on the held-out queries of the added documents (queries whose only relevant
+//!   document is one of them; never shown to any method);
+//! - **retention**: Hits@1 on every other query (relevant documents all in the base set), before (base model)
+//!   and after;
+//! - **locality**: the share of those queries whose top docid is unchanged;
+//! - **time** per added document (for full retraining: the training time, once for all documents);
+//! - **decay**: retention after the first 1, 10, 100, ... sequential additions (as far as `n_new` goes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use genir_data::{Collection, Corpus, Qrels, Queries, QuerySet};
+use genir_model::t5::T5Model;
+use genir_model::weights::WeightFile;
+use genir_train::bundle::GenirModel;
+use genir_train::examples::{Example, ExampleKind};
+use genir_train::metrics::evaluate;
+use genir_train::train::{LogProgress, TrainConfig, Trainer};
+use polars::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::editor::{AddMethod, EditConfig, Editor, NewDocument};
+use crate::error::{EditError, Result};
+use crate::reps;
+
+/// A way of adding documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// [`AddMethod::IncDsi`].
+    IncDsi,
+    /// [`AddMethod::RankOne`].
+    RankOne,
+    /// AdamW steps on the new document only.
+    ContinuedTraining,
+    /// Training from scratch on everything.
+    FullRetraining,
+}
+
+impl Method {
+    /// Name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::IncDsi => "incdsi",
+            Method::RankOne => "rank_one",
+            Method::ContinuedTraining => "continued_training",
+            Method::FullRetraining => "full_retraining",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct EvalConfig {
+    /// Documents split off and added back.
+    pub n_new: usize,
+    /// Seed of the split.
+    pub seed: u64,
+    /// Training of the base model and of full retraining.
+    pub train: TrainConfig,
+    /// Methods to compare.
+    pub methods: Vec<Method>,
+    /// Edit settings.
+    pub edit: EditConfig,
+    /// Anchors calibrated on the base collection.
+    pub max_anchors: usize,
+    /// Sequential-edit counts at which retention is measured.
+    pub decay_points: Vec<usize>,
+    /// Continued training: most AdamW steps per document.
+    pub finetune_steps: usize,
+    /// Continued training: learning rate.
+    pub finetune_lr: f64,
+    /// Folder for the base and retrained models.
+    pub work_dir: PathBuf,
+}
+
+impl EvalConfig {
+    /// Defaults for a collection, working in `work_dir`.
+    pub fn new(work_dir: impl Into<PathBuf>, train: TrainConfig) -> Self {
+        Self {
+            n_new: 20,
+            seed: 7,
+            train,
+            methods: vec![
+                Method::IncDsi,
+                Method::RankOne,
+                Method::ContinuedTraining,
+                Method::FullRetraining,
+            ],
+            edit: EditConfig::default(),
+            max_anchors: 2000,
+            decay_points: vec![1, 10, 100, 1000],
+            finetune_steps: 20,
+            finetune_lr: 5e-4,
+            work_dir: work_dir.into(),
+        }
+    }
+}
+
+/// One method's measures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MethodResult {
+    /// The method.
+    pub method: String,
+    /// Documents added.
+    pub docs: usize,
+    /// Held-out queries of the added documents.
+    pub success_queries: usize,
+    /// Hits@1 on them.
+    pub success_hits_at_1: f64,
+    /// Hits@10 on them.
+    pub success_hits_at_10: f64,
+    /// Share of the added documents' own edit inputs (chunks, pseudo queries) that retrieve them first.
+    pub edit_inputs_hits_at_1: f64,
+    /// Queries of the other documents.
+    pub retention_queries: usize,
+    /// Their Hits@1 with the base model.
+    pub retention_before: f64,
+    /// Their Hits@1 after the edits.
+    pub retention_after: f64,
+    /// Share of them whose top docid did not change.
+    pub locality: f64,
+    /// Milliseconds per added document.
+    pub ms_per_doc: f64,
+    /// Total seconds.
+    pub seconds: f64,
+    /// `(edits done, retention Hits@1)` after sequential edits.
+    pub decay: Vec<(usize, f64)>,
+}
+
+/// The comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Collection name.
+    pub collection: String,
+    /// Documents in the base model.
+    pub base_docs: usize,
+    /// Seconds to train the base model.
+    pub base_train_seconds: f64,
+    /// One row per method.
+    pub rows: Vec<MethodResult>,
+}
+
+/// The split: base collection, new documents, held-out success queries, retention queries.
+struct Split {
+    base: Collection,
+    full: Collection,
+    new_docs: Vec<NewDocument>,
+    success: QuerySet,
+    retention: QuerySet,
+}
+
+fn split(c: &Collection, n_new: usize, seed: u64) -> Result<Split> {
+    let mut all_queries: Vec<genir_data::Query> = Vec::new();
+    let mut all_qrels: Vec<genir_data::Qrel> = Vec::new();
+    for s in c.splits.values() {
+        all_queries.extend(s.queries.iter().cloned());
+        all_qrels.extend(s.qrels.iter().cloned());
+    }
+    let qrels = Qrels::new(all_qrels);
+    // documents that are the only relevant document of some query
+    let mut sole: BTreeSet<String> = BTreeSet::new();
+    for q in &all_queries {
+        let rel: Vec<&str> = qrels.relevant(&q.qid).collect();
+        if rel.len() == 1 {
+            sole.insert(rel[0].to_string());
+        }
+    }
+    let mut cand: Vec<String> = c
+        .corpus
+        .iter()
+        .map(|d| d.docid.clone())
+        .filter(|d| sole.contains(d))
+        .collect();
+    if cand.len() < n_new || n_new == 0 || n_new >= c.corpus.len() {
+        return Err(EditError::Invalid(format!(
+            "cannot split off {n_new} documents: {} have a query of their own",
+            cand.len()
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    cand.shuffle(&mut rng);
+    let new: BTreeSet<String> = cand[..n_new].iter().cloned().collect();
+    let new_docs: Vec<NewDocument> = c
+        .corpus
+        .iter()
+        .filter(|d| new.contains(&d.docid))
+        .map(NewDocument::from_document)
+        .collect();
+    let mut base_splits = BTreeMap::new();
+    for (name, s) in &c.splits {
+        let qr = s.qrels.filter(|r| !new.contains(&r.docid));
+        let keep: BTreeSet<String> = qr.iter().map(|r| r.qid.clone()).collect();
+        base_splits.insert(
+            name.clone(),
+            QuerySet {
+                queries: s.queries.filter(|q| keep.contains(&q.qid)),
+                qrels: qr,
+            },
+        );
+    }
+    let base = Collection {
+        name: format!("{}-base", c.name),
+        corpus: Corpus::new(
+            c.corpus
+                .iter()
+                .filter(|d| !new.contains(&d.docid))
+                .cloned()
+                .collect(),
+        ),
+        splits: base_splits.clone(),
+    };
+    let full = Collection {
+        name: format!("{}-full", c.name),
+        corpus: c.corpus.clone(),
+        splits: base_splits,
+    };
+    // success: queries whose only relevant document is a new one
+    let sq: Vec<genir_data::Query> = all_queries
+        .iter()
+        .filter(|q| {
+            let rel: Vec<&str> = qrels.relevant(&q.qid).collect();
+            rel.len() == 1 && new.contains(rel[0])
+        })
+        .cloned()
+        .collect();
+    let sids: BTreeSet<&str> = sq.iter().map(|q| q.qid.as_str()).collect();
+    let success = QuerySet {
+        qrels: qrels.filter(|r| sids.contains(r.qid.as_str())),
+        queries: Queries::new(sq.clone()),
+    };
+    // retention: queries whose relevant documents are all base documents
+    let rq: Vec<genir_data::Query> = all_queries
+        .iter()
+        .filter(|q| {
+            let rel: Vec<&str> = qrels.relevant(&q.qid).collect();
+            !rel.is_empty() && rel.iter().all(|d| !new.contains(*d))
+        })
+        .cloned()
+        .collect();
+    let rids: BTreeSet<&str> = rq.iter().map(|q| q.qid.as_str()).collect();
+    let retention = QuerySet {
+        qrels: qrels.filter(|r| rids.contains(r.qid.as_str())),
+        queries: Queries::new(rq.clone()),
+    };
+    Ok(Split {
+        base,
+        full,
+        new_docs,
+        success,
+        retention,
+    })
+}
+
+/// Hits@1, Hits@10 and each query's top docid.
+fn measure(model: &GenirModel, set: &QuerySet, max_len: usize) -> Result<(f64, f64, Vec<String>)> {
+    if set.queries.is_empty() {
+        return Ok((0.0, 0.0, Vec::new()));
+    }
+    let mut s = model.searcher()?;
+    s.max_source_len = max_len;
+    let run = s.run(&set.queries, 10, 64, "edit")?;
+    let ev = evaluate(&run, &set.qrels, None);
+    let mut top: BTreeMap<&str, (f64, &str)> = BTreeMap::new();
+    for e in &run.entries {
+        if e.rank == 1 {
+            top.insert(e.qid.as_str(), (e.score, e.docid.as_str()));
+        }
+    }
+    let tops = set
+        .queries
+        .iter()
+        .map(|q| {
+            top.get(q.qid.as_str())
+                .map(|t| t.1.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok((ev.hits_at_1, ev.hits_at_10, tops))
+}
+
+fn locality(a: &[String], b: &[String]) -> f64 {
+    if a.is_empty() {
+        return 1.0;
+    }
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
+/// Share of the documents' edit inputs (chunks, pseudo queries) that retrieve them first.
+fn input_hits(model: &GenirModel, docs: &[NewDocument], cfg: &EditConfig) -> Result<f64> {
+    let mut texts = Vec::new();
+    let mut want = Vec::new();
+    for d in docs {
+        let full = if d.title.is_empty() {
+            d.text.clone()
+        } else {
+            format!("{} {}", d.title, d.text)
+        };
+        let chunks =
+            reps::text_chunks(&model.tok, &full, cfg.max_source_len, model.scheme.eos, 1)?;
+        for c in chunks {
+            texts.push(model.tok.decode(&c, true)?);
+            want.push(d.docid.clone());
+        }
+        for s in reps::sentences(&d.text, cfg.min_sentence_words) {
+            texts.push(s);
+            want.push(d.docid.clone());
+        }
+    }
+    if texts.is_empty() {
+        return Ok(0.0);
+    }
+    let mut s = model.searcher()?;
+    s.max_source_len = cfg.max_source_len;
+    let mut ok = 0;
+    for (chunk, w) in texts.chunks(64).zip(want.chunks(64)) {
+        let hits = s.search(chunk, 1)?;
+        ok += hits
+            .iter()
+            .zip(w)
+            .filter(|(h, w)| h.first().is_some_and(|h| &h.docid == *w))
+            .count();
+    }
+    Ok(ok as f64 / texts.len() as f64)
+}
+
+/// Runs the comparison (see the module documentation).
+pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Result<EvalReport> {
+    let sp = split(c, cfg.n_new, cfg.seed)?;
+    std::fs::create_dir_all(&cfg.work_dir).map_err(EditError::io(&cfg.work_dir))?;
+    let base_dir = cfg.work_dir.join("base");
+    let t = Instant::now();
+    if !base_dir.join(genir_train::bundle::DOCIDS_FILE).exists() {
+        Trainer::new(cfg.train.clone(), device.clone()).train(
+            &sp.base,
+            &base_dir,
+            false,
+            &mut LogProgress,
+        )?;
+    }
+    let base_train_seconds = t.elapsed().as_secs_f64();
+    let base = GenirModel::load(&base_dir, device)?;
+    let max_len = cfg.train.examples.max_source_len;
+    let (ret_before, _, base_tops) = measure(&base, &sp.retention, max_len)?;
+    tracing::info!(retention = ret_before, "base model");
+    let mut rows = Vec::new();
+    let decay_points: Vec<usize> = cfg
+        .decay_points
+        .iter()
+        .copied()
+        .filter(|&p| p <= sp.new_docs.len())
+        .collect();
+    for &m in &cfg.methods {
+        let t = Instant::now();
+        let mut decay = Vec::new();
+        let (model, edit_seconds) = match m {
+            Method::IncDsi | Method::RankOne => {
+                let method = if m == Method::IncDsi {
+                    AddMethod::IncDsi
+                } else {
+                    AddMethod::RankOne
+                };
+                let mut ed = Editor::new(GenirModel::load(&base_dir, device)?, cfg.edit.clone())?;
+                ed.config.max_source_len = max_len;
+                ed.calibrate_from_collection(&sp.base, cfg.max_anchors)?;
+                let mut secs = 0.0;
+                for (i, d) in sp.new_docs.iter().enumerate() {
+                    let r = ed.add(std::slice::from_ref(d), method)?;
+                    secs += r.seconds;
+                    if decay_points.contains(&(i + 1)) {
+                        let (h1, _, _) = measure(&ed.model, &sp.retention, max_len)?;
+                        decay.push((i + 1, h1));
+                    }
+                }
+                (ed.model, secs)
+            }
+            Method::ContinuedTraining => {
+                let mut model = GenirModel::load(&base_dir, device)?;
+                let mut secs = 0.0;
+                for (i, d) in sp.new_docs.iter().enumerate() {
+                    let t = Instant::now();
+                    model = continued_training(model, d, cfg, device)?;
+                    secs += t.elapsed().as_secs_f64();
+                    if decay_points.contains(&(i + 1)) {
+                        let (h1, _, _) = measure(&model, &sp.retention, max_len)?;
+                        decay.push((i + 1, h1));
+                    }
+                }
+                (model, secs)
+            }
+            Method::FullRetraining => {
+                let dir = cfg.work_dir.join("full");
+                let t = Instant::now();
+                if !dir.join(genir_train::bundle::DOCIDS_FILE).exists() {
+                    Trainer::new(cfg.train.clone(), device.clone()).train(
+                        &sp.full,
+                        &dir,
+                        false,
+                        &mut LogProgress,
+                    )?;
+                }
+                let secs = t.elapsed().as_secs_f64();
+                (GenirModel::load(&dir, device)?, secs)
+            }
+        };
+        let (s1, s10, _) = measure(&model, &sp.success, max_len)?;
+        let (r1, _, tops) = measure(&model, &sp.retention, max_len)?;
+        let inputs = input_hits(&model, &sp.new_docs, &cfg.edit)?;
+        let row = MethodResult {
+            method: m.name().into(),
+            docs: sp.new_docs.len(),
+            success_queries: sp.success.queries.len(),
+            success_hits_at_1: s1,
+            success_hits_at_10: s10,
+            edit_inputs_hits_at_1: inputs,
+            retention_queries: sp.retention.queries.len(),
+            retention_before: ret_before,
+            retention_after: r1,
+            locality: locality(&base_tops, &tops),
+            ms_per_doc: edit_seconds * 1000.0 / sp.new_docs.len().max(1) as f64,
+            seconds: t.elapsed().as_secs_f64(),
+            decay,
+        };
+        tracing::info!(?row, "method done");
+        rows.push(row);
+    }
+    Ok(EvalReport {
+        collection: c.name.clone(),
+        base_docs: sp.base.corpus.len(),
+        base_train_seconds,
+        rows,
+    })
+}
+
+/// Continued training on one new document: the vocabulary grows by one row (the live rows' mean), then
+/// AdamW steps (whole model) on the document's inputs only, until they all retrieve it or
+/// `finetune_steps` are done.
+pub fn continued_training(
+    mut model: GenirModel,
+    doc: &NewDocument,
+    cfg: &EvalConfig,
+    device: &Device,
+) -> Result<GenirModel> {
+    // grow through the editor (tokenizer, scheme, row), with the mean row instead of a solved one
+    let mut ed = Editor::new(model, cfg.edit.clone())?;
+    ed.config.max_source_len = cfg.train.examples.max_source_len;
+    let full = if doc.title.is_empty() {
+        doc.text.clone()
+    } else {
+        format!("{} {}", doc.title, doc.text)
+    };
+    let ecfg = &ed.config;
+    let mut sources = reps::text_chunks(
+        &ed.model.tok,
+        &full,
+        ecfg.max_source_len,
+        ed.model.scheme.eos,
+        ecfg.max_chunks,
+    )?;
+    let sents = reps::sentences(&doc.text, ecfg.min_sentence_words);
+    sources.extend(reps::encode_texts(
+        &ed.model.tok,
+        &sents,
+        ecfg.max_source_len,
+        ed.model.scheme.eos,
+    )?);
+    ed.append_mean_row(doc)?;
+    model = ed.model;
+    let idx = model
+        .scheme
+        .index_of(&doc.docid)
+        .ok_or_else(|| EditError::UnknownDocid(doc.docid.clone()))?;
+    let ad = device.clone().autodiff();
+    let tensors = model.model.to_hf_tensors()?;
+    let mut w = WeightFile::from_tensors("<continued training>", tensors.into_iter().collect());
+    let mut net = T5Model::from_weights(model.model.config.clone(), &mut w, &ad)?;
+    let trainer = Trainer::new(cfg.train.clone(), device.clone());
+    let mut optim = trainer.optimizer();
+    let examples: Vec<Example> = sources
+        .iter()
+        .map(|s| Example {
+            source: s.clone(),
+            doc: idx,
+            kind: ExampleKind::Indexing,
+        })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
+    for step in 0..cfg.finetune_steps {
+        let (next, loss, _) = trainer.step(net, &mut optim, &refs, &model.scheme, cfg.finetune_lr)?;
+        net = next;
+        if step % 5 == 4 || step + 1 == cfg.finetune_steps {
+            let probe = GenirModel {
+                model: net.valid(),
+                tok: model.tok.clone(),
+                scheme: model.scheme.clone(),
+            };
+            let mut s = probe.searcher()?;
+            s.max_source_len = cfg.train.examples.max_source_len;
+            let hits = s.search_ids(&sources, 1)?;
+            let done = hits
+                .iter()
+                .all(|h| h.first().is_some_and(|h| h.doc == idx));
+            tracing::debug!(step, loss, done, "continued training");
+            if done {
+                break;
+            }
+        }
+    }
+    model.model = net.valid();
+    Ok(model)
+}
+
+impl EvalReport {
+    /// The table as a polars DataFrame (one row per method; decay as `retention_after_N` columns).
+    pub fn dataframe(&self) -> Result<DataFrame> {
+        let col = |f: &dyn Fn(&MethodResult) -> f64| -> Vec<f64> { self.rows.iter().map(f).collect() };
+        let mut cols: Vec<Column> = vec![
+            Column::new(
+                "method".into(),
+                self.rows.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "docs".into(),
+                self.rows.iter().map(|r| r.docs as u64).collect::<Vec<_>>(),
+            ),
+            Column::new("success_hits_at_1".into(), col(&|r| r.success_hits_at_1)),
+            Column::new("success_hits_at_10".into(), col(&|r| r.success_hits_at_10)),
+            Column::new("edit_inputs_hits_at_1".into(), col(&|r| r.edit_inputs_hits_at_1)),
+            Column::new("retention_before".into(), col(&|r| r.retention_before)),
+            Column::new("retention_after".into(), col(&|r| r.retention_after)),
+            Column::new(
+                "retention_delta".into(),
+                col(&|r| r.retention_after - r.retention_before),
+            ),
+            Column::new("locality".into(), col(&|r| r.locality)),
+            Column::new("ms_per_doc".into(), col(&|r| r.ms_per_doc)),
+        ];
+        let points: BTreeSet<usize> = self
+            .rows
+            .iter()
+            .flat_map(|r| r.decay.iter().map(|d| d.0))
+            .collect();
+        for p in points {
+            let v: Vec<Option<f64>> = self
+                .rows
+                .iter()
+                .map(|r| r.decay.iter().find(|d| d.0 == p).map(|d| d.1))
+                .collect();
+            cols.push(Column::new(format!("retention_after_{p}").into(), v));
+        }
+        DataFrame::new_infer_height(cols).map_err(|e| EditError::Table(e.to_string()))
+    }
+
+    /// The table in markdown.
+    pub fn markdown(&self) -> String {
+        let points: BTreeSet<usize> = self
+            .rows
+            .iter()
+            .flat_map(|r| r.decay.iter().map(|d| d.0))
+            .collect();
+        let mut s = String::from(
+            "| method | docs | success H@1 | success H@10 | edit inputs H@1 | retention H@1 before | after | delta | locality | ms / doc |",
+        );
+        for p in &points {
+            s.push_str(&format!(" retention after {p} |"));
+        }
+        s.push_str("\n|---|---|---|---|---|---|---|---|---|---|");
+        for _ in &points {
+            s.push_str("---|");
+        }
+        s.push('\n');
+        for r in &self.rows {
+            s.push_str(&format!(
+                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.1} |",
+                r.method,
+                r.docs,
+                r.success_hits_at_1,
+                r.success_hits_at_10,
+                r.edit_inputs_hits_at_1,
+                r.retention_before,
+                r.retention_after,
+                r.retention_after - r.retention_before,
+                r.locality,
+                r.ms_per_doc
+            ));
+            for p in &points {
+                match r.decay.iter().find(|d| d.0 == *p) {
+                    Some(d) => s.push_str(&format!(" {:.3} |", d.1)),
+                    None => s.push_str(" |"),
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Writes the table as parquet.
+    pub fn write_parquet(&self, path: &Path) -> Result<()> {
+        let mut df = self.dataframe()?;
+        let f = std::fs::File::create(path).map_err(EditError::io(path))?;
+        ParquetWriter::new(f)
+            .finish(&mut df)
+            .map_err(|e| EditError::Table(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,473 @@
+//! Editing tiny trained models: delete, add (IncDSI, rank-one), change, batches, the edit log (replay, undo)
+//! and errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use burn::prelude::*;
+use genir_data::{Collection, Corpus, Document, Qrel, Qrels, Queries, Query, QuerySet};
+use genir_edit::{AddMethod, ChangedDocument, EditError, Editor, NewDocument};
+use genir_model::hooks::Hooks;
+use genir_model::t5::{pad_batch, T5Model};
+use genir_train::bundle::GenirModel;
+use genir_train::docid::DocidKind;
+use genir_train::examples::ExampleConfig;
+use genir_train::metrics::evaluate;
+use genir_train::train::{Architecture, Init, LogProgress, TrainConfig, Trainer};
+
+const N_DOCS: usize = 40;
+/// Documents left out of the base model (added by the tests).
+const N_NEW: usize = 4;
+
+const SYL: [&str; 14] = [
+    "ba", "de", "fi", "go", "ku", "la", "me", "ni", "po", "ru", "sa", "te", "vo", "zi",
+];
+
+/// Word `slot` of document `doc`: two or three syllables, unique per (doc, slot).
+fn word(doc: usize, slot: usize) -> String {
+    let k = doc * 7 + slot;
+    format!("{}{}{}", SYL[k % 14], SYL[(k / 14) % 14], SYL[(k / 196) % 14])
+}
+
+fn doc_text(doc: usize) -> String {
+    let w: Vec<String> = (0..7).map(|s| word(doc, s)).collect();
+    format!(
+        "The {} is about {} and {}. Many people study {} with {}. The {} of {} is well known.",
+        w[0], w[1], w[2], w[3], w[4], w[5], w[6]
+    )
+}
+
+fn docid(doc: usize) -> String {
+    format!("d{doc}")
+}
+
+/// Query texts of a document per split.
+fn queries_of(doc: usize) -> [(&'static str, String); 3] {
+    let w = |s| word(doc, s);
+    [
+        ("train", format!("{} {}", w(0), w(1))),
+        ("validation", format!("study {} {}", w(3), w(4))),
+        ("test", format!("{} of {}", w(5), w(6))),
+    ]
+}
+
+/// Documents `0..N_DOCS`; `skip` documents get no corpus entry and no queries.
+fn collection(skip: &[usize]) -> Collection {
+    let docs = (0..N_DOCS)
+        .filter(|d| !skip.contains(d))
+        .map(|d| Document::new(docid(d), "", doc_text(d)))
+        .collect();
+    let mut splits: BTreeMap<String, (Vec<Query>, Vec<Qrel>)> = BTreeMap::new();
+    for d in (0..N_DOCS).filter(|d| !skip.contains(d)) {
+        for (split, q) in queries_of(d) {
+            let e = splits.entry(split.to_string()).or_default();
+            let qid = format!("{split}-{d}");
+            e.0.push(Query::new(&qid, q));
+            e.1.push(Qrel::new(&qid, docid(d), 1));
+        }
+    }
+    Collection {
+        name: "synthetic".into(),
+        corpus: Corpus::new(docs),
+        splits: splits
+            .into_iter()
+            .map(|(k, (q, r))| {
+                (
+                    k,
+                    QuerySet {
+                        queries: Queries::new(q),
+                        qrels: Qrels::new(r),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn new_docs() -> Vec<usize> {
+    (N_DOCS - N_NEW..N_DOCS).collect()
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        init: Init::Scratch(Architecture {
+            d_model: 32,
+            d_ff: 64,
+            layers: 1,
+            heads: 2,
+            text_vocab: 300,
+        }),
+        docids: DocidKind::Atomic,
+        examples: ExampleConfig {
+            max_source_len: 32,
+            index_chunks: 1,
+            index_ratio: None,
+            exclude: Vec::new(),
+        },
+        batch_size: 16,
+        epochs: 60,
+        lr: 1e-2,
+        warmup_steps: 5,
+        weight_decay: 0.01,
+        clip_norm: Some(1.0),
+        seed: 3,
+        checkpoint_every: 10_000,
+        keep_checkpoints: 1,
+        eval_every: 0,
+        validation_split: "validation".into(),
+        shards: 1,
+    }
+}
+
+fn device() -> Device {
+    Device::flex()
+}
+
+/// The base model (trained once per test binary) on every document except the new ones.
+fn base_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("genir-edit-test-base-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Trainer::new(config(), device())
+            .train(&collection(&new_docs()), &dir, false, &mut LogProgress)
+            .unwrap();
+        dir
+    })
+}
+
+/// A fresh copy of the base model folder.
+fn copy_base() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "docids.json",
+    ] {
+        std::fs::copy(base_dir().join(f), t.path().join(f)).unwrap();
+    }
+    t
+}
+
+fn editor() -> Editor {
+    let mut ed = Editor::open(base_dir(), &device()).unwrap();
+    ed.config.max_source_len = 32;
+    ed.calibrate_from_collection(&collection(&new_docs()), 1000)
+        .unwrap();
+    ed
+}
+
+/// Hits@1 and Hits@10 of the queries of `docs` in `splits`.
+fn hits(model: &GenirModel, docs: &[usize], splits: &[&str]) -> (f64, f64) {
+    let mut qs = Vec::new();
+    let mut rs = Vec::new();
+    for &d in docs {
+        for (split, q) in queries_of(d) {
+            if splits.contains(&split) {
+                let qid = format!("{split}-{d}");
+                qs.push(Query::new(&qid, q));
+                rs.push(Qrel::new(&qid, docid(d), 1));
+            }
+        }
+    }
+    let mut s = model.searcher().unwrap();
+    s.max_source_len = 32;
+    let run = s.run(&Queries::new(qs), 10, 64, "t").unwrap();
+    let ev = evaluate(&run, &Qrels::new(rs), None);
+    (ev.hits_at_1, ev.hits_at_10)
+}
+
+fn old_docs() -> Vec<usize> {
+    (0..N_DOCS - N_NEW).collect()
+}
+
+/// Argmax over the whole vocabulary at the first decoding step, without any docid restriction (what a
+/// Hugging Face `generate` would emit first).
+fn raw_argmax(model: &T5Model, sources: &[Vec<u32>]) -> Vec<usize> {
+    let device = model.shared.val().device();
+    let (ids, mask) = pad_batch(sources, 0, &device).unwrap();
+    let enc = model.encode(ids, mask.clone(), &mut Hooks::none()).unwrap();
+    let mut state = model.start_decoding(enc, mask);
+    let start = Tensor::<2, Int>::zeros([sources.len(), 1], &device);
+    let logits = model
+        .decode_step(&mut state, start, &mut Hooks::none())
+        .unwrap();
+    let [b, _, v] = logits.dims();
+    let am = logits.reshape([b, v]).argmax(1).reshape([b]);
+    am.into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as usize)
+        .collect()
+}
+
+fn new_document(d: usize) -> NewDocument {
+    NewDocument::new(docid(d), doc_text(d))
+}
+
+#[test]
+fn base_model_is_trained() {
+    let m = GenirModel::load(base_dir(), &device()).unwrap();
+    let (h1, _) = hits(&m, &old_docs(), &["train"]);
+    assert!(h1 >= 0.9, "training queries Hits@1 {h1}");
+}
+
+#[test]
+fn delete_removes_the_document_from_search_and_from_the_exported_model() {
+    let dir = copy_base();
+    let mut ed = editor();
+    let victim = 5;
+    let before_others: Vec<usize> = old_docs().into_iter().filter(|&d| d != victim).collect();
+    let (h1_before, _) = hits(&ed.model, &before_others, &["train", "validation", "test"]);
+    let texts: Vec<String> = std::iter::once(doc_text(victim))
+        .chain(queries_of(victim).into_iter().map(|q| q.1))
+        .collect();
+    let rec = ed.delete(&[docid(victim)], &texts).unwrap();
+    assert_eq!(rec.op, genir_edit::log::EditOp::Delete);
+    // the constrained decoder never returns it, even among all documents
+    let all: Vec<String> = (0..N_DOCS)
+        .flat_map(|d| queries_of(d).into_iter().map(|q| q.1))
+        .chain(texts.clone())
+        .collect();
+    let res = ed.searcher().unwrap().search(&all, N_DOCS).unwrap();
+    assert!(res
+        .iter()
+        .all(|hs| hs.iter().all(|h| h.docid != docid(victim))));
+    // other documents' Hits@1 can only improve (a row edit changes no other logit)
+    let (h1_after, _) = hits(&ed.model, &before_others, &["train", "validation", "test"]);
+    assert!(h1_after >= h1_before, "{h1_before} -> {h1_after}");
+    // saved, reloaded as a plain model, searched without the scheme's restriction: never first
+    ed.save(dir.path()).unwrap();
+    let hf = T5Model::from_pretrained(dir.path(), &device()).unwrap();
+    let reloaded = GenirModel::load(dir.path(), &device()).unwrap();
+    assert!(reloaded.scheme.deleted.contains(&docid(victim)));
+    let token = reloaded.scheme.target(reloaded.scheme.index_of(&docid(victim)).unwrap())[0] as usize;
+    let src = genir_edit::reps::encode_texts(&reloaded.tok, &all, 32, 1).unwrap();
+    let am = raw_argmax(&hf, &src);
+    assert!(am.iter().all(|&t| t != token), "deleted token still first");
+    // ... and its probability is tiny for its own text and queries
+    assert_eq!(genir_edit::list_edits(dir.path()).unwrap().len(), 1);
+    // deleting it again, or an unknown docid, is an error
+    let e = ed.delete(&[docid(victim)], &[]).unwrap_err();
+    assert!(matches!(e, EditError::AlreadyDeleted(_)), "{e}");
+    let e = ed.delete(&["nope".into()], &[]).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+}
+
+#[test]
+fn incdsi_adds_documents_that_held_out_queries_find() {
+    let mut ed = editor();
+    let (r_before, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
+    for d in new_docs() {
+        let rec = ed.add(&[new_document(d)], AddMethod::IncDsi).unwrap();
+        assert!(rec.seconds < 1.0, "{} s", rec.seconds);
+    }
+    // the queries were never shown to the edit
+    let (s1, s10) = hits(&ed.model, &new_docs(), &["train", "validation", "test"]);
+    assert!(s10 >= 0.9, "held-out Hits@10 {s10} (Hits@1 {s1})");
+    let (r_after, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
+    assert!(r_after >= r_before - 0.03, "retention {r_before} -> {r_after}");
+    assert_eq!(ed.model.scheme.len(), N_DOCS);
+    assert_eq!(ed.model.model.config.vocab_size, ed.model.scheme.vocab_size());
+    // adding an existing docid is an error
+    let e = ed.add(&[new_document(3)], AddMethod::IncDsi).unwrap_err();
+    assert!(matches!(e, EditError::DuplicateDocid(_)), "{e}");
+    let e = ed.add(&[new_document(N_DOCS - 1)], AddMethod::IncDsi).unwrap_err();
+    assert!(matches!(e, EditError::DuplicateDocid(_)), "{e}");
+}
+
+#[test]
+fn rank_one_mlp_edit_adds_documents() {
+    let mut ed = editor();
+    let (r_before, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
+    let docs: Vec<NewDocument> = new_docs().into_iter().map(new_document).collect();
+    let rec = ed.add(&docs, AddMethod::RankOne).unwrap();
+    assert!(rec
+        .patches
+        .iter()
+        .any(|p| matches!(p, genir_edit::log::Patch::LowRank { .. })));
+    let (s1, s10) = hits(&ed.model, &new_docs(), &["train", "validation", "test"]);
+    let (r_after, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
+    eprintln!("rank-one: success {s1} / {s10}, retention {r_before} -> {r_after}");
+    assert!(s10 >= 0.5, "held-out Hits@10 {s10}");
+    assert!(r_after >= r_before - 0.15, "retention {r_before} -> {r_after}");
+}
+
+#[test]
+fn change_moves_a_document_to_its_new_content() {
+    let mut ed = editor();
+    let target = 7;
+    // the new content is that of (never indexed) document 38; the old content goes
+    let new = 38;
+    let rec = ed
+        .change(&[ChangedDocument {
+            docid: docid(target),
+            title: String::new(),
+            text: doc_text(new),
+            old_text: Some(doc_text(target)),
+            queries: Vec::new(),
+        }])
+        .unwrap();
+    assert_eq!(rec.docids, vec![docid(target)]);
+    let mut s = ed.searcher().unwrap();
+    s.max_source_len = 32;
+    let new_q: Vec<String> = queries_of(new).into_iter().map(|q| q.1).collect();
+    let old_q: Vec<String> = queries_of(target).into_iter().map(|q| q.1).collect();
+    let found = s
+        .search(&new_q, 10)
+        .unwrap()
+        .iter()
+        .filter(|h| h.iter().any(|h| h.docid == docid(target)))
+        .count();
+    assert!(found >= 2, "{found} of 3 new-content queries find it");
+    let first = s
+        .search(&old_q, 1)
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].docid == docid(target))
+        .count();
+    assert_eq!(first, 0, "old-content queries still rank it first");
+    let e = ed
+        .change(&[ChangedDocument {
+            docid: "missing".into(),
+            text: "x y z".into(),
+            ..Default::default()
+        }])
+        .unwrap_err();
+    assert!(matches!(e, EditError::UnknownDocid(_)), "{e}");
+}
+
+fn bytes(dir: &Path, f: &str) -> Vec<u8> {
+    std::fs::read(dir.join(f)).unwrap()
+}
+
+#[test]
+fn edit_log_replays_bit_for_bit_and_undo_restores_the_original() {
+    let a = copy_base();
+    let mut ed = editor();
+    ed.add(&[new_document(36), new_document(37)], AddMethod::IncDsi)
+        .unwrap();
+    ed.add(&[new_document(38)], AddMethod::RankOne).unwrap();
+    ed.delete(&[docid(2)], &[]).unwrap();
+    ed.change(&[ChangedDocument {
+        docid: docid(9),
+        text: doc_text(39),
+        ..Default::default()
+    }])
+    .unwrap();
+    ed.add(&[new_document(39)], AddMethod::RankOne).unwrap();
+    ed.save(a.path()).unwrap();
+    let listed = genir_edit::log::describe(&genir_edit::list_edits(a.path()).unwrap());
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(listed[2].contains("delete"), "{listed:?}");
+    // replay on a fresh copy: identical files
+    let b = copy_base();
+    assert_eq!(
+        genir_edit::replay_in_folder(a.path(), b.path(), &device()).unwrap(),
+        5
+    );
+    for f in ["model.safetensors", "docids.json", "tokenizer.json"] {
+        assert!(bytes(a.path(), f) == bytes(b.path(), f), "{f} differs after replay");
+    }
+    // replaying again is a no-op (the copy already has every edit)
+    assert_eq!(
+        genir_edit::replay_in_folder(a.path(), b.path(), &device()).unwrap(),
+        0
+    );
+    // undo two, then the rest: back to the original bits
+    genir_edit::undo_in_folder(b.path(), 2, &device()).unwrap();
+    assert_eq!(genir_edit::list_edits(b.path()).unwrap().len(), 3);
+    let undone = genir_edit::undo_in_folder(b.path(), 3, &device()).unwrap();
+    assert_eq!(undone.len(), 3);
+    for f in ["model.safetensors", "docids.json"] {
+        assert!(
+            bytes(base_dir(), f) == bytes(b.path(), f),
+            "{f} differs from the original after undo"
+        );
+    }
+    let orig = GenirModel::load(base_dir(), &device()).unwrap();
+    let back = GenirModel::load(b.path(), &device()).unwrap();
+    assert_eq!(orig.tok.inner().get_vocab(true), back.tok.inner().get_vocab(true));
+    assert!(genir_edit::list_edits(b.path()).unwrap().is_empty());
+    // in memory as well
+    ed.undo(5).unwrap();
+    let t0 = orig.model.to_hf_tensors().unwrap();
+    let t1 = ed.model.model.to_hf_tensors().unwrap();
+    assert!(t0 == t1);
+}
+
+#[test]
+fn batches_of_edits() {
+    let mut ed = editor();
+    let (r_before, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
+    // 60 never-seen documents in one edit, made of fresh words
+    let docs: Vec<NewDocument> = (100..160)
+        .map(|d| NewDocument::new(format!("b{d}"), doc_text(d)))
+        .collect();
+    let rec = ed.add(&docs, AddMethod::IncDsi).unwrap();
+    assert_eq!(rec.docids.len(), 60);
+    let mut s = ed.searcher().unwrap();
+    s.max_source_len = 32;
+    let texts: Vec<String> = (100..160).map(doc_text).collect();
+    let res = s.search(&texts, 1).unwrap();
+    let ok = res
+        .iter()
+        .zip(100..160)
+        .filter(|(h, d)| h[0].docid == format!("b{d}"))
+        .count();
+    assert!(ok >= 57, "{ok} of 60 added documents retrieved by their text");
+    let (r_after, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
+    assert!(r_after >= r_before - 0.05, "retention {r_before} -> {r_after}");
+    // delete a batch
+    let del: Vec<String> = (0..10).map(docid).collect();
+    ed.delete(&del, &[]).unwrap();
+    let res = ed
+        .searcher()
+        .unwrap()
+        .search(&(0..10).map(doc_text).collect::<Vec<_>>(), 5)
+        .unwrap();
+    assert!(res.iter().flatten().all(|h| !del.contains(&h.docid)));
+    assert_eq!(ed.history().len(), 2);
+}
+
+#[test]
+fn corrupt_edit_logs_are_clear_errors() {
+    let a = copy_base();
+    let mut ed = editor();
+    ed.delete(&[docid(1)], &[]).unwrap();
+    ed.save(a.path()).unwrap();
+    let log = a.path().join("edits/log.json");
+    let good = std::fs::read(&log).unwrap();
+    std::fs::write(&log, b"{\"format\": 3").unwrap();
+    let e = Editor::open(a.path(), &device()).err().unwrap().to_string();
+    assert!(e.contains("log.json"), "{e}");
+    std::fs::write(&log, &good).unwrap();
+    let payload = a.path().join("edits/000001.safetensors");
+    std::fs::write(&payload, b"garbage").unwrap();
+    let e = Editor::open(a.path(), &device()).err().unwrap().to_string();
+    assert!(e.contains("000001.safetensors"), "{e}");
+    std::fs::remove_file(&payload).unwrap();
+    let e = Editor::open(a.path(), &device()).err().unwrap().to_string();
+    assert!(e.contains("missing"), "{e}");
+    // replaying a log onto a model it was not made for
+    std::fs::write(&log, &good).unwrap();
+    ed.save(a.path()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    Trainer::new(
+        TrainConfig {
+            epochs: 1,
+            ..config()
+        },
+        device(),
+    )
+    .train(&collection(&new_docs()), other.path(), false, &mut LogProgress)
+    .unwrap();
+    let e = genir_edit::replay_in_folder(a.path(), other.path(), &device())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("log.json") && e.contains("another model"), "{e}");
+}
