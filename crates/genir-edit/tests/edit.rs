@@ -102,6 +102,7 @@ fn config() -> TrainConfig {
         examples: ExampleConfig {
             max_source_len: 32,
             index_chunks: 1,
+            index_sentences: false,
             index_ratio: None,
             exclude: Vec::new(),
         },
@@ -117,6 +118,8 @@ fn config() -> TrainConfig {
         eval_every: 0,
         validation_split: "validation".into(),
         shards: 1,
+        embedder: Default::default(),
+        docid_rows_from_documents: false,
     }
 }
 
