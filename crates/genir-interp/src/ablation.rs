@@ -50,10 +50,14 @@ impl Ablation {
         let (e, d) = gm.model.depth();
         let filter = HookFilter::parse(patterns);
         filter.validate(e, d)?;
-        let points: Vec<HookPoint> =
-            HookPoint::all(e, d).into_iter().filter(|p| filter.matches(p)).collect();
+        let points: Vec<HookPoint> = HookPoint::all(e, d)
+            .into_iter()
+            .filter(|p| filter.matches(p))
+            .collect();
         if points.is_empty() {
-            return Err(InterpError::Input(format!("{patterns:?} selects no hook point")));
+            return Err(InterpError::Input(format!(
+                "{patterns:?} selects no hook point"
+            )));
         }
         Ok(Self {
             label: label.to_string(),
@@ -64,14 +68,22 @@ impl Ablation {
 
     /// Every decoder layer's self-attention output (the paper's "remove self-attention").
     pub fn decoder_self_attention(gm: &GenirModel, mode: AblationMode) -> Result<Self> {
-        Self::parse(gm, "decoder_self_attn", "decoder.blocks.*.hook_self_attn_out", mode)
+        Self::parse(
+            gm,
+            "decoder_self_attn",
+            "decoder.blocks.*.hook_self_attn_out",
+            mode,
+        )
     }
 }
 
 /// Whether a point's position axis runs over the (padded) source.
 fn over_source(p: &HookPoint) -> bool {
     p.stack == Stack::Encoder
-        || matches!(p.site, Site::Attn(AttnKind::CrossAttn, AttnSite::K | AttnSite::V))
+        || matches!(
+            p.site,
+            Site::Attn(AttnKind::CrossAttn, AttnSite::K | AttnSite::V)
+        )
 }
 
 /// Mean activations of `points` over the reference queries at the first decoding step: shape
@@ -100,7 +112,10 @@ pub fn mean_activations(
     let device = model.shared.val().device();
     let start = model.config.decoder_start() as u32;
     let searcher = gm.searcher()?;
-    let mut sums: Vec<(Vec<f64>, f64, Vec<usize>)> = points.iter().map(|_| (Vec::new(), 0.0, Vec::new())).collect();
+    let mut sums: Vec<(Vec<f64>, f64, Vec<usize>)> = points
+        .iter()
+        .map(|_| (Vec::new(), 0.0, Vec::new()))
+        .collect();
     for chunk in reference.chunks(batch_size.max(1)) {
         let ids = searcher.encode_queries(chunk)?;
         let dec: Vec<Vec<u32>> = ids.iter().map(|_| vec![start]).collect();
@@ -122,7 +137,11 @@ pub fn mean_activations(
             }
             for i in 0..b {
                 for j in 0..pos {
-                    let w = if over_source(p) && pos == s { f64::from(mask[i * s + j]) } else { 1.0 };
+                    let w = if over_source(p) && pos == s {
+                        f64::from(mask[i * s + j])
+                    } else {
+                        1.0
+                    };
                     if w == 0.0 {
                         continue;
                     }
@@ -141,7 +160,10 @@ pub fn mean_activations(
         .map(|(p, (sum, n, inner))| {
             let mean: Vec<f32> = sum.iter().map(|v| (v / n.max(1.0)) as f32).collect();
             let act = if inner.len() == 1 {
-                Activation::Rank3(Tensor::from_data(TensorData::new(mean, [1, 1, inner[0]]), &device))
+                Activation::Rank3(Tensor::from_data(
+                    TensorData::new(mean, [1, 1, inner[0]]),
+                    &device,
+                ))
             } else {
                 Activation::Rank4(Tensor::from_data(
                     TensorData::new(mean, [1, 1, inner[0], inner[1]]),
@@ -206,7 +228,10 @@ pub fn ablation_study(
             }
             AblationMode::Mean => {
                 let reference = reference.ok_or_else(|| {
-                    InterpError::Input(format!("ablation {}: mean ablation needs reference queries", a.label))
+                    InterpError::Input(format!(
+                        "ablation {}: mean ablation needs reference queries",
+                        a.label
+                    ))
                 })?;
                 for (p, mean) in mean_activations(gm, reference, &a.points, cfg.batch_size)? {
                     hooks.add(
@@ -228,18 +253,42 @@ pub fn ablation_study(
     Ok(DataFrame::new(
         n,
         vec![
-            col("label", rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
-            col("mode", rows.iter().map(|r| r.1.to_string()).collect::<Vec<_>>()),
-            col("points", rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>()),
-            col("queries", rows.iter().map(|r| r.3.per_query.len() as i64).collect::<Vec<_>>()),
-            col("hits_at_1", rows.iter().map(|r| r.3.hits_at_1).collect::<Vec<_>>()),
-            col("hits_at_10", rows.iter().map(|r| r.3.hits_at_10).collect::<Vec<_>>()),
-            col("mrr_at_10", rows.iter().map(|r| r.3.mrr_at_10).collect::<Vec<_>>()),
+            col(
+                "label",
+                rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            ),
+            col(
+                "mode",
+                rows.iter().map(|r| r.1.to_string()).collect::<Vec<_>>(),
+            ),
+            col(
+                "points",
+                rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+            ),
+            col(
+                "queries",
+                rows.iter()
+                    .map(|r| r.3.per_query.len() as i64)
+                    .collect::<Vec<_>>(),
+            ),
+            col(
+                "hits_at_1",
+                rows.iter().map(|r| r.3.hits_at_1).collect::<Vec<_>>(),
+            ),
+            col(
+                "hits_at_10",
+                rows.iter().map(|r| r.3.hits_at_10).collect::<Vec<_>>(),
+            ),
+            col(
+                "mrr_at_10",
+                rows.iter().map(|r| r.3.mrr_at_10).collect::<Vec<_>>(),
+            ),
             col(
                 "delta_hits_at_1",
-                rows.iter().map(|r| r.3.hits_at_1 - base.hits_at_1).collect::<Vec<_>>(),
+                rows.iter()
+                    .map(|r| r.3.hits_at_1 - base.hits_at_1)
+                    .collect::<Vec<_>>(),
             ),
         ],
     )?)
 }
-

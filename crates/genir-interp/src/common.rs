@@ -65,9 +65,10 @@ pub(crate) fn prepare(gm: &GenirModel, probes: &[Probe]) -> Result<Vec<Prepared>
     probes
         .iter()
         .map(|p| {
-            let doc = gm
-                .scheme
-                .require(&p.docid, &format!(" (relevant document of query {})", p.qid))?;
+            let doc = gm.scheme.require(
+                &p.docid,
+                &format!(" (relevant document of query {})", p.qid),
+            )?;
             let ids = searcher
                 .encode_queries(std::slice::from_ref(&p.text))?
                 .pop()
@@ -101,12 +102,7 @@ pub(crate) fn first_step(
     let start = model.config.decoder_start() as u32;
     let sources: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
     let dec: Vec<Vec<u32>> = batch.iter().map(|_| vec![start]).collect();
-    let input = Seq2SeqInput::from_ids(
-        &sources,
-        &dec,
-        model.config.pad_token_id as u32,
-        &device,
-    )?;
+    let input = Seq2SeqInput::from_ids(&sources, &dec, model.config.pad_token_id as u32, &device)?;
     let mut hooks = Hooks::caching(filter);
     let logits = model.forward(&input, &mut hooks)?;
     Ok((logits, hooks.take_cache()))

@@ -16,6 +16,12 @@ use crate::error::{InterpError, Result};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// Named line series: `(name, points)`.
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+/// A heatmap panel: title, row names, column names, values per row.
+type Panel = (String, Vec<String>, Vec<String>, Vec<Vec<f64>>);
+
 const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -112,7 +118,9 @@ fn lines(
                     .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
                     .map_err(|x| e(&x))?
                     .label(name.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
                 chart
                     .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
                     .map_err(|x| e(&x))?;
@@ -126,7 +134,7 @@ fn lines(
         }};
     }
     if log_y {
-        let lo = y0.max(1e-3).min(1.0);
+        let lo = y0.clamp(1e-3, 1.0);
         let hi = (y1 * 1.5).max(lo * 10.0);
         draw!(builder
             .build_cartesian_2d(x0..x1, (lo..hi).log_scale())
@@ -186,7 +194,9 @@ fn heatmap(
         .draw()
         .map_err(|x| e(&x))?;
     let cells = values.iter().enumerate().flat_map(|(r, row)| {
-        row.iter().enumerate().map(move |(c, &v)| (r as i32, c as i32, v))
+        row.iter()
+            .enumerate()
+            .map(move |(c, &v)| (r as i32, c as i32, v))
     });
     chart
         .draw_series(cells.clone().map(|(r, c, v)| {
@@ -203,7 +213,11 @@ fn heatmap(
         chart
             .draw_series(cells.map(|(r, c, v)| {
                 Text::new(
-                    if v.is_finite() { format!("{v:.2}") } else { "-".into() },
+                    if v.is_finite() {
+                        format!("{v:.2}")
+                    } else {
+                        "-".into()
+                    },
                     (SegmentValue::CenterOf(c), SegmentValue::CenterOf(r)),
                     ("sans-serif", 11).into_font().color(&BLACK),
                 )
@@ -278,7 +292,8 @@ fn render(
 ) -> Result<()> {
     check_svg(path)?;
     let root = SVGBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|x| fig_err(path)(x.to_string()))?;
+    root.fill(&WHITE)
+        .map_err(|x| fig_err(path)(x.to_string()))?;
     let areas = root.split_evenly((panels.max(1), 1));
     draw(areas).map_err(fig_err(path))?;
     root.present().map_err(|x| fig_err(path)(x.to_string()))?;
@@ -295,18 +310,34 @@ pub fn logit_lens_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let rank = f64_col(df, "rank")?;
     let mean_d = f64_col(df, "mean_rank_docids")?;
     let mean_n = f64_col(df, "mean_rank_non_docids")?;
-    let x = |l: i64, c: &str| if c == "resid_pre" { 0.0 } else { l as f64 + 1.0 };
+    let x = |l: i64, c: &str| {
+        if c == "resid_pre" {
+            0.0
+        } else {
+            l as f64 + 1.0
+        }
+    };
     let keys: Vec<(String, i64)> = comp.iter().cloned().zip(layer.iter().copied()).collect();
     let mut series = Vec::new();
-    for (name, values) in [("", &rank), ("docid tokens (mean)", &mean_d), ("non-docid tokens (mean)", &mean_n)] {
+    for (name, values) in [
+        ("", &rank),
+        ("docid tokens (mean)", &mean_d),
+        ("non-docid tokens (mean)", &mean_n),
+    ] {
         let means = group_mean(&keys, values);
         let mut by_comp: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for ((c, l), v) in means {
             let resid = c == "resid_post" || c == "resid_pre";
             if name.is_empty() {
-                by_comp.entry(format!("correct docid: {c}")).or_default().push((x(l, &c), v));
+                by_comp
+                    .entry(format!("correct docid: {c}"))
+                    .or_default()
+                    .push((x(l, &c), v));
             } else if resid {
-                by_comp.entry(name.to_string()).or_default().push((x(l, &c), v));
+                by_comp
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((x(l, &c), v));
             }
         }
         for (k, mut pts) in by_comp {
@@ -315,7 +346,14 @@ pub fn logit_lens_figure(df: &DataFrame, path: &Path) -> Result<()> {
         }
     }
     render(path, (900, 600), 1, |areas| {
-        lines(&areas[0], "Logit lens (first decoding step)", "decoder layer", "rank (1 = top)", &series, true)
+        lines(
+            &areas[0],
+            "Logit lens (first decoding step)",
+            "decoder layer",
+            "rank (1 = top)",
+            &series,
+            true,
+        )
     })
 }
 
@@ -325,7 +363,7 @@ pub fn contribution_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let layer = i64_col(df, "layer")?;
     let comp = str_col(df, "component")?;
     let keys: Vec<(String, i64)> = comp.iter().cloned().zip(layer.iter().copied()).collect();
-    let make = |col: &str| -> Result<Vec<(String, Vec<(f64, f64)>)>> {
+    let make = |col: &str| -> Result<Series> {
         let means = group_mean(&keys, &f64_col(df, col)?);
         let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for ((c, l), v) in means {
@@ -338,8 +376,22 @@ pub fn contribution_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let ratio = make("ratio_to_delta")?;
     let cos = make("cos_resid_post")?;
     render(path, (900, 900), 2, |areas| {
-        lines(&areas[0], "Norm relative to the residual change", "decoder layer", "||component|| / ||delta||", &ratio, false)?;
-        lines(&areas[1], "Cosine similarity with the layer output", "decoder layer", "cosine", &cos, false)
+        lines(
+            &areas[0],
+            "Norm relative to the residual change",
+            "decoder layer",
+            "||component|| / ||delta||",
+            &ratio,
+            false,
+        )?;
+        lines(
+            &areas[1],
+            "Cosine similarity with the layer output",
+            "decoder layer",
+            "cosine",
+            &cos,
+            false,
+        )
     })
 }
 
@@ -353,8 +405,13 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let head = i64_col(df, "head")?;
     let pos = i64_col(df, "position")?;
     let value = f64_col(df, "value")?;
-    let mut panels: Vec<(String, Vec<String>, Vec<String>, Vec<Vec<f64>>)> = Vec::new();
-    for t in ["components", "heads", "encoder_positions", "decoder_positions"] {
+    let mut panels: Vec<Panel> = Vec::new();
+    for t in [
+        "components",
+        "heads",
+        "encoder_positions",
+        "decoder_positions",
+    ] {
         let idx: Vec<usize> = (0..target.len()).filter(|&i| target[i] == t).collect();
         if idx.is_empty() {
             continue;
@@ -363,9 +420,15 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
         let key = |i: usize| -> (String, String) {
             match t {
                 "components" => (format!("layer {}", layer[i]), comp[i].clone()),
-                "heads" => (format!("layer {}", layer[i]), format!("{} {}", comp[i].trim_end_matches("_attn"), head[i])),
+                "heads" => (
+                    format!("layer {}", layer[i]),
+                    format!("{} {}", comp[i].trim_end_matches("_attn"), head[i]),
+                ),
                 "encoder_positions" => ("encoder out".into(), format!("{:03}", pos[i])),
-                _ => (format!("{} {}", comp[i], layer[i]), format!("pos {}", pos[i])),
+                _ => (
+                    format!("{} {}", comp[i], layer[i]),
+                    format!("pos {}", pos[i]),
+                ),
             }
         };
         let keys: Vec<(String, String)> = idx.iter().map(|&i| key(i)).collect();
@@ -383,17 +446,35 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
         }
         let grid = rows
             .iter()
-            .map(|r| cols.iter().map(|c| means.get(&(r.clone(), c.clone())).copied().unwrap_or(f64::NAN)).collect())
+            .map(|r| {
+                cols.iter()
+                    .map(|c| {
+                        means
+                            .get(&(r.clone(), c.clone()))
+                            .copied()
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect()
+            })
             .collect();
         panels.push((t.replace('_', " "), rows, cols, grid));
     }
     if panels.is_empty() {
-        return Err(InterpError::Input("the patching table has no patched rows".into()));
+        return Err(InterpError::Input(
+            "the patching table has no patched rows".into(),
+        ));
     }
     let n = panels.len();
     render(path, (1000, 380 * n as u32), n, |areas| {
         for (a, (title, rows, cols, grid)) in areas.iter().zip(&panels) {
-            heatmap(a, &format!("Activation patching: {title} (0 = corrupted, 1 = clean)"), rows, cols, grid, &diverging)?;
+            heatmap(
+                a,
+                &format!("Activation patching: {title} (0 = corrupted, 1 = clean)"),
+                rows,
+                cols,
+                grid,
+                &diverging,
+            )?;
         }
         Ok(())
     })
@@ -404,12 +485,18 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
 pub fn swap_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let label = str_col(df, "label")?;
     let subset = str_col(df, "subset")?;
-    let names: Vec<String> = label.iter().zip(&subset).map(|(l, s)| format!("{l} ({s})")).collect();
+    let names: Vec<String> = label
+        .iter()
+        .zip(&subset)
+        .map(|(l, s)| format!("{l} ({s})"))
+        .collect();
     let series = vec![
         ("Hits@1".to_string(), f64_col(df, "hits_at_1")?),
         ("Hits@10".to_string(), f64_col(df, "hits_at_10")?),
     ];
-    render(path, (900, 500), 1, |areas| bars(&areas[0], "Encoder swap", &names, &series))
+    render(path, (900, 500), 1, |areas| {
+        bars(&areas[0], "Encoder swap", &names, &series)
+    })
 }
 
 /// Bar chart of an ablation table ([`crate::ablation::ablation_study`]): Hits@1 and Hits@10 per ablation.
@@ -419,13 +506,21 @@ pub fn ablation_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let names: Vec<String> = label
         .iter()
         .zip(&mode)
-        .map(|(l, m)| if m == "none" { l.clone() } else { format!("{l} ({m})") })
+        .map(|(l, m)| {
+            if m == "none" {
+                l.clone()
+            } else {
+                format!("{l} ({m})")
+            }
+        })
         .collect();
     let series = vec![
         ("Hits@1".to_string(), f64_col(df, "hits_at_1")?),
         ("Hits@10".to_string(), f64_col(df, "hits_at_10")?),
     ];
-    render(path, (900, 500), 1, |areas| bars(&areas[0], "Ablation", &names, &series))
+    render(path, (900, 500), 1, |areas| {
+        bars(&areas[0], "Ablation", &names, &series)
+    })
 }
 
 /// Heatmap of the head projection table ([`crate::heads::head_vocab_projection`]): per layer and head, the
@@ -437,7 +532,9 @@ pub fn head_projection_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let rank = f64_col(df, "rank")?;
     let idx: Vec<usize> = (0..part.len()).filter(|&i| part[i] == "correct").collect();
     if idx.is_empty() {
-        return Err(InterpError::Input("the head projection table has no `correct` rows".into()));
+        return Err(InterpError::Input(
+            "the head projection table has no `correct` rows".into(),
+        ));
     }
     let keys: Vec<(i64, i64)> = idx.iter().map(|&i| (layer[i], head[i])).collect();
     let means = group_mean(&keys, &idx.iter().map(|&i| rank[i]).collect::<Vec<_>>());
@@ -456,7 +553,12 @@ pub fn head_projection_figure(df: &DataFrame, path: &Path) -> Result<()> {
     let max = means.values().copied().fold(1.0f64, f64::max);
     let grid: Vec<Vec<f64>> = layers
         .iter()
-        .map(|&l| heads.iter().map(|&h| means.get(&(l, h)).copied().unwrap_or(f64::NAN)).collect())
+        .map(|&l| {
+            heads
+                .iter()
+                .map(|&h| means.get(&(l, h)).copied().unwrap_or(f64::NAN))
+                .collect()
+        })
         .collect();
     let rows: Vec<String> = layers.iter().map(|l| format!("layer {l}")).collect();
     let cols: Vec<String> = heads.iter().map(|h| format!("head {h}")).collect();
@@ -465,10 +567,21 @@ pub fn head_projection_figure(df: &DataFrame, path: &Path) -> Result<()> {
             return diverging(f64::NAN);
         }
         // rank 1 -> full colour, the worst rank -> white
-        let t = if max <= 1.0 { 1.0 } else { 1.0 - v.max(1.0).ln() / max.ln() };
+        let t = if max <= 1.0 {
+            1.0
+        } else {
+            1.0 - v.max(1.0).ln() / max.ln()
+        };
         diverging(t)
     };
     render(path, (900, 120 + 60 * rows.len() as u32), 1, |areas| {
-        heatmap(&areas[0], "Head projection: mean rank of the correct docid among docids", &rows, &cols, &grid, &colour)
+        heatmap(
+            &areas[0],
+            "Head projection: mean rank of the correct docid among docids",
+            &rows,
+            &cols,
+            &grid,
+            &colour,
+        )
     })
 }

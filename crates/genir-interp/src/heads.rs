@@ -130,7 +130,10 @@ pub fn head_vocab_projection(
                     for (r, &id) in doc_top.iter().enumerate() {
                         push("docid", r + 1, id);
                     }
-                    let rank = 1 + row[block.clone()].iter().filter(|&&x| x > row[target]).count();
+                    let rank = 1 + row[block.clone()]
+                        .iter()
+                        .filter(|&&x| x > row[target])
+                        .count();
                     push("correct", rank, target);
                 }
             }

@@ -131,11 +131,18 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
 }
 
 fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
     let n = norm(a) * norm(b);
     if n == 0.0 {
         f64::NAN
@@ -170,8 +177,16 @@ pub fn component_contributions(
         .flat_map(|l| sites.map(|s| HookPoint::block(Stack::Decoder, l, s)))
         .collect();
     let filter = HookFilter::points(&points);
-    let (mut qid, mut layer, mut comp, mut nrm, mut ratio, mut share, mut cos, mut err) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut qid, mut layer, mut comp, mut nrm, mut ratio, mut share, mut cos, mut err) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
     for batch in batches(&prepared, cfg) {
         let (_, cache) = first_step(gm, batch, filter.clone())?;
         for l in 0..layers {
@@ -209,11 +224,13 @@ pub fn component_contributions(
                     comp.push(name.to_string());
                     nrm.push(n);
                     ratio.push(if dn == 0.0 { f64::NAN } else { n / dn });
-                    share.push(if matches!(name, "self_attn" | "cross_attn" | "mlp") && total > 0.0 {
-                        n / total
-                    } else {
-                        f64::NAN
-                    });
+                    share.push(
+                        if matches!(name, "self_attn" | "cross_attn" | "mlp") && total > 0.0 {
+                            n / total
+                        } else {
+                            f64::NAN
+                        },
+                    );
                     cos.push(cosine(v, &post));
                     err.push(e);
                 }

@@ -86,7 +86,8 @@ pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<Patch
             probes
                 .iter()
                 .map(|p| {
-                    let others: Vec<&Probe> = probes.iter().filter(|o| o.docid != p.docid).collect();
+                    let others: Vec<&Probe> =
+                        probes.iter().filter(|o| o.docid != p.docid).collect();
                     let o = others.choose(&mut rng).ok_or_else(|| {
                         InterpError::Input(format!(
                             "query {}: no other query with a different document to corrupt with",
@@ -250,14 +251,20 @@ fn decoder_variants(layers: usize, heads: usize, t: usize, cfg: &PatchConfig) ->
                             component: name.into(),
                             head: -1,
                             position: -1,
-                            patch: Some((HookPoint::block(Stack::Decoder, l, site), Selection::all())),
+                            patch: Some((
+                                HookPoint::block(Stack::Decoder, l, site),
+                                Selection::all(),
+                            )),
                         });
                     }
                 }
             }
             PatchTarget::Heads => {
                 for l in 0..layers {
-                    for (name, kind) in [("self_attn", AttnKind::SelfAttn), ("cross_attn", AttnKind::CrossAttn)] {
+                    for (name, kind) in [
+                        ("self_attn", AttnKind::SelfAttn),
+                        ("cross_attn", AttnKind::CrossAttn),
+                    ] {
                         for h in 0..heads {
                             v.push(Variant {
                                 target: target.name(),
@@ -276,7 +283,13 @@ fn decoder_variants(layers: usize, heads: usize, t: usize, cfg: &PatchConfig) ->
             }
             PatchTarget::DecoderPositions if t > 1 => {
                 let mut points: Vec<(i64, &str, HookPoint)> = (0..layers)
-                    .map(|l| (l as i64, "resid_pre", HookPoint::block(Stack::Decoder, l, Site::ResidPre)))
+                    .map(|l| {
+                        (
+                            l as i64,
+                            "resid_pre",
+                            HookPoint::block(Stack::Decoder, l, Site::ResidPre),
+                        )
+                    })
                     .collect();
                 if layers > 0 {
                     points.push((
@@ -337,7 +350,9 @@ struct PairRun<'m> {
 impl PairRun<'_> {
     fn metric_of(&self, row: &[f32]) -> f64 {
         match self.metric {
-            PatchMetric::LogitDiff => f64::from(row[self.clean_tok]) - f64::from(row[self.corrupt_tok]),
+            PatchMetric::LogitDiff => {
+                f64::from(row[self.clean_tok]) - f64::from(row[self.corrupt_tok])
+            }
             PatchMetric::ReciprocalRank => {
                 let t = row[self.clean_tok];
                 let block = docid_block(self.gm);
@@ -352,7 +367,9 @@ impl PairRun<'_> {
         let [n, t, v] = logits.dims();
         let last = logits.slice([0..n, t - 1..t, 0..v]);
         let values = host(last)?;
-        Ok((0..n).map(|i| self.metric_of(&values[i * v..(i + 1) * v])).collect())
+        Ok((0..n)
+            .map(|i| self.metric_of(&values[i * v..(i + 1) * v]))
+            .collect())
     }
 
     fn decode(&self, enc: &Tensor<3>, n: usize, hooks: &mut Hooks<'_>) -> Result<Vec<f64>> {
@@ -498,7 +515,10 @@ pub fn activation_patching(
         dec.extend_from_slice(&clean_target[..prefix]);
         let t = dec.len();
         let dec_ids: Tensor<2, Int> = Tensor::from_data(
-            TensorData::new(dec.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(), [1, t]),
+            TensorData::new(
+                dec.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+                [1, t],
+            ),
             &device,
         );
         let ids = searcher.encode_queries(&[pair.clean.clone(), pair.corrupt.clone()])?;
@@ -515,11 +535,21 @@ pub fn activation_patching(
         let mask_clean = mask.clone().slice([0..1, 0..s]);
         let mask_corrupt = mask.slice([1..2, 0..s]);
         let mut hooks = Hooks::caching(HookFilter::parse("decoder.*"));
-        let clean_logits =
-            model.decode(&enc_clean, mask_clean.clone(), dec_ids.clone(), None, &mut hooks)?;
+        let clean_logits = model.decode(
+            &enc_clean,
+            mask_clean.clone(),
+            dec_ids.clone(),
+            None,
+            &mut hooks,
+        )?;
         let cache = hooks.take_cache();
-        let corrupt_logits =
-            model.decode(&enc_corrupt, mask_corrupt.clone(), dec_ids.clone(), None, &mut Hooks::none())?;
+        let corrupt_logits = model.decode(
+            &enc_corrupt,
+            mask_corrupt.clone(),
+            dec_ids.clone(),
+            None,
+            &mut Hooks::none(),
+        )?;
         let v = clean_logits.dims()[2];
         let corrupt_row = host(corrupt_logits.clone().slice([0..1, t - 1..t, 0..v]))?;
         let (corrupt_tok, corrupt_label) = match &pair.corrupt_docid {
@@ -537,7 +567,9 @@ pub fn activation_patching(
                     .clone()
                     .filter(|&id| id != clean_tok)
                     .max_by(|&a, &b| corrupt_row[a].total_cmp(&corrupt_row[b]).then(b.cmp(&a)))
-                    .ok_or_else(|| InterpError::Input("the scheme has a single docid token".into()))?;
+                    .ok_or_else(|| {
+                        InterpError::Input("the scheme has a single docid token".into())
+                    })?;
                 (tok, token_label(gm, tok))
             }
         };

@@ -221,15 +221,32 @@ impl SwapEvaluation {
         Ok(DataFrame::new(
             rows.len(),
             vec![
-                col("label", rows.iter().map(|_| label.to_string()).collect::<Vec<_>>()),
-                col("subset", rows.iter().map(|r| r.0.to_string()).collect::<Vec<_>>()),
+                col(
+                    "label",
+                    rows.iter().map(|_| label.to_string()).collect::<Vec<_>>(),
+                ),
+                col(
+                    "subset",
+                    rows.iter().map(|r| r.0.to_string()).collect::<Vec<_>>(),
+                ),
                 col(
                     "queries",
-                    rows.iter().map(|r| r.1.per_query.len() as i64).collect::<Vec<_>>(),
+                    rows.iter()
+                        .map(|r| r.1.per_query.len() as i64)
+                        .collect::<Vec<_>>(),
                 ),
-                col("hits_at_1", rows.iter().map(|r| r.1.hits_at_1).collect::<Vec<_>>()),
-                col("hits_at_10", rows.iter().map(|r| r.1.hits_at_10).collect::<Vec<_>>()),
-                col("mrr_at_10", rows.iter().map(|r| r.1.mrr_at_10).collect::<Vec<_>>()),
+                col(
+                    "hits_at_1",
+                    rows.iter().map(|r| r.1.hits_at_1).collect::<Vec<_>>(),
+                ),
+                col(
+                    "hits_at_10",
+                    rows.iter().map(|r| r.1.hits_at_10).collect::<Vec<_>>(),
+                ),
+                col(
+                    "mrr_at_10",
+                    rows.iter().map(|r| r.1.mrr_at_10).collect::<Vec<_>>(),
+                ),
             ],
         )?)
     }

@@ -3,7 +3,7 @@
 mod common;
 
 use burn::prelude::*;
-use genir_data::{QuerySet, Queries};
+use genir_data::{Queries, QuerySet};
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use genir_interp::figures;
 use genir_interp::heads::{head_contributions, head_vocab_projection, HeadProjectionConfig};
@@ -20,6 +20,8 @@ use genir_train::bundle::GenirModel;
 use polars::prelude::*;
 
 use common::*;
+
+type Figure<'a> = Box<dyn Fn(&std::path::Path) -> genir_interp::Result<()> + 'a>;
 
 fn probes() -> Vec<Probe> {
     Probe::from_query_set(&train_set())
@@ -68,7 +70,9 @@ fn lens_at_the_last_resid_post_is_the_models_output() {
     let dec: Vec<Vec<u32>> = ids.iter().map(|_| vec![start]).collect();
     let input = Seq2SeqInput::from_ids(&ids, &dec, 0, &device()).unwrap();
     let last = HookPoint::block(Stack::Decoder, 1, Site::ResidPost);
-    let (logits, cache) = model.run_with_cache(&input, HookFilter::points(&[last])).unwrap();
+    let (logits, cache) = model
+        .run_with_cache(&input, HookFilter::points(&[last]))
+        .unwrap();
     let lens = lens_logits(model, cache.require(&last).unwrap().rank3(&last).unwrap());
     let diff: f32 = (lens - logits).abs().max().into_scalar();
     assert!(diff <= 1e-5, "lens vs logits: {diff}");
@@ -101,7 +105,10 @@ fn contributions_sum_to_the_residual_change() {
     assert_eq!(df.height(), 12 * 2 * 6);
     let err = f64s(&df, "decomposition_error");
     let worst = err.iter().copied().fold(0f64, f64::max);
-    assert!(worst < 1e-5, "resid_post - resid_pre != attn + cross + mlp: {worst}");
+    assert!(
+        worst < 1e-5,
+        "resid_post - resid_pre != attn + cross + mlp: {worst}"
+    );
     let comp = strs(&df, "component");
     let share = f64s(&df, "share");
     let cos = f64s(&df, "cos_resid_post");
@@ -206,7 +213,9 @@ fn pairs_are_seeded_and_lengths_may_differ() {
     assert_eq!(a, b);
     assert!(a.iter().all(|x| x.corrupt != x.clean));
     let o = make_pairs(&p, &Corruption::OtherQuery { seed: 3 }).unwrap();
-    assert!(o.iter().all(|x| x.corrupt_docid.as_deref() != Some(x.clean_docid.as_str())));
+    assert!(o
+        .iter()
+        .all(|x| x.corrupt_docid.as_deref() != Some(x.clean_docid.as_str())));
     assert!(matches!(
         make_pairs(&[], &Corruption::Shuffle { seed: 1 }),
         Err(InterpError::Input(_))
@@ -232,7 +241,10 @@ fn pairs_are_seeded_and_lengths_may_differ() {
         .encode_queries(&["volcano lava volcano lava eruption magma".into()])
         .unwrap()[0]
         .len();
-    assert_eq!(target.iter().filter(|t| *t == "encoder_positions").count(), long);
+    assert_eq!(
+        target.iter().filter(|t| *t == "encoder_positions").count(),
+        long
+    );
     let v = f64s(&df, "value");
     let comp = strs(&df, "component");
     let layer = i64s(&df, "layer");
@@ -243,7 +255,9 @@ fn pairs_are_seeded_and_lengths_may_differ() {
     }
     // unknown docids and impossible prefixes are clear errors
     let bad = PatchPair::new("x", "volcano", "nope", "chess", None);
-    let err = activation_patching(&gm, &[bad], &cfg).unwrap_err().to_string();
+    let err = activation_patching(&gm, &[bad], &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope"), "{err}");
     let cfg = PatchConfig {
         decoder_prefix: 1,
@@ -293,15 +307,25 @@ fn encoder_swap_checks_models_and_evaluates() {
     let a = atomic();
     let set = train_set();
     // a model's own encoder and decoder: the same results as its searcher
-    let same = EncoderSwap::new(&a, &a).unwrap().evaluate(&set, None).unwrap();
-    let run = a.searcher().unwrap().run(&set.queries, 10, 64, "t").unwrap();
+    let same = EncoderSwap::new(&a, &a)
+        .unwrap()
+        .evaluate(&set, None)
+        .unwrap();
+    let run = a
+        .searcher()
+        .unwrap()
+        .run(&set.queries, 10, 64, "t")
+        .unwrap();
     let own = genir_train::metrics::evaluate(&run, &set.qrels, None);
     assert!((same.all.hits_at_1 - own.hits_at_1).abs() < 1e-12);
     assert!(same.all.hits_at_1 >= 0.9, "{}", same.all.hits_at_1);
     // another model's decoder, restricted to the documents it never saw
     let b = atomic_other();
     let unseen = vec!["100".to_string(), "107".to_string()];
-    let swapped = EncoderSwap::new(&a, &b).unwrap().evaluate(&set, Some(&unseen)).unwrap();
+    let swapped = EncoderSwap::new(&a, &b)
+        .unwrap()
+        .evaluate(&set, Some(&unseen))
+        .unwrap();
     let u = swapped.unseen.as_ref().unwrap();
     assert_eq!(u.per_query.len(), 2);
     assert!((0.0..=1.0).contains(&swapped.all.hits_at_1));
@@ -310,7 +334,11 @@ fn encoder_swap_checks_models_and_evaluates() {
     // incompatible models
     let c = tiny_collection();
     let wide = tempfile::tempdir().unwrap();
-    train(&c, config(genir_train::docid::DocidKind::Atomic, 1, 48, 1, 3), wide.path());
+    train(
+        &c,
+        config(genir_train::docid::DocidKind::Atomic, 1, 48, 1, 3),
+        wide.path(),
+    );
     let wide = GenirModel::load(wide.path(), &device()).unwrap();
     let err = EncoderSwap::new(&a, &wide).err().unwrap();
     assert!(matches!(err, InterpError::Incompatible(_)), "{err}");
@@ -321,21 +349,34 @@ fn encoder_swap_checks_models_and_evaluates() {
         s.qrels = s.qrels.filter(|q| q.docid != "100");
     }
     let dir = tempfile::tempdir().unwrap();
-    train(&fewer, config(genir_train::docid::DocidKind::Atomic, 1, 32, 2, 3), dir.path());
+    train(
+        &fewer,
+        config(genir_train::docid::DocidKind::Atomic, 1, 32, 2, 3),
+        dir.path(),
+    );
     let fewer = GenirModel::load(dir.path(), &device()).unwrap();
     let err = EncoderSwap::new(&a, &fewer).err().unwrap();
     assert!(err.to_string().contains("docid"), "{err}");
     let n = naive();
     assert!(EncoderSwap::new(&n, &n).is_err());
     let empty = QuerySet::default();
-    assert!(EncoderSwap::new(&a, &a).unwrap().evaluate(&empty, None).is_err());
+    assert!(EncoderSwap::new(&a, &a)
+        .unwrap()
+        .evaluate(&empty, None)
+        .is_err());
 }
 
 #[test]
 fn ablation_removes_what_the_model_needs() {
     let gm = atomic();
     let set = train_set();
-    let cross = Ablation::parse(&gm, "cross", "decoder.blocks.*.hook_cross_attn_out", AblationMode::Zero).unwrap();
+    let cross = Ablation::parse(
+        &gm,
+        "cross",
+        "decoder.blocks.*.hook_cross_attn_out",
+        AblationMode::Zero,
+    )
+    .unwrap();
     assert_eq!(cross.points.len(), 2);
     let selfa = Ablation::decoder_self_attention(&gm, AblationMode::Mean).unwrap();
     let reference: Vec<String> = tiny_collection()
@@ -345,7 +386,13 @@ fn ablation_removes_what_the_model_needs() {
         .iter()
         .map(|q| q.text.clone())
         .collect();
-    let enc = Ablation::parse(&gm, "enc_mlp", "encoder.blocks.*.hook_mlp_out", AblationMode::Mean).unwrap();
+    let enc = Ablation::parse(
+        &gm,
+        "enc_mlp",
+        "encoder.blocks.*.hook_mlp_out",
+        AblationMode::Mean,
+    )
+    .unwrap();
     let df = ablation_study(
         &gm,
         &set,
@@ -354,51 +401,111 @@ fn ablation_removes_what_the_model_needs() {
         &AblationConfig::default(),
     )
     .unwrap();
-    assert_eq!(strs(&df, "label"), ["none", "cross", "decoder_self_attn", "enc_mlp"]);
+    assert_eq!(
+        strs(&df, "label"),
+        ["none", "cross", "decoder_self_attn", "enc_mlp"]
+    );
     let h1 = f64s(&df, "hits_at_1");
     assert!(h1[0] >= 0.9, "{h1:?}");
     // without cross-attention the decoder cannot see the query: one answer for all
     assert!(h1[1] <= 2.0 / 12.0 + 1e-9, "{h1:?}");
     assert!(h1.iter().all(|h| (0.0..=1.0).contains(h)));
     // errors: unknown hook names, mean without reference, empty query sets
-    let err = Ablation::parse(&gm, "x", "decoder.blocks.*.hook_crossattn_out", AblationMode::Zero).unwrap_err();
-    assert!(matches!(err, InterpError::Model(ModelError::UnknownHook { .. })), "{err}");
-    let err = Ablation::parse(&gm, "x", "decoder.blocks.7.hook_mlp_out", AblationMode::Zero).unwrap_err();
-    assert!(matches!(err, InterpError::Model(ModelError::UnknownHook { .. })), "{err}");
+    let err = Ablation::parse(
+        &gm,
+        "x",
+        "decoder.blocks.*.hook_crossattn_out",
+        AblationMode::Zero,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, InterpError::Model(ModelError::UnknownHook { .. })),
+        "{err}"
+    );
+    let err = Ablation::parse(
+        &gm,
+        "x",
+        "decoder.blocks.7.hook_mlp_out",
+        AblationMode::Zero,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, InterpError::Model(ModelError::UnknownHook { .. })),
+        "{err}"
+    );
     let selfa = Ablation::decoder_self_attention(&gm, AblationMode::Mean).unwrap();
-    assert!(ablation_study(&gm, &set, &[selfa.clone()], None, &AblationConfig::default()).is_err());
+    assert!(ablation_study(
+        &gm,
+        &set,
+        std::slice::from_ref(&selfa),
+        None,
+        &AblationConfig::default()
+    )
+    .is_err());
     let empty = QuerySet {
         queries: Queries::new(vec![]),
         ..set.clone()
     };
-    assert!(ablation_study(&gm, &empty, &[selfa], Some(&reference), &AblationConfig::default()).is_err());
+    assert!(ablation_study(
+        &gm,
+        &empty,
+        &[selfa],
+        Some(&reference),
+        &AblationConfig::default()
+    )
+    .is_err());
 }
 
 #[test]
 fn head_projection_and_contributions() {
     let gm = atomic();
     let model = &gm.model;
-    let texts = vec!["volcano lava".to_string(), "chess bishop knight".to_string()];
+    let texts = vec![
+        "volcano lava".to_string(),
+        "chess bishop knight".to_string(),
+    ];
     let ids = gm.searcher().unwrap().encode_queries(&texts).unwrap();
     let start = model.config.decoder_start() as u32;
-    let input = Seq2SeqInput::from_ids(&ids, &[vec![start, 5], vec![start, 9]], 0, &device()).unwrap();
+    let input =
+        Seq2SeqInput::from_ids(&ids, &[vec![start, 5], vec![start, 9]], 0, &device()).unwrap();
     for kind in [AttnKind::SelfAttn, AttnKind::CrossAttn] {
         for l in 0..2 {
             let z = HookPoint::attn(Stack::Decoder, l, kind, AttnSite::Z);
             let out = HookPoint::block(
                 Stack::Decoder,
                 l,
-                if kind == AttnKind::CrossAttn { Site::CrossAttnOut } else { Site::SelfAttnOut },
+                if kind == AttnKind::CrossAttn {
+                    Site::CrossAttnOut
+                } else {
+                    Site::SelfAttnOut
+                },
             );
-            let (_, cache) = model.run_with_cache(&input, HookFilter::points(&[z, out])).unwrap();
-            let per_head = head_contributions(model, l, kind, cache.require(&z).unwrap().rank4(&z).unwrap()).unwrap();
+            let (_, cache) = model
+                .run_with_cache(&input, HookFilter::points(&[z, out]))
+                .unwrap();
+            let per_head = head_contributions(
+                model,
+                l,
+                kind,
+                cache.require(&z).unwrap().rank4(&z).unwrap(),
+            )
+            .unwrap();
             assert_eq!(per_head.dims()[2], 2);
             let sum: Tensor<3> = per_head.sum_dim(2).squeeze_dim(2);
-            let diff: f32 = (sum - cache.require(&out).unwrap().rank3(&out).unwrap()).abs().max().into_scalar();
+            let diff: f32 = (sum - cache.require(&out).unwrap().rank3(&out).unwrap())
+                .abs()
+                .max()
+                .into_scalar();
             assert!(diff < 1e-5, "{kind:?} layer {l}: {diff}");
         }
     }
-    assert!(head_contributions(model, 5, AttnKind::CrossAttn, Tensor::zeros([1, 1, 2, 16], &device())).is_err());
+    assert!(head_contributions(
+        model,
+        5,
+        AttnKind::CrossAttn,
+        Tensor::zeros([1, 1, 2, 16], &device())
+    )
+    .is_err());
     let cfg = HeadProjectionConfig {
         top_k: 3,
         ..Default::default()
@@ -427,7 +534,10 @@ fn tables_and_figures_are_written() {
     let (pq, csv) = write_table(&mut lens, &dir.path().join("lens")).unwrap();
     assert!(pq.exists());
     let text = std::fs::read_to_string(&csv).unwrap();
-    assert!(text.starts_with("qid,docid,layer,component,rank,"), "{text}");
+    assert!(
+        text.starts_with("qid,docid,layer,component,rank,"),
+        "{text}"
+    );
     assert_eq!(text.lines().count(), lens.height() + 1);
     let back = genir_data::formats::parquet::read_frame(&pq).unwrap();
     assert_eq!(back.height(), lens.height());
@@ -435,7 +545,10 @@ fn tables_and_figures_are_written() {
     let pairs = make_pairs(p, &Corruption::OtherQuery { seed: 1 }).unwrap();
     let patch = activation_patching(&gm, &pairs, &PatchConfig::default()).unwrap();
     let heads = head_vocab_projection(&gm, p, &HeadProjectionConfig::default()).unwrap();
-    let swap = EncoderSwap::new(&gm, &gm).unwrap().evaluate(&train_set(), Some(&["100".into()])).unwrap();
+    let swap = EncoderSwap::new(&gm, &gm)
+        .unwrap()
+        .evaluate(&train_set(), Some(&["100".into()]))
+        .unwrap();
     let swap = swap.to_frame("self").unwrap();
     let abl = ablation_study(
         &gm,
@@ -445,13 +558,28 @@ fn tables_and_figures_are_written() {
         &AblationConfig::default(),
     )
     .unwrap();
-    let figs: Vec<(&str, Box<dyn Fn(&std::path::Path) -> genir_interp::Result<()>>)> = vec![
-        ("lens.svg", Box::new(|p| figures::logit_lens_figure(&lens, p))),
-        ("contrib.svg", Box::new(|p| figures::contribution_figure(&contrib, p))),
-        ("patch.svg", Box::new(|p| figures::patching_figure(&patch, p))),
-        ("heads.svg", Box::new(|p| figures::head_projection_figure(&heads, p))),
+    let figs: Vec<(&str, Figure)> = vec![
+        (
+            "lens.svg",
+            Box::new(|p| figures::logit_lens_figure(&lens, p)),
+        ),
+        (
+            "contrib.svg",
+            Box::new(|p| figures::contribution_figure(&contrib, p)),
+        ),
+        (
+            "patch.svg",
+            Box::new(|p| figures::patching_figure(&patch, p)),
+        ),
+        (
+            "heads.svg",
+            Box::new(|p| figures::head_projection_figure(&heads, p)),
+        ),
         ("swap.svg", Box::new(|p| figures::swap_figure(&swap, p))),
-        ("ablation.svg", Box::new(|p| figures::ablation_figure(&abl, p))),
+        (
+            "ablation.svg",
+            Box::new(|p| figures::ablation_figure(&abl, p)),
+        ),
     ];
     for (name, draw) in &figs {
         let path = dir.path().join("figs").join(name);
@@ -476,6 +604,8 @@ fn empty_inputs_are_errors() {
         assert!(matches!(r, Some(InterpError::Input(_))), "{r:?}");
     }
     let unknown = [Probe::new("q", "volcano", "no-such-doc")];
-    let err = logit_lens(&gm, &unknown, &LensConfig::default()).unwrap_err().to_string();
+    let err = logit_lens(&gm, &unknown, &LensConfig::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-such-doc"), "{err}");
 }

@@ -69,7 +69,13 @@ pub fn tiny_collection() -> Collection {
     }
 }
 
-pub fn config(docids: DocidKind, epochs: usize, d_model: usize, layers: usize, seed: u64) -> TrainConfig {
+pub fn config(
+    docids: DocidKind,
+    epochs: usize,
+    d_model: usize,
+    layers: usize,
+    seed: u64,
+) -> TrainConfig {
     TrainConfig {
         init: Init::Scratch(Architecture {
             d_model,
@@ -110,7 +116,10 @@ pub fn train(c: &Collection, cfg: TrainConfig, dir: &Path) {
         .expect("training the tiny model");
 }
 
-fn trained(cell: &'static OnceLock<tempfile::TempDir>, cfg: impl FnOnce() -> TrainConfig) -> GenirModel {
+fn trained(
+    cell: &'static OnceLock<tempfile::TempDir>,
+    cfg: impl FnOnce() -> TrainConfig,
+) -> GenirModel {
     let dir = cell.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         train(&tiny_collection(), cfg(), dir.path());
@@ -142,5 +151,8 @@ pub fn naive() -> GenirModel {
 }
 
 pub fn train_set() -> QuerySet {
-    tiny_collection().split("train").expect("train split").clone()
+    tiny_collection()
+        .split("train")
+        .expect("train split")
+        .clone()
 }
