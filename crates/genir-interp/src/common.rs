@@ -1,0 +1,271 @@
+//! Shared pieces: probes (a query and its document), the lens (final norm + scale + head), ranks, tables.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use genir_data::QuerySet;
+use genir_model::hooks::{HookFilter, HookPoint, Hooks};
+use genir_model::t5::{Seq2SeqInput, T5Model};
+use genir_train::bundle::GenirModel;
+use polars::prelude::*;
+
+use crate::error::{InterpError, Result};
+
+/// A query and the document it should retrieve: the unit every per-query analysis works on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// Query id (carried into the tables).
+    pub qid: String,
+    /// Query text.
+    pub text: String,
+    /// External id of the relevant document.
+    pub docid: String,
+}
+
+impl Probe {
+    /// A probe from its parts.
+    pub fn new(qid: impl Into<String>, text: impl Into<String>, docid: impl Into<String>) -> Self {
+        Self {
+            qid: qid.into(),
+            text: text.into(),
+            docid: docid.into(),
+        }
+    }
+
+    /// One probe per query of `set` that has a relevant document (the first relevant one in qrels order);
+    /// queries without one are skipped.
+    pub fn from_query_set(set: &QuerySet) -> Vec<Probe> {
+        set.queries
+            .iter()
+            .filter_map(|q| {
+                let doc = set.qrels.relevant(&q.qid).next()?;
+                Some(Probe::new(&q.qid, &q.text, doc))
+            })
+            .collect()
+    }
+}
+
+/// A probe tokenized and resolved against the model's docid scheme.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    pub qid: String,
+    pub docid: String,
+    pub ids: Vec<u32>,
+    /// Decoder target of the document (model token ids).
+    pub target: Vec<u32>,
+}
+
+/// Tokenizes probes and looks their documents up; an empty list or an unknown docid is an error.
+pub(crate) fn prepare(gm: &GenirModel, probes: &[Probe]) -> Result<Vec<Prepared>> {
+    if probes.is_empty() {
+        return Err(InterpError::Input("no queries to analyse".into()));
+    }
+    let searcher = gm.searcher()?;
+    probes
+        .iter()
+        .map(|p| {
+            let doc = gm.scheme.require(
+                &p.docid,
+                &format!(" (relevant document of query {})", p.qid),
+            )?;
+            let ids = searcher
+                .encode_queries(std::slice::from_ref(&p.text))?
+                .pop()
+                .ok_or_else(|| InterpError::Input(format!("query {} did not tokenize", p.qid)))?;
+            Ok(Prepared {
+                qid: p.qid.clone(),
+                docid: p.docid.clone(),
+                ids,
+                target: gm.scheme.target(doc),
+            })
+        })
+        .collect()
+}
+
+/// The logit lens: decoder final RMS norm, the LM head's input scaling and the unembedding, applied to any
+/// residual-stream-shaped tensor `[batch, pos, d_model] -> [batch, pos, vocab]`. On the last decoder layer's
+/// `hook_resid_post` this is exactly the model's logits.
+pub fn lens_logits(model: &T5Model, resid: Tensor<3>) -> Tensor<3> {
+    model.lm_logits(model.decoder.final_norm.forward(resid))
+}
+
+/// The first decoding step of a batch of probes (decoder input: the start token), recording the points that
+/// `filter` selects. Returns logits `[batch, 1, vocab]` and the cache.
+pub(crate) fn first_step(
+    gm: &GenirModel,
+    batch: &[Prepared],
+    filter: HookFilter,
+) -> Result<(Tensor<3>, genir_model::hooks::ActivationCache)> {
+    let model = &gm.model;
+    let device = model.shared.val().device();
+    let start = model.config.decoder_start() as u32;
+    let sources: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
+    let dec: Vec<Vec<u32>> = batch.iter().map(|_| vec![start]).collect();
+    let input = Seq2SeqInput::from_ids(&sources, &dec, model.config.pad_token_id as u32, &device)?;
+    let mut hooks = Hooks::caching(filter);
+    let logits = model.forward(&input, &mut hooks)?;
+    Ok((logits, hooks.take_cache()))
+}
+
+/// A cached rank-3 activation.
+pub(crate) fn cached3(
+    cache: &genir_model::hooks::ActivationCache,
+    point: HookPoint,
+) -> Result<Tensor<3>> {
+    Ok(cache.require(&point)?.rank3(&point)?)
+}
+
+/// Values of a tensor as f32, row-major.
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| InterpError::Tensor(format!("{e:?}")))
+}
+
+/// Ranks of one row of logits (1 = highest).
+pub(crate) struct RowRanks {
+    /// Rank of the target among all tokens (1 + number of tokens scoring strictly higher).
+    pub rank: usize,
+    /// Rank of the target among the docid tokens.
+    pub rank_in_docids: usize,
+    /// Mean rank of the docid tokens (a full ordering, ties by id).
+    pub mean_docid: f64,
+    /// Mean rank of all other tokens.
+    pub mean_non_docid: f64,
+}
+
+/// Ranks in a row of logits; `docids` is the docid-token id block.
+pub(crate) fn row_ranks(
+    row: &[f32],
+    target: usize,
+    docids: std::ops::Range<usize>,
+    full: bool,
+) -> RowRanks {
+    let t = row[target];
+    let rank = 1 + row.iter().filter(|&&v| v > t).count();
+    let rank_in_docids = 1 + row[docids.clone()].iter().filter(|&&v| v > t).count();
+    let (mut mean_docid, mut mean_non_docid) = (f64::NAN, f64::NAN);
+    if full {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let (mut sd, mut nd, mut so, mut no) = (0f64, 0usize, 0f64, 0usize);
+        for (pos, &id) in order.iter().enumerate() {
+            if docids.contains(&id) {
+                sd += (pos + 1) as f64;
+                nd += 1;
+            } else {
+                so += (pos + 1) as f64;
+                no += 1;
+            }
+        }
+        mean_docid = sd / nd.max(1) as f64;
+        mean_non_docid = so / no.max(1) as f64;
+    }
+    RowRanks {
+        rank,
+        rank_in_docids,
+        mean_docid,
+        mean_non_docid,
+    }
+}
+
+/// The id block of the docid tokens in the model's vocabulary.
+pub(crate) fn docid_block(gm: &GenirModel) -> std::ops::Range<usize> {
+    let off = gm.scheme.token_offset as usize;
+    off..off + gm.scheme.n_tokens()
+}
+
+/// Softmax probability of `target` in a row of logits.
+pub(crate) fn prob(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    (row[target] as f64 - max).exp() / z
+}
+
+/// Writes a table as `{stem}.parquet` and `{stem}.csv` (creating the folder); returns both paths.
+pub fn write_table(df: &mut DataFrame, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+    let parquet = stem.with_extension("parquet");
+    let csv = stem.with_extension("csv");
+    genir_data::formats::parquet::write_frame(&parquet, df)?;
+    write_csv(df, &csv)?;
+    tracing::info!(parquet = %parquet.display(), csv = %csv.display(), rows = df.height(), "wrote table");
+    Ok((parquet, csv))
+}
+
+/// Writes a table as CSV (RFC 4180 quoting; nulls as empty fields).
+pub fn write_csv(df: &DataFrame, path: &Path) -> Result<()> {
+    let io = |source| InterpError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let cols = df.columns();
+    let header: Vec<String> = cols.iter().map(|c| quote(c.name().as_str())).collect();
+    writeln!(out, "{}", header.join(",")).map_err(io)?;
+    for i in 0..df.height() {
+        let mut fields = Vec::with_capacity(cols.len());
+        for c in cols {
+            fields.push(match c.get(i)? {
+                AnyValue::Null => String::new(),
+                AnyValue::String(s) => quote(s),
+                AnyValue::StringOwned(s) => quote(s.as_str()),
+                AnyValue::Float64(v) => fmt_f64(v),
+                AnyValue::Float32(v) => fmt_f64(f64::from(v)),
+                v => quote(&v.to_string()),
+            });
+        }
+        writeln!(out, "{}", fields.join(",")).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+fn fmt_f64(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A column of a table as f64 values (nulls as NaN), or an error naming it.
+pub(crate) fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    let c = df.column(name)?.cast(&DataType::Float64)?;
+    Ok(c.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
+/// A column of a table as strings (nulls as empty).
+pub(crate) fn str_col(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    let c = df.column(name)?.cast(&DataType::String)?;
+    Ok(c.str()?
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
+}
+
+/// A column of a table as integers (nulls as -1).
+pub(crate) fn i64_col(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
+    let c = df.column(name)?.cast(&DataType::Int64)?;
+    Ok(c.i64()?.iter().map(|v| v.unwrap_or(-1)).collect())
+}
+
+/// Builds a column from values.
+pub(crate) fn col<T, P>(name: &str, values: Vec<T>) -> Column
+where
+    Series: NamedFrom<Vec<T>, P>,
+    P: ?Sized,
+{
+    Column::new(name.into(), values)
+}

@@ -1,0 +1,254 @@
+//! Logit lens over the decoder's residual stream and its components, and the share of the residual change
+//! that each component writes (paper section "the residual stream").
+//!
+//! Everything is read at the first decoding position (decoder input: the start token), where an atomic
+//! docid model emits its docid. For multi-token docid schemes the "correct docid token" is the first token of
+//! the document's code.
+
+use burn::prelude::*;
+use genir_model::hooks::{HookFilter, HookPoint, Site, Stack};
+use genir_train::bundle::GenirModel;
+use polars::prelude::*;
+
+use crate::common::{
+    cached3, col, docid_block, first_step, host, lens_logits, prepare, prob, row_ranks, Prepared,
+    Probe,
+};
+use crate::error::Result;
+
+/// Settings of the residual-stream analyses.
+#[derive(Clone, Debug)]
+pub struct LensConfig {
+    /// Queries per forward pass.
+    pub batch_size: usize,
+    /// Also compute the mean rank of every docid / non-docid token (a full sort of the vocabulary per row).
+    pub mean_ranks: bool,
+}
+
+impl Default for LensConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            mean_ranks: true,
+        }
+    }
+}
+
+/// The residual-stream points and component outputs the lens reads in one decoder layer, with their names in
+/// the tables. `resid_pre` is only read in layer 0 (later it equals the previous `resid_post`).
+pub const LENS_COMPONENTS: [(&str, Site); 7] = [
+    ("resid_pre", Site::ResidPre),
+    ("self_attn_out", Site::SelfAttnOut),
+    ("resid_mid", Site::ResidMid),
+    ("cross_attn_out", Site::CrossAttnOut),
+    ("resid_mid_cross", Site::ResidMidCross),
+    ("mlp_out", Site::MlpOut),
+    ("resid_post", Site::ResidPost),
+];
+
+fn lens_points(layers: usize) -> Vec<(usize, &'static str, HookPoint)> {
+    let mut v = Vec::new();
+    for l in 0..layers {
+        for (name, site) in LENS_COMPONENTS {
+            if site == Site::ResidPre && l > 0 {
+                continue;
+            }
+            v.push((l, name, HookPoint::block(Stack::Decoder, l, site)));
+        }
+    }
+    v
+}
+
+fn batches<'a>(
+    prepared: &'a [Prepared],
+    cfg: &LensConfig,
+) -> impl Iterator<Item = &'a [Prepared]> + 'a {
+    prepared.chunks(cfg.batch_size.max(1))
+}
+
+/// Logit lens at the first decoding position: every decoder layer's residual stream (`resid_pre` of layer 0,
+/// `resid_mid`, `resid_mid_cross`, `resid_post`) and component outputs (`self_attn_out`, `cross_attn_out`,
+/// `mlp_out`) are passed through the decoder's final norm, the output scale and the LM head.
+///
+/// One row per query x layer x component: `qid, docid, layer, component, rank` (1 = top, among the whole
+/// vocabulary), `rank_in_docids` (among docid tokens), `mean_rank_docids`, `mean_rank_non_docids`, `logit`,
+/// `prob` (of the correct docid token).
+pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<DataFrame> {
+    let prepared = prepare(gm, probes)?;
+    let layers = gm.model.decoder.blocks.len();
+    let points = lens_points(layers);
+    let filter = HookFilter::points(&points.iter().map(|p| p.2).collect::<Vec<_>>());
+    let block = docid_block(gm);
+    let (mut qid, mut docid, mut layer, mut comp) = (vec![], vec![], vec![], vec![]);
+    let (mut rank, mut rank_d, mut mean_d, mut mean_n, mut logit, mut pr) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for batch in batches(&prepared, cfg) {
+        let (_, cache) = first_step(gm, batch, filter.clone())?;
+        let stacked = points
+            .iter()
+            .map(|&(_, _, p)| cached3(&cache, p))
+            .collect::<Result<Vec<_>>>()?;
+        let x = Tensor::cat(stacked, 1); // [b, n_points, d]
+        let logits = lens_logits(&gm.model, x);
+        let [b, n, v] = logits.dims();
+        let values = host(logits)?;
+        for (i, p) in batch.iter().enumerate() {
+            let target = p.target[0] as usize;
+            for (j, &(l, name, _)) in points.iter().enumerate() {
+                let row = &values[(i * n + j) * v..(i * n + j + 1) * v];
+                let r = row_ranks(row, target, block.clone(), cfg.mean_ranks);
+                qid.push(p.qid.clone());
+                docid.push(p.docid.clone());
+                layer.push(l as i64);
+                comp.push(name.to_string());
+                rank.push(r.rank as i64);
+                rank_d.push(r.rank_in_docids as i64);
+                mean_d.push(r.mean_docid);
+                mean_n.push(r.mean_non_docid);
+                logit.push(f64::from(row[target]));
+                pr.push(prob(row, target));
+            }
+        }
+        debug_assert_eq!(b, batch.len());
+        tracing::debug!(queries = batch.len(), "logit lens batch");
+    }
+    let h = qid.len();
+    Ok(DataFrame::new(
+        h,
+        vec![
+            col("qid", qid),
+            col("docid", docid),
+            col("layer", layer),
+            col("component", comp),
+            col("rank", rank),
+            col("rank_in_docids", rank_d),
+            col("mean_rank_docids", mean_d),
+            col("mean_rank_non_docids", mean_n),
+            col("logit", logit),
+            col("prob", pr),
+        ],
+    )?)
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let n = norm(a) * norm(b);
+    if n == 0.0 {
+        f64::NAN
+    } else {
+        dot / n
+    }
+}
+
+/// How much each decoder component writes into the residual stream at the first decoding position.
+///
+/// One row per query x layer x component (`self_attn`, `cross_attn`, `mlp`, and for reference `resid_pre`,
+/// `resid_post`, `delta` = `resid_post - resid_pre`): `norm` (L2), `ratio_to_delta`
+/// (`norm / ||delta||`, the paper's measure), `share` (`norm` over the sum of the three components' norms),
+/// `cos_resid_post` (cosine similarity with the layer's output), and `decomposition_error`, the largest
+/// absolute entry of `delta - (self_attn + cross_attn + mlp)` (zero up to float rounding: the residual change
+/// is exactly the sum of the three writes).
+pub fn component_contributions(
+    gm: &GenirModel,
+    probes: &[Probe],
+    cfg: &LensConfig,
+) -> Result<DataFrame> {
+    let prepared = prepare(gm, probes)?;
+    let layers = gm.model.decoder.blocks.len();
+    let sites = [
+        Site::ResidPre,
+        Site::SelfAttnOut,
+        Site::CrossAttnOut,
+        Site::MlpOut,
+        Site::ResidPost,
+    ];
+    let points: Vec<HookPoint> = (0..layers)
+        .flat_map(|l| sites.map(|s| HookPoint::block(Stack::Decoder, l, s)))
+        .collect();
+    let filter = HookFilter::points(&points);
+    let (mut qid, mut layer, mut comp, mut nrm, mut ratio, mut share, mut cos, mut err) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    for batch in batches(&prepared, cfg) {
+        let (_, cache) = first_step(gm, batch, filter.clone())?;
+        for l in 0..layers {
+            let get = |s: Site| -> Result<Vec<f32>> {
+                host(cached3(&cache, HookPoint::block(Stack::Decoder, l, s))?)
+            };
+            let [pre, attn, cross, mlp, post] = [
+                get(sites[0])?,
+                get(sites[1])?,
+                get(sites[2])?,
+                get(sites[3])?,
+                get(sites[4])?,
+            ];
+            let d = gm.model.config.d_model;
+            for (i, p) in batch.iter().enumerate() {
+                let s = |v: &Vec<f32>| v[i * d..(i + 1) * d].to_vec();
+                let (pre, a, c, m, post) = (s(&pre), s(&attn), s(&cross), s(&mlp), s(&post));
+                let delta: Vec<f32> = post.iter().zip(&pre).map(|(x, y)| x - y).collect();
+                let e = (0..d)
+                    .map(|k| f64::from((delta[k] - (a[k] + c[k] + m[k])).abs()))
+                    .fold(0f64, f64::max);
+                let dn = norm(&delta);
+                let total = norm(&a) + norm(&c) + norm(&m);
+                for (name, v) in [
+                    ("self_attn", &a),
+                    ("cross_attn", &c),
+                    ("mlp", &m),
+                    ("resid_pre", &pre),
+                    ("resid_post", &post),
+                    ("delta", &delta),
+                ] {
+                    let n = norm(v);
+                    qid.push(p.qid.clone());
+                    layer.push(l as i64);
+                    comp.push(name.to_string());
+                    nrm.push(n);
+                    ratio.push(if dn == 0.0 { f64::NAN } else { n / dn });
+                    share.push(
+                        if matches!(name, "self_attn" | "cross_attn" | "mlp") && total > 0.0 {
+                            n / total
+                        } else {
+                            f64::NAN
+                        },
+                    );
+                    cos.push(cosine(v, &post));
+                    err.push(e);
+                }
+            }
+        }
+    }
+    let h = qid.len();
+    Ok(DataFrame::new(
+        h,
+        vec![
+            col("qid", qid),
+            col("layer", layer),
+            col("component", comp),
+            col("norm", nrm),
+            col("ratio_to_delta", ratio),
+            col("share", share),
+            col("cos_resid_post", cos),
+            col("decomposition_error", err),
+        ],
+    )?)
+}

@@ -1,0 +1,611 @@
+//! The analyses' invariants on tiny models trained in the test.
+
+mod common;
+
+use burn::prelude::*;
+use genir_data::{Queries, QuerySet};
+use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
+use genir_interp::figures;
+use genir_interp::heads::{head_contributions, head_vocab_projection, HeadProjectionConfig};
+use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
+use genir_interp::patching::{
+    activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchPair, PatchTarget,
+};
+use genir_interp::swap::EncoderSwap;
+use genir_interp::{lens_logits, write_table, InterpError, Probe};
+use genir_model::hooks::{AttnKind, AttnSite, HookFilter, HookPoint, Site, Stack};
+use genir_model::t5::Seq2SeqInput;
+use genir_model::ModelError;
+use genir_train::bundle::GenirModel;
+use polars::prelude::*;
+
+use common::*;
+
+type Figure<'a> = Box<dyn Fn(&std::path::Path) -> genir_interp::Result<()> + 'a>;
+
+fn probes() -> Vec<Probe> {
+    Probe::from_query_set(&train_set())
+}
+
+fn f64s(df: &DataFrame, name: &str) -> Vec<f64> {
+    df.column(name)
+        .unwrap()
+        .cast(&DataType::Float64)
+        .unwrap()
+        .f64()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect()
+}
+
+fn strs(df: &DataFrame, name: &str) -> Vec<String> {
+    df.column(name)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect()
+}
+
+fn i64s(df: &DataFrame, name: &str) -> Vec<i64> {
+    df.column(name)
+        .unwrap()
+        .i64()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or(-99))
+        .collect()
+}
+
+#[test]
+fn lens_at_the_last_resid_post_is_the_models_output() {
+    let gm = atomic();
+    let model = &gm.model;
+    let searcher = gm.searcher().unwrap();
+    let texts: Vec<String> = train_set().queries.iter().map(|q| q.text.clone()).collect();
+    let ids = searcher.encode_queries(&texts).unwrap();
+    let start = model.config.decoder_start() as u32;
+    let dec: Vec<Vec<u32>> = ids.iter().map(|_| vec![start]).collect();
+    let input = Seq2SeqInput::from_ids(&ids, &dec, 0, &device()).unwrap();
+    let last = HookPoint::block(Stack::Decoder, 1, Site::ResidPost);
+    let (logits, cache) = model
+        .run_with_cache(&input, HookFilter::points(&[last]))
+        .unwrap();
+    let lens = lens_logits(model, cache.require(&last).unwrap().rank3(&last).unwrap());
+    let diff: f32 = (lens - logits).abs().max().into_scalar();
+    assert!(diff <= 1e-5, "lens vs logits: {diff}");
+
+    let df = logit_lens(&gm, &probes(), &LensConfig::default()).unwrap();
+    // 2 layers x 6 components + resid_pre of layer 0, per query
+    assert_eq!(df.height(), 12 * 13);
+    let comp = strs(&df, "component");
+    let layer = i64s(&df, "layer");
+    let rank_d = f64s(&df, "rank_in_docids");
+    let qid = strs(&df, "qid");
+    let hits = searcher.search(&texts, 1).unwrap();
+    for i in 0..df.height() {
+        if comp[i] == "resid_post" && layer[i] == 1 {
+            let q: usize = qid[i].trim_start_matches("train-").parse().unwrap();
+            let top1 = hits[q][0].docid == format!("{}", 100 + q * 7);
+            assert_eq!(top1, rank_d[i] == 1.0, "query {q}: lens rank {}", rank_d[i]);
+        }
+    }
+    let mean_d = f64s(&df, "mean_rank_docids");
+    assert!(mean_d.iter().all(|v| v.is_finite() && *v >= 1.0));
+    let prob = f64s(&df, "prob");
+    assert!(prob.iter().all(|p| (0.0..=1.0).contains(p)));
+}
+
+#[test]
+fn contributions_sum_to_the_residual_change() {
+    let gm = atomic();
+    let df = component_contributions(&gm, &probes(), &LensConfig::default()).unwrap();
+    assert_eq!(df.height(), 12 * 2 * 6);
+    let err = f64s(&df, "decomposition_error");
+    let worst = err.iter().copied().fold(0f64, f64::max);
+    assert!(
+        worst < 1e-5,
+        "resid_post - resid_pre != attn + cross + mlp: {worst}"
+    );
+    let comp = strs(&df, "component");
+    let share = f64s(&df, "share");
+    let cos = f64s(&df, "cos_resid_post");
+    // the three shares of one (query, layer) add up to 1
+    for start in (0..df.height()).step_by(6) {
+        let s: f64 = (start..start + 3).map(|i| share[i]).sum();
+        assert!((s - 1.0).abs() < 1e-9, "{s}");
+        assert_eq!(comp[start + 4], "resid_post");
+        assert!((cos[start + 4] - 1.0).abs() < 1e-6);
+    }
+}
+
+fn patch_cfg(into_clean: bool) -> PatchConfig {
+    PatchConfig {
+        into_clean,
+        ..PatchConfig::default()
+    }
+}
+
+#[test]
+fn patching_the_clean_run_into_itself_gives_one_everywhere() {
+    let gm = atomic();
+    let pairs = make_pairs(&probes()[..4], &Corruption::OtherQuery { seed: 1 }).unwrap();
+    for metric in [PatchMetric::LogitDiff, PatchMetric::ReciprocalRank] {
+        let cfg = PatchConfig {
+            metric,
+            ..patch_cfg(true)
+        };
+        let df = activation_patching(&gm, &pairs, &cfg).unwrap();
+        let v = f64s(&df, "value");
+        let clean = f64s(&df, "clean");
+        let corrupt = f64s(&df, "corrupt");
+        for i in 0..v.len() {
+            if (clean[i] - corrupt[i]).abs() > 1e-9 {
+                assert!((v[i] - 1.0).abs() < 1e-4, "{metric:?} row {i}: {}", v[i]);
+            } else {
+                assert!(v[i].is_nan());
+            }
+        }
+    }
+}
+
+#[test]
+fn patching_the_last_resid_post_gives_one_and_nothing_gives_zero() {
+    let gm = atomic();
+    let pairs = make_pairs(&probes()[..3], &Corruption::OtherQuery { seed: 7 }).unwrap();
+    let df = activation_patching(&gm, &pairs, &patch_cfg(false)).unwrap();
+    let target = strs(&df, "target");
+    let comp = strs(&df, "component");
+    let layer = i64s(&df, "layer");
+    let v = f64s(&df, "value");
+    let raw = f64s(&df, "raw");
+    let clean = f64s(&df, "clean");
+    let (mut ones, mut zeros) = (0, 0);
+    for i in 0..v.len() {
+        if target[i] == "none" {
+            assert!(v[i].abs() < 1e-4, "patching nothing: {}", v[i]);
+            zeros += 1;
+        }
+        if target[i] == "components" && comp[i] == "resid_post" && layer[i] == 1 {
+            assert!((v[i] - 1.0).abs() < 1e-5, "last resid_post: {}", v[i]);
+            assert!((raw[i] - clean[i]).abs() < 1e-4);
+            ones += 1;
+        }
+        // the decoder's first resid_pre is the embedded start token in both runs
+        if target[i] == "components" && comp[i] == "resid_pre" && layer[i] == 0 {
+            assert!(v[i].abs() < 1e-4);
+        }
+    }
+    assert_eq!((ones, zeros), (3, 3));
+    // rows per pair: none + 2 layers x 5 components + 2 layers x 2 kinds x 2 heads + source positions
+    let per_pair = df.height() / 3;
+    let enc_rows = target.iter().filter(|t| *t == "encoder_positions").count() / 3;
+    assert_eq!(per_pair, 1 + 10 + 8 + enc_rows);
+    assert!(enc_rows >= 2);
+    // patching every encoder position of the clean run restores it: no single position can exceed it by
+    // much, and at least one position carries signal
+    assert!(v.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn batched_patching_equals_one_variant_per_pass() {
+    let gm = atomic();
+    let pairs = make_pairs(&probes()[2..4], &Corruption::Shuffle { seed: 5 }).unwrap();
+    let mut cfg = patch_cfg(false);
+    cfg.metric = PatchMetric::LogitDiff;
+    let a = activation_patching(&gm, &pairs, &cfg).unwrap();
+    cfg.batch_size = 1;
+    let b = activation_patching(&gm, &pairs, &cfg).unwrap();
+    let (va, vb) = (f64s(&a, "raw"), f64s(&b, "raw"));
+    assert_eq!(va.len(), vb.len());
+    for (x, y) in va.iter().zip(&vb) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+}
+
+#[test]
+fn pairs_are_seeded_and_lengths_may_differ() {
+    let p = probes();
+    let a = make_pairs(&p, &Corruption::Shuffle { seed: 3 }).unwrap();
+    let b = make_pairs(&p, &Corruption::Shuffle { seed: 3 }).unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().all(|x| x.corrupt != x.clean));
+    let o = make_pairs(&p, &Corruption::OtherQuery { seed: 3 }).unwrap();
+    assert!(o
+        .iter()
+        .all(|x| x.corrupt_docid.as_deref() != Some(x.clean_docid.as_str())));
+    assert!(matches!(
+        make_pairs(&[], &Corruption::Shuffle { seed: 1 }),
+        Err(InterpError::Input(_))
+    ));
+    // a user pair whose queries tokenize to different lengths: the shorter is padded and masked
+    let gm = atomic();
+    let pair = PatchPair::new(
+        "long",
+        "volcano lava volcano lava eruption magma",
+        "100",
+        "chess",
+        Some("170".into()),
+    );
+    let cfg = PatchConfig {
+        targets: vec![PatchTarget::Components, PatchTarget::EncoderPositions],
+        ..patch_cfg(false)
+    };
+    let df = activation_patching(&gm, &[pair], &cfg).unwrap();
+    let target = strs(&df, "target");
+    let long = gm
+        .searcher()
+        .unwrap()
+        .encode_queries(&["volcano lava volcano lava eruption magma".into()])
+        .unwrap()[0]
+        .len();
+    assert_eq!(
+        target.iter().filter(|t| *t == "encoder_positions").count(),
+        long
+    );
+    let v = f64s(&df, "value");
+    let comp = strs(&df, "component");
+    let layer = i64s(&df, "layer");
+    for i in 0..v.len() {
+        if comp[i] == "resid_post" && layer[i] == 1 {
+            assert!((v[i] - 1.0).abs() < 1e-5);
+        }
+    }
+    // unknown docids and impossible prefixes are clear errors
+    let bad = PatchPair::new("x", "volcano", "nope", "chess", None);
+    let err = activation_patching(&gm, &[bad], &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+    let cfg = PatchConfig {
+        decoder_prefix: 1,
+        ..patch_cfg(false)
+    };
+    let err = activation_patching(&gm, &a[..1], &cfg).unwrap_err();
+    assert!(matches!(err, InterpError::Input(_)), "{err}");
+    assert!(activation_patching(&gm, &[], &cfg).is_err());
+}
+
+#[test]
+fn decoder_positions_are_patched_for_multi_token_docids() {
+    let gm = naive();
+    let pairs = make_pairs(&probes()[..3], &Corruption::OtherQuery { seed: 2 }).unwrap();
+    for into_clean in [false, true] {
+        let cfg = PatchConfig {
+            decoder_prefix: 2,
+            targets: vec![PatchTarget::DecoderPositions, PatchTarget::Components],
+            ..patch_cfg(into_clean)
+        };
+        let df = activation_patching(&gm, &pairs, &cfg).unwrap();
+        let target = strs(&df, "target");
+        let comp = strs(&df, "component");
+        let pos = i64s(&df, "position");
+        let v = f64s(&df, "value");
+        let n_pos = target.iter().filter(|t| *t == "decoder_positions").count();
+        // (1 layer resid_pre + last resid_post) x 3 positions x 3 pairs
+        assert_eq!(n_pos, 2 * 3 * 3);
+        for i in 0..v.len() {
+            if !v[i].is_finite() {
+                continue; // clean and corrupted docids may share this character
+            }
+            if into_clean {
+                assert!((v[i] - 1.0).abs() < 1e-4, "{}", v[i]);
+            } else if target[i] == "decoder_positions" && comp[i] == "resid_post" && pos[i] == 2 {
+                assert!((v[i] - 1.0).abs() < 1e-5, "{}", v[i]);
+            } else if target[i] == "decoder_positions" && comp[i] == "resid_pre" && pos[i] < 2 {
+                // the decoder's first residual stream is the same embedding in both runs
+                assert!(v[i].abs() < 1e-4, "{}", v[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn encoder_swap_checks_models_and_evaluates() {
+    let a = atomic();
+    let set = train_set();
+    // a model's own encoder and decoder: the same results as its searcher
+    let same = EncoderSwap::new(&a, &a)
+        .unwrap()
+        .evaluate(&set, None)
+        .unwrap();
+    let run = a
+        .searcher()
+        .unwrap()
+        .run(&set.queries, 10, 64, "t")
+        .unwrap();
+    let own = genir_train::metrics::evaluate(&run, &set.qrels, None);
+    assert!((same.all.hits_at_1 - own.hits_at_1).abs() < 1e-12);
+    assert!(same.all.hits_at_1 >= 0.9, "{}", same.all.hits_at_1);
+    // another model's decoder, restricted to the documents it never saw
+    let b = atomic_other();
+    let unseen = vec!["100".to_string(), "107".to_string()];
+    let swapped = EncoderSwap::new(&a, &b)
+        .unwrap()
+        .evaluate(&set, Some(&unseen))
+        .unwrap();
+    let u = swapped.unseen.as_ref().unwrap();
+    assert_eq!(u.per_query.len(), 2);
+    assert!((0.0..=1.0).contains(&swapped.all.hits_at_1));
+    let df = swapped.to_frame("a->b").unwrap();
+    assert_eq!(df.height(), 2);
+    // incompatible models
+    let c = tiny_collection();
+    let wide = tempfile::tempdir().unwrap();
+    train(
+        &c,
+        config(genir_train::docid::DocidKind::Atomic, 1, 48, 1, 3),
+        wide.path(),
+    );
+    let wide = GenirModel::load(wide.path(), &device()).unwrap();
+    let err = EncoderSwap::new(&a, &wide).err().unwrap();
+    assert!(matches!(err, InterpError::Incompatible(_)), "{err}");
+    assert!(err.to_string().contains("d_model"), "{err}");
+    let mut fewer = c.clone();
+    fewer.corpus = genir_data::Corpus::new(c.corpus.iter().skip(1).cloned().collect());
+    for s in fewer.splits.values_mut() {
+        s.qrels = s.qrels.filter(|q| q.docid != "100");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    train(
+        &fewer,
+        config(genir_train::docid::DocidKind::Atomic, 1, 32, 2, 3),
+        dir.path(),
+    );
+    let fewer = GenirModel::load(dir.path(), &device()).unwrap();
+    let err = EncoderSwap::new(&a, &fewer).err().unwrap();
+    assert!(err.to_string().contains("docid"), "{err}");
+    let n = naive();
+    assert!(EncoderSwap::new(&n, &n).is_err());
+    let empty = QuerySet::default();
+    assert!(EncoderSwap::new(&a, &a)
+        .unwrap()
+        .evaluate(&empty, None)
+        .is_err());
+}
+
+#[test]
+fn ablation_removes_what_the_model_needs() {
+    let gm = atomic();
+    let set = train_set();
+    let cross = Ablation::parse(
+        &gm,
+        "cross",
+        "decoder.blocks.*.hook_cross_attn_out",
+        AblationMode::Zero,
+    )
+    .unwrap();
+    assert_eq!(cross.points.len(), 2);
+    let selfa = Ablation::decoder_self_attention(&gm, AblationMode::Mean).unwrap();
+    let reference: Vec<String> = tiny_collection()
+        .split("validation")
+        .unwrap()
+        .queries
+        .iter()
+        .map(|q| q.text.clone())
+        .collect();
+    let enc = Ablation::parse(
+        &gm,
+        "enc_mlp",
+        "encoder.blocks.*.hook_mlp_out",
+        AblationMode::Mean,
+    )
+    .unwrap();
+    let df = ablation_study(
+        &gm,
+        &set,
+        &[cross, selfa, enc],
+        Some(&reference),
+        &AblationConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        strs(&df, "label"),
+        ["none", "cross", "decoder_self_attn", "enc_mlp"]
+    );
+    let h1 = f64s(&df, "hits_at_1");
+    assert!(h1[0] >= 0.9, "{h1:?}");
+    // without cross-attention the decoder cannot see the query: one answer for all
+    assert!(h1[1] <= 2.0 / 12.0 + 1e-9, "{h1:?}");
+    assert!(h1.iter().all(|h| (0.0..=1.0).contains(h)));
+    // errors: unknown hook names, mean without reference, empty query sets
+    let err = Ablation::parse(
+        &gm,
+        "x",
+        "decoder.blocks.*.hook_crossattn_out",
+        AblationMode::Zero,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, InterpError::Model(ModelError::UnknownHook { .. })),
+        "{err}"
+    );
+    let err = Ablation::parse(
+        &gm,
+        "x",
+        "decoder.blocks.7.hook_mlp_out",
+        AblationMode::Zero,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, InterpError::Model(ModelError::UnknownHook { .. })),
+        "{err}"
+    );
+    let selfa = Ablation::decoder_self_attention(&gm, AblationMode::Mean).unwrap();
+    assert!(ablation_study(
+        &gm,
+        &set,
+        std::slice::from_ref(&selfa),
+        None,
+        &AblationConfig::default()
+    )
+    .is_err());
+    let empty = QuerySet {
+        queries: Queries::new(vec![]),
+        ..set.clone()
+    };
+    assert!(ablation_study(
+        &gm,
+        &empty,
+        &[selfa],
+        Some(&reference),
+        &AblationConfig::default()
+    )
+    .is_err());
+}
+
+#[test]
+fn head_projection_and_contributions() {
+    let gm = atomic();
+    let model = &gm.model;
+    let texts = vec![
+        "volcano lava".to_string(),
+        "chess bishop knight".to_string(),
+    ];
+    let ids = gm.searcher().unwrap().encode_queries(&texts).unwrap();
+    let start = model.config.decoder_start() as u32;
+    let input =
+        Seq2SeqInput::from_ids(&ids, &[vec![start, 5], vec![start, 9]], 0, &device()).unwrap();
+    for kind in [AttnKind::SelfAttn, AttnKind::CrossAttn] {
+        for l in 0..2 {
+            let z = HookPoint::attn(Stack::Decoder, l, kind, AttnSite::Z);
+            let out = HookPoint::block(
+                Stack::Decoder,
+                l,
+                if kind == AttnKind::CrossAttn {
+                    Site::CrossAttnOut
+                } else {
+                    Site::SelfAttnOut
+                },
+            );
+            let (_, cache) = model
+                .run_with_cache(&input, HookFilter::points(&[z, out]))
+                .unwrap();
+            let per_head = head_contributions(
+                model,
+                l,
+                kind,
+                cache.require(&z).unwrap().rank4(&z).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(per_head.dims()[2], 2);
+            let sum: Tensor<3> = per_head.sum_dim(2).squeeze_dim(2);
+            let diff: f32 = (sum - cache.require(&out).unwrap().rank3(&out).unwrap())
+                .abs()
+                .max()
+                .into_scalar();
+            assert!(diff < 1e-5, "{kind:?} layer {l}: {diff}");
+        }
+    }
+    assert!(head_contributions(
+        model,
+        5,
+        AttnKind::CrossAttn,
+        Tensor::zeros([1, 1, 2, 16], &device())
+    )
+    .is_err());
+    let cfg = HeadProjectionConfig {
+        top_k: 3,
+        ..Default::default()
+    };
+    let df = head_vocab_projection(&gm, &probes()[..4], &cfg).unwrap();
+    // 4 queries x 2 layers x 2 heads x (3 text + 3 docid + 1 correct)
+    assert_eq!(df.height(), 4 * 2 * 2 * 7);
+    let part = strs(&df, "part");
+    let tok = i64s(&df, "token_id");
+    let off = i64::from(gm.scheme.token_offset);
+    for i in 0..part.len() {
+        match part[i].as_str() {
+            "text" => assert!(tok[i] < off),
+            "docid" | "correct" => assert!(tok[i] >= off),
+            p => panic!("{p}"),
+        }
+    }
+}
+
+#[test]
+fn tables_and_figures_are_written() {
+    let gm = atomic();
+    let dir = tempfile::tempdir().unwrap();
+    let p = &probes()[..3];
+    let mut lens = logit_lens(&gm, p, &LensConfig::default()).unwrap();
+    let (pq, csv) = write_table(&mut lens, &dir.path().join("lens")).unwrap();
+    assert!(pq.exists());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        text.starts_with("qid,docid,layer,component,rank,"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), lens.height() + 1);
+    let back = genir_data::formats::parquet::read_frame(&pq).unwrap();
+    assert_eq!(back.height(), lens.height());
+    let contrib = component_contributions(&gm, p, &LensConfig::default()).unwrap();
+    let pairs = make_pairs(p, &Corruption::OtherQuery { seed: 1 }).unwrap();
+    let patch = activation_patching(&gm, &pairs, &PatchConfig::default()).unwrap();
+    let heads = head_vocab_projection(&gm, p, &HeadProjectionConfig::default()).unwrap();
+    let swap = EncoderSwap::new(&gm, &gm)
+        .unwrap()
+        .evaluate(&train_set(), Some(&["100".into()]))
+        .unwrap();
+    let swap = swap.to_frame("self").unwrap();
+    let abl = ablation_study(
+        &gm,
+        &train_set(),
+        &[Ablation::decoder_self_attention(&gm, AblationMode::Zero).unwrap()],
+        None,
+        &AblationConfig::default(),
+    )
+    .unwrap();
+    let figs: Vec<(&str, Figure)> = vec![
+        (
+            "lens.svg",
+            Box::new(|p| figures::logit_lens_figure(&lens, p)),
+        ),
+        (
+            "contrib.svg",
+            Box::new(|p| figures::contribution_figure(&contrib, p)),
+        ),
+        (
+            "patch.svg",
+            Box::new(|p| figures::patching_figure(&patch, p)),
+        ),
+        (
+            "heads.svg",
+            Box::new(|p| figures::head_projection_figure(&heads, p)),
+        ),
+        ("swap.svg", Box::new(|p| figures::swap_figure(&swap, p))),
+        (
+            "ablation.svg",
+            Box::new(|p| figures::ablation_figure(&abl, p)),
+        ),
+    ];
+    for (name, draw) in &figs {
+        let path = dir.path().join("figs").join(name);
+        draw(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("<svg") && svg.len() > 1000, "{name}");
+    }
+    let err = figures::logit_lens_figure(&lens, &dir.path().join("lens.png")).unwrap_err();
+    assert!(err.to_string().contains("SVG"), "{err}");
+    // a table without the expected columns is an error, not a panic
+    assert!(figures::patching_figure(&lens, &dir.path().join("x.svg")).is_err());
+}
+
+#[test]
+fn empty_inputs_are_errors() {
+    let gm = atomic();
+    for r in [
+        logit_lens(&gm, &[], &LensConfig::default()).err(),
+        component_contributions(&gm, &[], &LensConfig::default()).err(),
+        head_vocab_projection(&gm, &[], &HeadProjectionConfig::default()).err(),
+    ] {
+        assert!(matches!(r, Some(InterpError::Input(_))), "{r:?}");
+    }
+    let unknown = [Probe::new("q", "volcano", "no-such-doc")];
+    let err = logit_lens(&gm, &unknown, &LensConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-doc"), "{err}");
+}
