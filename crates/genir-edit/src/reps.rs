@@ -114,30 +114,7 @@ pub fn text_chunks(
         .collect())
 }
 
-/// Sentences of a text (split after `.`, `!` or `?` followed by a space and a capital letter or digit),
-/// keeping those of at least `min_words` words: the pseudo queries of a document (the shipped corpus's
-/// queries are inverse-cloze sentences).
-pub fn sentences(text: &str, min_words: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 0..chars.len() {
-        let end = matches!(chars[i], '.' | '!' | '?')
-            && chars.get(i + 1) == Some(&' ')
-            && chars
-                .get(i + 2)
-                .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit());
-        if end || i + 1 == chars.len() {
-            let s: String = chars[start..=i].iter().collect();
-            let s = s.trim().to_string();
-            if s.split_whitespace().count() >= min_words {
-                out.push(s);
-            }
-            start = i + 1;
-        }
-    }
-    out
-}
+pub use genir_train::examples::sentences;
 
 /// Runs the model on `sources` (batches of `batch`) and reads the representations at decoder position 0;
 /// `keys` also reads the last block's feed-forward keys and residual.
@@ -164,7 +141,8 @@ pub fn compute(model: &T5Model, sources: &[Vec<u32>], keys: bool, batch: usize) 
     for chunk in sources.chunks(batch.max(1)) {
         let (ids, mask) = pad_batch(chunk, pad, &device)?;
         let b = chunk.len();
-        let dec: Tensor<2, Int> = Tensor::from_data(TensorData::new(vec![start; b], [b, 1]), &device);
+        let dec: Tensor<2, Int> =
+            Tensor::from_data(TensorData::new(vec![start; b], [b, 1]), &device);
         let mut hooks = if keys {
             Hooks::caching(HookFilter::points(&[p_key, p_resid]))
         } else {
@@ -189,25 +167,4 @@ fn host(t: Tensor<2>) -> Result<Vec<f32>> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| EditError::Tensor(format!("{e:?}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sentences_split_on_sentence_ends() {
-        let s = sentences(
-            "Anarchism is a philosophy. It was 1907 when. 14 countries met in Amsterdam! Short. e.g. this",
-            3,
-        );
-        assert_eq!(
-            s,
-            vec![
-                "Anarchism is a philosophy.",
-                "It was 1907 when.",
-                "14 countries met in Amsterdam!"
-            ]
-        );
-    }
 }

@@ -272,7 +272,11 @@ impl DocidScheme {
 
     /// Whether a document has been deleted from the index (see [`DocidScheme::deleted`]).
     pub fn is_deleted(&self, doc: usize) -> bool {
-        !self.deleted.is_empty() && self.docids.get(doc).is_some_and(|d| self.deleted.contains(d))
+        !self.deleted.is_empty()
+            && self
+                .docids
+                .get(doc)
+                .is_some_and(|d| self.deleted.contains(d))
     }
 
     /// Whether a model id is a docid token.

@@ -74,17 +74,23 @@ pub struct TrainingSet {
     pub retrieval: Vec<Example>,
 }
 
-/// Sentences of a text (split after `.`, `!` or `?` followed by whitespace), of at least 4 words.
-pub fn sentences(text: &str) -> Vec<&str> {
+/// Sentences of a text, split after `.`, `!` or `?` followed by a space and a capital letter or digit (so
+/// "e.g. this" and "3.5" stay whole), keeping those of at least `min_words` words. They are the pseudo queries of
+/// a document: the shipped corpus's queries are inverse-cloze sentences.
+pub fn sentences(text: &str, min_words: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut start = 0;
-    let b = text.as_bytes();
-    for i in 0..b.len() {
-        let end =
-            matches!(b[i], b'.' | b'!' | b'?') && b.get(i + 1).is_some_and(u8::is_ascii_whitespace);
-        if end || i + 1 == b.len() {
-            let s = text[start..=i].trim();
-            if s.split_whitespace().count() >= 4 {
+    for i in 0..chars.len() {
+        let end = matches!(chars[i], '.' | '!' | '?')
+            && chars.get(i + 1) == Some(&' ')
+            && chars
+                .get(i + 2)
+                .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit());
+        if end || i + 1 == chars.len() {
+            let s: String = chars[start..=i].iter().collect();
+            let s = s.trim().to_string();
+            if s.split_whitespace().count() >= min_words {
                 out.push(s);
             }
             start = i + 1;
@@ -146,8 +152,8 @@ impl TrainingSet {
                 });
             }
             if cfg.index_sentences {
-                for sentence in sentences(&doc.text) {
-                    let source = cut(tok.encode(sentence)?, cfg.max_source_len, eos);
+                for sentence in sentences(&doc.text, 4) {
+                    let source = cut(tok.encode(&sentence)?, cfg.max_source_len, eos);
                     indexing.push(Example {
                         source,
                         doc: d,
@@ -295,21 +301,18 @@ mod tests {
 
     #[test]
     fn sentences_split_on_terminal_punctuation_and_drop_fragments() {
-        let t = "Anarchism is a political philosophy. It is old! Is it? The 3.5 billion people live here.";
+        let t = "Anarchism is a political philosophy. It is old! Is it? The 3.5 billion people live here, e.g. this one.";
         assert_eq!(
-            sentences(t),
+            sentences(t, 4),
             vec![
                 "Anarchism is a political philosophy.",
-                "The 3.5 billion people live here."
+                "The 3.5 billion people live here, e.g. this one."
             ]
         );
+        assert_eq!(sentences(t, 1).len(), 4);
+        assert!(sentences("", 1).is_empty());
         assert_eq!(
-            sentences("no terminal punctuation but four words"),
-            vec!["no terminal punctuation but four words"]
-        );
-        assert!(sentences("").is_empty());
-        assert_eq!(
-            sentences("Zürich est très belle. Ça va bien aujourd'hui merci."),
+            sentences("Zürich est très belle. Ça va bien aujourd'hui merci.", 3),
             vec!["Zürich est très belle.", "Ça va bien aujourd'hui merci."]
         );
     }

@@ -88,6 +88,7 @@ pub fn config(
         examples: ExampleConfig {
             max_source_len: 32,
             index_chunks: 1,
+            index_sentences: false,
             index_ratio: None,
             exclude: Vec::new(),
         },
@@ -103,6 +104,8 @@ pub fn config(
         eval_every: 0,
         validation_split: "validation".into(),
         shards: 1,
+        embedder: Default::default(),
+        docid_rows_from_documents: false,
     }
 }
 
