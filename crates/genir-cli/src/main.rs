@@ -2,6 +2,7 @@
 
 mod cache;
 mod dsi;
+mod mechir;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     /// Evaluate a model on a query split: Hits@1, Hits@10, MRR@10, Recall@k; TREC run and Parquet output.
     #[command(after_help = dsi::EVAL_EXAMPLES)]
     Eval(dsi::EvalArgs),
+    /// MechIR-style activation patching of bi-encoders and cross-encoders under document perturbations.
+    Mechir(mechir::MechirArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +51,6 @@ fn main() -> Result<()> {
         Command::Train(args) => dsi::train(*args, &device),
         Command::Search(args) => dsi::search(args, &device),
         Command::Eval(args) => dsi::eval(args, &device),
+        Command::Mechir(args) => mechir::run(args, &device),
     }
 }

@@ -162,3 +162,72 @@ fn filters_and_bad_arguments() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+fn bert_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../genir-model/tests/fixtures/bert")
+        .join(name)
+}
+
+#[test]
+fn cache_reads_bert_family_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sentence-transformers bi-encoder: no --target-ids, a pooled `embedding`.
+    let out = dir.path().join("dot.safetensors");
+    let run = genir()
+        .args(["cache", "--model"])
+        .arg(bert_fixture("bert-dot-bin"))
+        .args(["--source", "the cat sat", "--source", "a dog", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let emb = st.tensor("embedding").unwrap();
+    assert_eq!(emb.shape()[0], 2);
+    let hidden = st.tensor("last_hidden_state").unwrap();
+    assert_eq!(hidden.shape()[0], 2);
+    assert_eq!(hidden.shape()[2], emb.shape()[1]);
+    assert!(st.tensor("encoder.blocks.0.self_attn.hook_pattern").is_ok());
+    // The embedding of a normalising bi-encoder has unit norm.
+    let v: Vec<f32> = emb
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let d = emb.shape()[1];
+    let norm: f32 = v[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+
+    // A cross-encoder: `logits`, hooks filtered.
+    let out = dir.path().join("cat.safetensors");
+    let run = genir()
+        .args(["cache", "--model"])
+        .arg(bert_fixture("bert-cat"))
+        .args([
+            "--source",
+            "the cat sat",
+            "--hooks",
+            "encoder.blocks.*.hook_resid_post",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("logits").unwrap().shape(), &[1, 1]);
+    assert_eq!(st.len(), 2 + 3); // logits, last_hidden_state, 3 blocks
+    // T5 still needs --target-ids.
+    let bad = genir()
+        .args(["cache", "--model"])
+        .arg(fixture())
+        .args(["--source", "a", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--target-ids"));
+}

