@@ -222,9 +222,8 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
     }
     let ids = input
         .input_ids
-        .to_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
+        .clone()
+        .try_into_vec_as::<i64>()
         .map_err(|e| anyhow::anyhow!("reading ids: {e:?}"))?;
     let mut meta = HashMap::new();
     meta.insert("sources".into(), serde_json::to_string(&args.sources)?);
