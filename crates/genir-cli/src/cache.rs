@@ -137,15 +137,20 @@ fn load_bert(dir: &Path, device: &Device) -> Result<BertKind> {
         .get("architectures")
         .and_then(|a| a.as_array())
         .is_some_and(|a| {
-            a.iter()
-                .any(|x| x.as_str().is_some_and(|s| s.contains("SequenceClassification")))
+            a.iter().any(|x| {
+                x.as_str()
+                    .is_some_and(|s| s.contains("SequenceClassification"))
+            })
         });
     if classifier {
         return Ok(BertKind::Cat(Cat::from_pretrained(dir, device)?));
     }
-    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?
-        .without_padding();
-    Ok(BertKind::Encoder(BertEncoder::from_pretrained(dir, device)?, tok))
+    let tok =
+        TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?.without_padding();
+    Ok(BertKind::Encoder(
+        BertEncoder::from_pretrained(dir, device)?,
+        tok,
+    ))
 }
 
 fn host(t: Tensor<3>) -> Result<HostTensor> {
@@ -172,7 +177,11 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
                 .map(|t| tok.encode_full(t))
                 .collect::<Result<Vec<_>, _>>()?;
             let pad = c.encoder.config.pad_token_id as u32;
-            (&c.encoder, BertInput::from_encoded(&rows, pad, device)?, "cross-encoder")
+            (
+                &c.encoder,
+                BertInput::from_encoded(&rows, pad, device)?,
+                "cross-encoder",
+            )
         }
         BertKind::Encoder(e, tok) => {
             let rows = texts
@@ -218,7 +227,10 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
     }
     tensors.insert("last_hidden_state".to_string(), host(hidden)?);
     for (point, act) in cache.iter() {
-        tensors.insert(point.to_string(), HostTensor::new(act.dims(), act.to_vec()?));
+        tensors.insert(
+            point.to_string(),
+            HostTensor::new(act.dims(), act.to_vec()?),
+        );
     }
     let ids = input
         .input_ids

@@ -43,7 +43,8 @@ pub fn attention_patterns<M: PatchModel + ?Sized>(
         .iter()
         .map(|&l| HookPoint::attn(Stack::Encoder, l, AttnKind::SelfAttn, AttnSite::Pattern))
         .collect();
-    let mut cols: (Vec<u32>, Vec<&str>, Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) = Default::default();
+    let mut cols: (Vec<u32>, Vec<&str>, Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) =
+        Default::default();
     let (mut qt, mut kt, mut w) = (Vec::new(), Vec::new(), Vec::new());
     for (bi, chunk) in pairs.pairs.chunks(16).enumerate() {
         let enc = model.encode(chunk, pairs.perturbation.alignment, encode)?;

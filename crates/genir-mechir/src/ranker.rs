@@ -95,7 +95,10 @@ pub trait PatchModel {
 }
 
 fn truncating(tok: &TextTokenizer, max_len: usize) -> Result<TextTokenizer> {
-    Ok(tok.clone().without_padding().with_max_length(Some(max_len))?)
+    Ok(tok
+        .clone()
+        .without_padding()
+        .with_max_length(Some(max_len))?)
 }
 
 fn tokens_of(tok: &TextTokenizer, e: &Encoded) -> Vec<String> {
