@@ -121,14 +121,14 @@ pub fn run(args: CacheArgs, device: &Device) -> Result<()> {
 /// What a BERT-family folder holds: a sentence-transformers bi-encoder, a sequence classifier, or a bare
 /// encoder.
 enum BertKind {
-    Dot(Dot),
-    Cat(Cat),
-    Encoder(BertEncoder, TextTokenizer),
+    Dot(Box<Dot>),
+    Cat(Box<Cat>),
+    Encoder(Box<(BertEncoder, TextTokenizer)>),
 }
 
 fn load_bert(dir: &Path, device: &Device) -> Result<BertKind> {
     if dir.join("modules.json").exists() {
-        return Ok(BertKind::Dot(Dot::from_pretrained(dir, device)?));
+        return Ok(BertKind::Dot(Box::new(Dot::from_pretrained(dir, device)?)));
     }
     let config = BertConfig::from_file(&dir.join("config.json"))?;
     let text = std::fs::read_to_string(dir.join("config.json"))?;
@@ -137,15 +137,20 @@ fn load_bert(dir: &Path, device: &Device) -> Result<BertKind> {
         .get("architectures")
         .and_then(|a| a.as_array())
         .is_some_and(|a| {
-            a.iter()
-                .any(|x| x.as_str().is_some_and(|s| s.contains("SequenceClassification")))
+            a.iter().any(|x| {
+                x.as_str()
+                    .is_some_and(|s| s.contains("SequenceClassification"))
+            })
         });
     if classifier {
-        return Ok(BertKind::Cat(Cat::from_pretrained(dir, device)?));
+        return Ok(BertKind::Cat(Box::new(Cat::from_pretrained(dir, device)?)));
     }
-    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?
-        .without_padding();
-    Ok(BertKind::Encoder(BertEncoder::from_pretrained(dir, device)?, tok))
+    let tok =
+        TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?.without_padding();
+    Ok(BertKind::Encoder(Box::new((
+        BertEncoder::from_pretrained(dir, device)?,
+        tok,
+    ))))
 }
 
 fn host(t: Tensor<3>) -> Result<HostTensor> {
@@ -172,9 +177,14 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
                 .map(|t| tok.encode_full(t))
                 .collect::<Result<Vec<_>, _>>()?;
             let pad = c.encoder.config.pad_token_id as u32;
-            (&c.encoder, BertInput::from_encoded(&rows, pad, device)?, "cross-encoder")
+            (
+                &c.encoder,
+                BertInput::from_encoded(&rows, pad, device)?,
+                "cross-encoder",
+            )
         }
-        BertKind::Encoder(e, tok) => {
+        BertKind::Encoder(et) => {
+            let (e, tok) = &**et;
             let rows = texts
                 .iter()
                 .map(|t| tok.encode_full(t))
@@ -214,17 +224,20 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
             tensors.insert("logits".to_string(), HostTensor::new(dims, v));
         }
-        BertKind::Encoder(..) => {}
+        BertKind::Encoder(_) => {}
     }
     tensors.insert("last_hidden_state".to_string(), host(hidden)?);
     for (point, act) in cache.iter() {
-        tensors.insert(point.to_string(), HostTensor::new(act.dims(), act.to_vec()?));
+        tensors.insert(
+            point.to_string(),
+            HostTensor::new(act.dims(), act.to_vec()?),
+        );
     }
     let ids = input
         .input_ids
         .to_data()
         .convert::<i64>()
-        .to_vec::<i64>()
+        .try_to_vec::<i64>()
         .map_err(|e| anyhow::anyhow!("reading ids: {e:?}"))?;
     let mut meta = HashMap::new();
     meta.insert("sources".into(), serde_json::to_string(&args.sources)?);

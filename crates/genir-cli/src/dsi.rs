@@ -202,7 +202,9 @@ impl Progress for Bar {
             info.lr,
             info.examples_per_sec
         );
-        if self.bar.is_hidden() && (info.step % self.every == 0 || info.step == info.total_steps) {
+        if self.bar.is_hidden()
+            && (info.step.is_multiple_of(self.every) || info.step == info.total_steps)
+        {
             eprintln!("step {}/{}: {msg}", info.step, info.total_steps);
         }
         self.bar.set_message(msg);

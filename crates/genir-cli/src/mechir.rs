@@ -164,8 +164,9 @@ fn patch(args: PatchArgs, device: &Device) -> Result<()> {
             sweep(&m, &pairs, &config, &args)
         }
         Kind::Cat => {
-            let m = Cat::from_pretrained(&args.model, device)
-                .with_context(|| format!("loading a cross-encoder from {}", args.model.display()))?;
+            let m = Cat::from_pretrained(&args.model, device).with_context(|| {
+                format!("loading a cross-encoder from {}", args.model.display())
+            })?;
             sweep(&m, &pairs, &config, &args)
         }
     }

@@ -181,7 +181,11 @@ fn cache_reads_bert_family_folders() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let emb = st.tensor("embedding").unwrap();
@@ -215,12 +219,16 @@ fn cache_reads_bert_family_folders() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("logits").unwrap().shape(), &[1, 1]);
     assert_eq!(st.len(), 2 + 3); // logits, last_hidden_state, 3 blocks
-    // T5 still needs --target-ids.
+                                 // T5 still needs --target-ids.
     let bad = genir()
         .args(["cache", "--model"])
         .arg(fixture())

@@ -64,7 +64,10 @@ fn bench(c: &mut Criterion) {
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/inputs.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!("SKIP patching bench: no {} (run tools/reference/bench_mechir.py)", path.display());
+        eprintln!(
+            "SKIP patching bench: no {} (run tools/reference/bench_mechir.py)",
+            path.display()
+        );
         return;
     };
     let inputs: serde_json::Value = serde_json::from_str(&text).expect("inputs.json");

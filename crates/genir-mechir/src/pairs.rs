@@ -244,7 +244,11 @@ impl PairDataset {
         let stats = corpus.stats();
         let mut groups: BTreeMap<i32, Vec<(&str, &str)>> = BTreeMap::new();
         for q in qrels.iter() {
-            if sampling.grades.as_ref().is_some_and(|g| !g.contains(&q.grade)) {
+            if sampling
+                .grades
+                .as_ref()
+                .is_some_and(|g| !g.contains(&q.grade))
+            {
                 continue;
             }
             if queries.get(&q.qid).is_some() && corpus.get(&q.docid).is_some() {

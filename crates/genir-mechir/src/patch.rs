@@ -23,7 +23,9 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::{Bool, TensorData};
 use genir_model::bert::{attention_bias, BertBlock, BertEncoder, BertInput};
-use genir_model::hooks::{ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Site, Stack};
+use genir_model::hooks::{
+    ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Site, Stack,
+};
 use genir_model::t5::Activation as Act;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -331,7 +333,11 @@ fn host(t: Tensor<3>) -> Result<Vec<f32>> {
         .map_err(|e| MechirError::Input(format!("reading activations: {e:?}")))
 }
 
-fn bool_tensor<const D: usize>(v: Vec<bool>, shape: [usize; D], device: &Device) -> Tensor<D, Bool> {
+fn bool_tensor<const D: usize>(
+    v: Vec<bool>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D, Bool> {
     Tensor::from_data(TensorData::new(v, shape), device)
 }
 
@@ -356,7 +362,9 @@ fn gather_positions(t: Tensor<3>, rows: &[usize], positions: &[usize]) -> Tensor
     let b = t.dims()[0];
     let flat: Vec<usize> = rows.iter().zip(positions).map(|(r, p)| r * s + p).collect();
     let idx = index_tensor(&flat, &t.device());
-    t.reshape([b * s, d]).select(0, idx).reshape([flat.len(), 1, d])
+    t.reshape([b * s, d])
+        .select(0, idx)
+        .reshape([flat.len(), 1, d])
 }
 
 /// Runs patched rows of one (component, layer): row `i` is pair `rows[i]` patched at `positions[i]`.
@@ -395,13 +403,16 @@ fn run_block_chunk<M: PatchModel + ?Sized>(
         BlockComponent::AttnOut | BlockComponent::MlpOut => {
             let block = &encoder.blocks[layer];
             let b = |site| HookPoint::block(Stack::Encoder, layer, site);
-            let patched = gather_positions(rank3(&runs.cache_p, &comp.point(layer))?, rows, positions);
+            let patched =
+                gather_positions(rank3(&runs.cache_p, &comp.point(layer))?, rows, positions);
             // The patched position's new block output; every other position keeps the original's.
             let new_post = if comp == BlockComponent::AttnOut {
-                let pre = gather_positions(rank3(&runs.cache_o, &b(Site::ResidPre))?, rows, positions);
+                let pre =
+                    gather_positions(rank3(&runs.cache_o, &b(Site::ResidPre))?, rows, positions);
                 mlp_half(block, block.ln_attn.forward(pre + patched))
             } else {
-                let mid = gather_positions(rank3(&runs.cache_o, &b(Site::ResidMid))?, rows, positions);
+                let mid =
+                    gather_positions(rank3(&runs.cache_o, &b(Site::ResidMid))?, rows, positions);
                 block.ln_ff.forward(mid + patched)
             };
             let post = rank3(&runs.cache_o, &b(Site::ResidPost))?.select(0, idx.clone());
@@ -507,8 +518,11 @@ fn run_items(
         let arg: Vec<usize> = part.iter().map(|x| x.2).collect();
         let scores = run(&rows, &arg)?;
         for (&(cell, row, _), &s) in part.iter().zip(&scores) {
-            sums[cell] +=
-                f64::from(linear_rank_metric(s, runs.original[row], runs.perturbed[row]));
+            sums[cell] += f64::from(linear_rank_metric(
+                s,
+                runs.original[row],
+                runs.perturbed[row],
+            ));
         }
     }
     Ok(())
@@ -533,7 +547,13 @@ pub fn sweep_blocks<M: PatchModel + ?Sized>(
     let comps = BlockComponent::ALL.to_vec();
     let mut points = Vec::new();
     for &l in &layers {
-        for site in [Site::ResidPre, Site::SelfAttnOut, Site::ResidMid, Site::MlpOut, Site::ResidPost] {
+        for site in [
+            Site::ResidPre,
+            Site::SelfAttnOut,
+            Site::ResidMid,
+            Site::MlpOut,
+            Site::ResidPost,
+        ] {
             points.push(HookPoint::block(Stack::Encoder, l, site));
         }
     }
@@ -617,7 +637,12 @@ pub fn sweep_heads<M: PatchModel + ?Sized>(
     let mut points = Vec::new();
     for &l in &layers {
         points.push(HookPoint::block(Stack::Encoder, l, Site::ResidPre));
-        points.push(HookPoint::attn(Stack::Encoder, l, AttnKind::SelfAttn, AttnSite::Z));
+        points.push(HookPoint::attn(
+            Stack::Encoder,
+            l,
+            AttnKind::SelfAttn,
+            AttnSite::Z,
+        ));
     }
     let np = positions.map_or(1, <[usize]>::len);
     let mut sums = vec![0f64; layers.len() * nh * np];

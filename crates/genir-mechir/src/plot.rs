@@ -106,7 +106,10 @@ fn draw_cells<DB: DrawingBackend>(
             let rect = Rectangle::new(
                 [
                     (x0, y0),
-                    (((c + 1) as f64 * cw) as i32, ((p.rows - r) as f64 * ch) as i32),
+                    (
+                        ((c + 1) as f64 * cw) as i32,
+                        ((p.rows - r) as f64 * ch) as i32,
+                    ),
                 ],
                 colour(p.values[r * p.cols + c], scale).filled(),
             );

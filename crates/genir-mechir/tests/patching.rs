@@ -71,7 +71,12 @@ fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
         ("input_ids", &enc.original),
         ("perturbed_input_ids", &enc.perturbed),
     ] {
-        let ids = input.input_ids.to_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+        let ids = input
+            .input_ids
+            .to_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
         let [b, s] = input.dims();
         for r in 0..b {
             let want: Vec<i64> = fx.json[key][r]
@@ -81,24 +86,41 @@ fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
                 .map(|v| v.as_i64().unwrap())
                 .collect();
             assert_eq!(&ids[r * s..(r + 1) * s], &want[..s], "{key} row {r}");
-            assert!(want[s..].iter().all(|&x| x == 0), "{key} row {r}: longer than genir's");
+            assert!(
+                want[s..].iter().all(|&x| x == 0),
+                "{key} row {r}: longer than genir's"
+            );
         }
     }
 
     let blocks = sweep_blocks(model, &fx.pairs, &fx.config).unwrap();
     let (d, i) = max_diff(&blocks.scores.original, &flat(&fx.json["scores"]));
     assert!(d < tol, "original scores differ by {d} at {i}");
-    let (d, i) = max_diff(&blocks.scores.perturbed, &flat(&fx.json["scores_perturbed"]));
+    let (d, i) = max_diff(
+        &blocks.scores.perturbed,
+        &flat(&fx.json["scores_perturbed"]),
+    );
     assert!(d < tol, "perturbed scores differ by {d} at {i}");
     let want = flat(&fx.json["block_all"]);
     let (d, i) = max_diff(&blocks.values, &want);
-    println!("block_all: {} cells, max |genir - MechIR| = {d:e}", want.len());
-    assert!(d < tol, "block_all differs by {d} at {i}: {} vs {}", blocks.values[i], want[i]);
+    println!(
+        "block_all: {} cells, max |genir - MechIR| = {d:e}",
+        want.len()
+    );
+    assert!(
+        d < tol,
+        "block_all differs by {d} at {i}: {} vs {}",
+        blocks.values[i],
+        want[i]
+    );
 
     let heads = sweep_heads(model, &fx.pairs, None, &fx.config).unwrap();
     let want = flat(&fx.json["head_all"]);
     let (d, i) = max_diff(&heads.values, &want);
-    println!("head_all: {} cells, max |genir - MechIR| = {d:e}", want.len());
+    println!(
+        "head_all: {} cells, max |genir - MechIR| = {d:e}",
+        want.len()
+    );
     assert!(d < tol, "head_all differs by {d} at {i}");
 
     let len = blocks.positions;
@@ -108,13 +130,19 @@ fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
     let want = flat(&fx.json["head_by_pos_z"]);
     let mut got = Vec::new();
     for lh in list {
-        let (l, h) = (lh[0].as_u64().unwrap() as usize, lh[1].as_u64().unwrap() as usize);
+        let (l, h) = (
+            lh[0].as_u64().unwrap() as usize,
+            lh[1].as_u64().unwrap() as usize,
+        );
         for p in 0..len {
             got.push(by_pos.get(l, h, p));
         }
     }
     let (d, i) = max_diff(&got, &want);
-    println!("head_by_pos (z): {} cells, max |genir - MechIR| = {d:e}", want.len());
+    println!(
+        "head_by_pos (z): {} cells, max |genir - MechIR| = {d:e}",
+        want.len()
+    );
     assert!(d < tol, "head_by_pos differs by {d} at {i}");
 }
 
@@ -143,7 +171,10 @@ fn all_minilm_l6_v2_bi_encoder_matches_mechir() {
 fn mixed_pairs(alignment_case: usize) -> PairDataset {
     let qd = [
         ("cat food", "the cat sat on the mat"),
-        ("river flood", "rain made the river rise over the old stone bridge"),
+        (
+            "river flood",
+            "rain made the river rise over the old stone bridge",
+        ),
         ("chess", "a chess opening"),
     ];
     match alignment_case {
@@ -179,16 +210,28 @@ fn batched_equals_unbatched<M: PatchModel>(model: &M) {
             let got = sweep_blocks(model, &pairs, &config).unwrap();
             assert_eq!(got.positions, positions);
             let (d, i) = max_diff(&got.values, &want);
-            assert!(d < 1e-5, "{} case {case} budget {budget}: blocks differ by {d} at {i}", model.kind());
+            assert!(
+                d < 1e-5,
+                "{} case {case} budget {budget}: blocks differ by {d} at {i}",
+                model.kind()
+            );
             let heads = sweep_heads(model, &pairs, None, &config).unwrap();
             let want_h = unbatched_heads(model, &pairs, &encode, None);
             let (d, i) = max_diff(&heads.values, &want_h);
-            assert!(d < 1e-5, "{} case {case}: heads differ by {d} at {i}", model.kind());
+            assert!(
+                d < 1e-5,
+                "{} case {case}: heads differ by {d} at {i}",
+                model.kind()
+            );
             let ps = [0, 2, 5, positions - 1, positions + 3];
             let by_pos = sweep_heads(model, &pairs, Some(&ps), &config).unwrap();
             let want_p = unbatched_heads(model, &pairs, &encode, Some(&ps));
             let (d, i) = max_diff(&by_pos.values, &want_p);
-            assert!(d < 1e-5, "{} case {case}: heads by position differ by {d} at {i}", model.kind());
+            assert!(
+                d < 1e-5,
+                "{} case {case}: heads by position differ by {d} at {i}",
+                model.kind()
+            );
         }
     }
 }

@@ -5,12 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use genir_mechir::{
-    linear_rank_metric, BlockComponent, EncodeConfig, PairDataset, PatchModel,
-};
-use genir_model::hooks::{
-    AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Selection, Stack,
-};
+use genir_mechir::{linear_rank_metric, BlockComponent, EncodeConfig, PairDataset, PatchModel};
+use genir_model::hooks::{AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Selection, Stack};
 
 pub fn device() -> Device {
     Device::flex()
