@@ -121,14 +121,14 @@ pub fn run(args: CacheArgs, device: &Device) -> Result<()> {
 /// What a BERT-family folder holds: a sentence-transformers bi-encoder, a sequence classifier, or a bare
 /// encoder.
 enum BertKind {
-    Dot(Dot),
-    Cat(Cat),
-    Encoder(BertEncoder, TextTokenizer),
+    Dot(Box<Dot>),
+    Cat(Box<Cat>),
+    Encoder(Box<(BertEncoder, TextTokenizer)>),
 }
 
 fn load_bert(dir: &Path, device: &Device) -> Result<BertKind> {
     if dir.join("modules.json").exists() {
-        return Ok(BertKind::Dot(Dot::from_pretrained(dir, device)?));
+        return Ok(BertKind::Dot(Box::new(Dot::from_pretrained(dir, device)?)));
     }
     let config = BertConfig::from_file(&dir.join("config.json"))?;
     let text = std::fs::read_to_string(dir.join("config.json"))?;
@@ -143,14 +143,14 @@ fn load_bert(dir: &Path, device: &Device) -> Result<BertKind> {
             })
         });
     if classifier {
-        return Ok(BertKind::Cat(Cat::from_pretrained(dir, device)?));
+        return Ok(BertKind::Cat(Box::new(Cat::from_pretrained(dir, device)?)));
     }
     let tok =
         TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?.without_padding();
-    Ok(BertKind::Encoder(
+    Ok(BertKind::Encoder(Box::new((
         BertEncoder::from_pretrained(dir, device)?,
         tok,
-    ))
+    ))))
 }
 
 fn host(t: Tensor<3>) -> Result<HostTensor> {
@@ -183,7 +183,8 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
                 "cross-encoder",
             )
         }
-        BertKind::Encoder(e, tok) => {
+        BertKind::Encoder(et) => {
+            let (e, tok) = &**et;
             let rows = texts
                 .iter()
                 .map(|t| tok.encode_full(t))
@@ -223,7 +224,7 @@ fn run_bert(args: CacheArgs, device: &Device) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
             tensors.insert("logits".to_string(), HostTensor::new(dims, v));
         }
-        BertKind::Encoder(..) => {}
+        BertKind::Encoder(_) => {}
     }
     tensors.insert("last_hidden_state".to_string(), host(hidden)?);
     for (point, act) in cache.iter() {

@@ -43,7 +43,9 @@ pub fn attention_patterns<M: PatchModel + ?Sized>(
         .iter()
         .map(|&l| HookPoint::attn(Stack::Encoder, l, AttnKind::SelfAttn, AttnSite::Pattern))
         .collect();
-    let mut cols: (Vec<u32>, Vec<&str>, Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) =
+    let mut pair: Vec<u32> = Vec::new();
+    let mut which: Vec<&str> = Vec::new();
+    let (mut lay, mut hd, mut qp, mut kp): (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>) =
         Default::default();
     let (mut qt, mut kt, mut w) = (Vec::new(), Vec::new(), Vec::new());
     for (bi, chunk) in pairs.pairs.chunks(16).enumerate() {
@@ -72,12 +74,12 @@ pub fn attention_patterns<M: PatchModel + ?Sized>(
                                 if x < filter.min_weight {
                                     continue;
                                 }
-                                cols.0.push((bi * 16 + row) as u32);
-                                cols.1.push(name);
-                                cols.2.push(layer as u32);
-                                cols.3.push(head as u32);
-                                cols.4.push(q as u32);
-                                cols.5.push(k as u32);
+                                pair.push((bi * 16 + row) as u32);
+                                which.push(name);
+                                lay.push(layer as u32);
+                                hd.push(head as u32);
+                                qp.push(q as u32);
+                                kp.push(k as u32);
                                 qt.push(toks[row][q].clone());
                                 kt.push(toks[row][k].clone());
                                 w.push(x);
@@ -89,12 +91,12 @@ pub fn attention_patterns<M: PatchModel + ?Sized>(
         }
     }
     Ok(DataFrame::new_infer_height(vec![
-        Column::new("pair".into(), cols.0),
-        Column::new("input".into(), cols.1),
-        Column::new("layer".into(), cols.2),
-        Column::new("head".into(), cols.3),
-        Column::new("query_pos".into(), cols.4),
-        Column::new("key_pos".into(), cols.5),
+        Column::new("pair".into(), pair),
+        Column::new("input".into(), which),
+        Column::new("layer".into(), lay),
+        Column::new("head".into(), hd),
+        Column::new("query_pos".into(), qp),
+        Column::new("key_pos".into(), kp),
         Column::new("query_token".into(), qt),
         Column::new("key_token".into(), kt),
         Column::new("weight".into(), w),

@@ -113,19 +113,18 @@ fn finish(
     original: Vec<Encoded>,
     perturbed: Vec<Encoded>,
     queries: Option<BertInput>,
-    pad_id: u32,
+    encoder: &BertEncoder,
     report_max: usize,
     config: &EncodeConfig,
-    device: &Device,
-    pairs: &[Pair],
 ) -> Result<EncodedPairs> {
+    let pad_id = encoder.config.pad_token_id as u32;
+    let device = &encoder.device();
     for (i, (a, b)) in original.iter().zip(&perturbed).enumerate() {
         if a.ids.len() != b.ids.len() {
             tracing::warn!(
                 pair = i,
                 original = a.ids.len(),
                 perturbed = b.ids.len(),
-                document = %pairs[i].document,
                 "after alignment the original and perturbed inputs have different lengths; positions are \
                  patched as they are (as MechIR does)"
             );
@@ -214,11 +213,9 @@ impl PatchModel for Dot {
             orig,
             pert,
             Some(q),
-            pad,
+            &self.encoder,
             config.doc_max_length,
             config,
-            &device,
-            pairs,
         )
     }
 
@@ -282,9 +279,7 @@ impl PatchModel for Cat {
             orig.push(ptok.encode_pair(&p.query, &a)?);
             pert.push(ptok.encode_pair(&p.query, &b)?);
         }
-        let device = self.encoder.device();
-        let pad = self.encoder.config.pad_token_id as u32;
-        finish(tok, orig, pert, None, pad, max, config, &device, pairs)
+        finish(tok, orig, pert, None, &self.encoder, max, config)
     }
 
     fn context(&self, _encoded: &EncodedPairs) -> Result<ScoreContext> {
