@@ -199,7 +199,7 @@ mod tests {
     fn sentences_split_on_sentence_ends() {
         let s = sentences(
             "Anarchism is a philosophy. It was 1907 when. 14 countries met in Amsterdam! Short. e.g. this",
-            3,
+            4,
         );
         assert_eq!(
             s,
