@@ -7,7 +7,11 @@ use genir_train::train::{Architecture, Init, TrainConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let n_new: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
-    let out = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "target/edit-eval".into()));
+    let out = std::path::PathBuf::from(
+        args.get(2)
+            .cloned()
+            .unwrap_or_else(|| "target/edit-eval".into()),
+    );
     let wiki = genir_data::shipped::load("wiki-genir-mini")?;
     let train = TrainConfig {
         init: Init::Scratch(Architecture {

@@ -538,12 +538,14 @@ impl Editor {
                 let mut all = self.model.scheme.docids.clone();
                 all.extend(docids.iter().cloned());
                 let scheme = rebuild_scheme(&self.model.scheme, all)?;
-                let names: Vec<String> = scheme.token_names[self.model.scheme.n_tokens()..].to_vec();
+                let names: Vec<String> =
+                    scheme.token_names[self.model.scheme.n_tokens()..].to_vec();
                 let tok = add_tokens(&self.model.tok, &names, *vocab_before as u32)?;
                 tensors::grow_vocab(&mut self.model.model, docids.len())?;
                 self.model.scheme = scheme;
                 self.model.tok = tok;
-                self.rows.extend(std::iter::repeat_n(0.0, docids.len() * self.d()));
+                self.rows
+                    .extend(std::iter::repeat_n(0.0, docids.len() * self.d()));
             }
             Patch::MarkDeleted { docids } => {
                 for d in docids {
@@ -623,7 +625,8 @@ impl Editor {
             {
                 let d = self.d();
                 let doc = r - off;
-                self.rows[doc * d..(doc + 1) * d].copy_from_slice(&values.values[i * c..(i + 1) * c]);
+                self.rows[doc * d..(doc + 1) * d]
+                    .copy_from_slice(&values.values[i * c..(i + 1) * c]);
             }
         }
         Ok(())
@@ -688,7 +691,10 @@ impl Editor {
                         if let Patch::LowRank { tensor: t, key } = p {
                             if t == tensor {
                                 let pl = self.log.payloads.get(&r.id).ok_or_else(|| {
-                                    EditError::Invalid(format!("undo: edit {} has no payload", r.id))
+                                    EditError::Invalid(format!(
+                                        "undo: edit {} has no payload",
+                                        r.id
+                                    ))
                                 })?;
                                 m = tensors::add_low_rank(
                                     &m,
@@ -809,6 +815,7 @@ impl Editor {
         Ok(todo.len())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         op: EditOp,
@@ -882,7 +889,10 @@ impl Editor {
         let before = tensors::read_rows(&self.model.model, name, r, 1)?;
         let d = self.d();
         payload.insert(format!("{key}.before"), HostTensor::new(vec![1, d], before));
-        payload.insert(format!("{key}.after"), HostTensor::new(vec![1, d], w.to_vec()));
+        payload.insert(
+            format!("{key}.after"),
+            HostTensor::new(vec![1, d], w.to_vec()),
+        );
         self.push_patch(
             Patch::Rows {
                 tensor: name.to_string(),
@@ -905,7 +915,9 @@ impl Editor {
         let mut seen = BTreeSet::new();
         for d in docs {
             if d.docid.trim().is_empty() {
-                return Err(EditError::Invalid("a new document has an empty docid".into()));
+                return Err(EditError::Invalid(
+                    "a new document has an empty docid".into(),
+                ));
             }
             if self.model.scheme.index_of(&d.docid).is_some() || !seen.insert(d.docid.as_str()) {
                 return Err(EditError::DuplicateDocid(d.docid.clone()));
@@ -951,7 +963,9 @@ impl Editor {
         }
         let d = self.d();
         let n = self.model.scheme.len();
-        let live: Vec<usize> = (0..n).filter(|&i| !self.model.scheme.is_deleted(i)).collect();
+        let live: Vec<usize> = (0..n)
+            .filter(|&i| !self.model.scheme.is_deleted(i))
+            .collect();
         let mut w = vec![0f32; d];
         for &i in &live {
             for (a, &b) in w.iter_mut().zip(self.row(i)) {
@@ -961,7 +975,13 @@ impl Editor {
         let mut patches = Vec::new();
         let mut payload = BTreeMap::new();
         let first = self.append(std::slice::from_ref(doc), &mut patches, &payload)?;
-        self.row_patch(first, &w, format!("row.{first}"), &mut patches, &mut payload)?;
+        self.row_patch(
+            first,
+            &w,
+            format!("row.{first}"),
+            &mut patches,
+            &mut payload,
+        )?;
         self.commit(
             EditOp::Add,
             "mean_row",
@@ -1013,7 +1033,10 @@ impl Editor {
             let positives: Vec<(Vec<f64>, f64)> = (0..r.n)
                 .map(|k| {
                     let p = r.rep(k);
-                    (to_f64(p), f64::from(self.best(p, &skip).0) + self.config.margin_new)
+                    (
+                        to_f64(p),
+                        f64::from(self.best(p, &skip).0) + self.config.margin_new,
+                    )
                 })
                 .collect();
             let negatives = self.anchor_bounds(doc, &[]);
@@ -1156,7 +1179,9 @@ impl Editor {
         let first = self.append(docs, patches, payload)?;
         // fresh rows: the live rows' centroid plus a seeded random deviation of typical length
         let n = self.model.scheme.len();
-        let live: Vec<usize> = (0..first).filter(|&i| !self.model.scheme.is_deleted(i)).collect();
+        let live: Vec<usize> = (0..first)
+            .filter(|&i| !self.model.scheme.is_deleted(i))
+            .collect();
         let mut mu = vec![0f64; d];
         for &i in &live {
             for (m, &v) in mu.iter_mut().zip(self.row(i)) {
@@ -1176,7 +1201,9 @@ impl Editor {
             .sum::<f64>()
             / live.len().max(1) as f64;
         for doc in first..n {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ (doc as u64).wrapping_mul(0x9E37_79B9));
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.config.seed ^ (doc as u64).wrapping_mul(0x9E37_79B9),
+            );
             let z: Vec<f64> = (0..d).map(|_| StandardNormal.sample(&mut rng)).collect();
             let zn = linalg::norm(&z).max(1e-12);
             let w: Vec<f32> = (0..d)
@@ -1277,7 +1304,8 @@ impl Editor {
                     *rv += c * x;
                 }
             }
-            let r = (resid.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / d as f64 + eps).sqrt();
+            let r =
+                (resid.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / d as f64 + eps).sqrt();
             let rep = &mut a.reps.rep[i * d..(i + 1) * d];
             for j in 0..d {
                 rep[j] = (s * f64::from(g[j]) * f64::from(resid[j]) / r) as f32;
@@ -1369,7 +1397,10 @@ impl Editor {
         if self.a0.is_none() {
             self.a0 = Some(self.anchor_factor(dff)?);
         }
-        let l = self.a0.as_ref().ok_or_else(|| EditError::Invalid("no factor".into()))?;
+        let l = self
+            .a0
+            .as_ref()
+            .ok_or_else(|| EditError::Invalid("no factor".into()))?;
         // b = A0^-1 K  ([dff, n], column j = A0^-1 k_j)
         let mut b = vec![0f64; dff * n];
         let mut cols: Vec<Vec<f64>> = Vec::with_capacity(n);
@@ -1391,9 +1422,8 @@ impl Editor {
                 b[i * n + j] = c[i];
             }
         }
-        let lm = linalg::cholesky(&m, n).ok_or_else(|| {
-            EditError::Invalid("singular key system in the rank-one edit".into())
-        })?;
+        let lm = linalg::cholesky(&m, n)
+            .ok_or_else(|| EditError::Invalid("singular key system in the rank-one edit".into()))?;
         let mut u = vec![0f32; dff * n];
         for i in 0..dff {
             let mut x = b[i * n..(i + 1) * n].to_vec();
@@ -1404,7 +1434,10 @@ impl Editor {
         }
         let v: Vec<f32> = shifts.iter().flatten().map(|&x| x as f32).collect();
         debug_assert_eq!(v.len(), n * d);
-        Ok((HostTensor::new(vec![dff, n], u), HostTensor::new(vec![n, d], v)))
+        Ok((
+            HostTensor::new(vec![dff, n], u),
+            HostTensor::new(vec![n, d], v),
+        ))
     }
 
     /// Cholesky factor of `lambda K0 K0^T + eps I` over the anchors' keys (`eps I` alone without anchors).
@@ -1431,8 +1464,9 @@ impl Editor {
         for i in 0..dff {
             c[i * dff + i] += eps;
         }
-        linalg::cholesky(&c, dff)
-            .ok_or_else(|| EditError::Invalid("the anchors' key matrix is not positive definite".into()))
+        linalg::cholesky(&c, dff).ok_or_else(|| {
+            EditError::Invalid("the anchors' key matrix is not positive definite".into())
+        })
     }
 
     // ----- delete and change ------------------------------------------------------------------
@@ -1464,7 +1498,14 @@ impl Editor {
         let mut patches = Vec::new();
         let mut payload = BTreeMap::new();
         let mut details = BTreeMap::new();
-        let r = self.delete_inner(docids, &docs, texts, &mut patches, &mut payload, &mut details);
+        let r = self.delete_inner(
+            docids,
+            &docs,
+            texts,
+            &mut patches,
+            &mut payload,
+            &mut details,
+        );
         if let Err(e) = r {
             self.rollback(patches, payload);
             return Err(e);
@@ -1641,14 +1682,16 @@ impl Editor {
             let positives: Vec<(Vec<f64>, f64)> = (0..r.n)
                 .map(|k| {
                     let p = r.rep(k);
-                    (to_f64(p), f64::from(self.best(p, &skip).0) + self.config.margin_new)
+                    (
+                        to_f64(p),
+                        f64::from(self.best(p, &skip).0) + self.config.margin_new,
+                    )
                 })
                 .collect();
             // old-only content: sentences of the old text absent from the new one, and the doc's anchors
             let mut old_extra: Vec<(Vec<f64>, f64)> = Vec::new();
             if let Some(old) = &c.old_text {
-                let new_sents: BTreeSet<String> =
-                    reps::sentences(&c.text, 1).into_iter().collect();
+                let new_sents: BTreeSet<String> = reps::sentences(&c.text, 1).into_iter().collect();
                 let old_only: Vec<String> = reps::sentences(old, self.config.min_sentence_words)
                     .into_iter()
                     .filter(|s| !new_sents.contains(s))
@@ -1790,7 +1833,10 @@ fn add_tokens(tok: &TextTokenizer, names: &[String], first: u32) -> Result<TextT
             "new docid tokens did not get the next ids".into(),
         ));
     }
-    Ok(TextTokenizer::from_tokenizer(inner, tok.path().to_path_buf()))
+    Ok(TextTokenizer::from_tokenizer(
+        inner,
+        tok.path().to_path_buf(),
+    ))
 }
 
 /// The tokenizer without the added tokens of id `from` and above.
@@ -1802,11 +1848,18 @@ fn remove_tokens(tok: &TextTokenizer, from: u32) -> Result<TextTokenizer> {
     let mut v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| EditError::Invalid(format!("tokenizer: {e}")))?;
     if let Some(list) = v.get_mut("added_tokens").and_then(|a| a.as_array_mut()) {
-        list.retain(|t| t.get("id").and_then(|i| i.as_u64()).is_some_and(|i| i < u64::from(from)));
+        list.retain(|t| {
+            t.get("id")
+                .and_then(|i| i.as_u64())
+                .is_some_and(|i| i < u64::from(from))
+        });
     }
     let inner: tokenizers::Tokenizer = v
         .to_string()
         .parse()
         .map_err(|e| EditError::Invalid(format!("tokenizer: {e}")))?;
-    Ok(TextTokenizer::from_tokenizer(inner, tok.path().to_path_buf()))
+    Ok(TextTokenizer::from_tokenizer(
+        inner,
+        tok.path().to_path_buf(),
+    ))
 }

@@ -106,9 +106,9 @@ impl EvalConfig {
             ],
             edit: EditConfig::default(),
             max_anchors: 2000,
-            decay_points: vec![1, 10, 100, 1000],
-            finetune_steps: 20,
-            finetune_lr: 5e-4,
+            decay_points: vec![1, 10, 25, 50, 100, 1000],
+            finetune_steps: 10,
+            finetune_lr: 1e-4,
             work_dir: work_dir.into(),
         }
     }
@@ -313,8 +313,7 @@ fn input_hits(model: &GenirModel, docs: &[NewDocument], cfg: &EditConfig) -> Res
         } else {
             format!("{} {}", d.title, d.text)
         };
-        let chunks =
-            reps::text_chunks(&model.tok, &full, cfg.max_source_len, model.scheme.eos, 1)?;
+        let chunks = reps::text_chunks(&model.tok, &full, cfg.max_source_len, model.scheme.eos, 1)?;
         for c in chunks {
             texts.push(model.tok.decode(&c, true)?);
             want.push(d.docid.clone());
@@ -503,7 +502,8 @@ pub fn continued_training(
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
     for step in 0..cfg.finetune_steps {
-        let (next, loss, _) = trainer.step(net, &mut optim, &refs, &model.scheme, cfg.finetune_lr)?;
+        let (next, loss, _) =
+            trainer.step(net, &mut optim, &refs, &model.scheme, cfg.finetune_lr)?;
         net = next;
         if step % 5 == 4 || step + 1 == cfg.finetune_steps {
             let probe = GenirModel {
@@ -514,9 +514,7 @@ pub fn continued_training(
             let mut s = probe.searcher()?;
             s.max_source_len = cfg.train.examples.max_source_len;
             let hits = s.search_ids(&sources, 1)?;
-            let done = hits
-                .iter()
-                .all(|h| h.first().is_some_and(|h| h.doc == idx));
+            let done = hits.iter().all(|h| h.first().is_some_and(|h| h.doc == idx));
             tracing::debug!(step, loss, done, "continued training");
             if done {
                 break;
@@ -530,11 +528,15 @@ pub fn continued_training(
 impl EvalReport {
     /// The table as a polars DataFrame (one row per method; decay as `retention_after_N` columns).
     pub fn dataframe(&self) -> Result<DataFrame> {
-        let col = |f: &dyn Fn(&MethodResult) -> f64| -> Vec<f64> { self.rows.iter().map(f).collect() };
+        let col =
+            |f: &dyn Fn(&MethodResult) -> f64| -> Vec<f64> { self.rows.iter().map(f).collect() };
         let mut cols: Vec<Column> = vec![
             Column::new(
                 "method".into(),
-                self.rows.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
+                self.rows
+                    .iter()
+                    .map(|r| r.method.clone())
+                    .collect::<Vec<_>>(),
             ),
             Column::new(
                 "docs".into(),
@@ -542,7 +544,10 @@ impl EvalReport {
             ),
             Column::new("success_hits_at_1".into(), col(&|r| r.success_hits_at_1)),
             Column::new("success_hits_at_10".into(), col(&|r| r.success_hits_at_10)),
-            Column::new("edit_inputs_hits_at_1".into(), col(&|r| r.edit_inputs_hits_at_1)),
+            Column::new(
+                "edit_inputs_hits_at_1".into(),
+                col(&|r| r.edit_inputs_hits_at_1),
+            ),
             Column::new("retention_before".into(), col(&|r| r.retention_before)),
             Column::new("retention_after".into(), col(&|r| r.retention_after)),
             Column::new(

@@ -147,7 +147,12 @@ impl EditLog {
     }
 
     /// A tensor of a record's payload, or an error naming the payload file.
-    pub fn tensor(&self, record: &EditRecord, key: &str, dir: Option<&Path>) -> Result<&HostTensor> {
+    pub fn tensor(
+        &self,
+        record: &EditRecord,
+        key: &str,
+        dir: Option<&Path>,
+    ) -> Result<&HostTensor> {
         self.payloads
             .get(&record.id)
             .and_then(|p| p.get(key))
@@ -234,7 +239,9 @@ impl EditLog {
         for r in &self.records {
             for p in &r.patches {
                 let keys: Vec<String> = match p {
-                    Patch::Rows { key, .. } => vec![format!("{key}.before"), format!("{key}.after")],
+                    Patch::Rows { key, .. } => {
+                        vec![format!("{key}.before"), format!("{key}.after")]
+                    }
                     Patch::LowRank { tensor, key } => {
                         if !self.base.contains_key(tensor) {
                             return Err(EditError::log(
@@ -308,7 +315,11 @@ pub fn describe(records: &[EditRecord]) -> Vec<String> {
             let docs = if r.docids.len() <= 5 {
                 r.docids.join(",")
             } else {
-                format!("{},... ({} documents)", r.docids[..5].join(","), r.docids.len())
+                format!(
+                    "{},... ({} documents)",
+                    r.docids[..5].join(","),
+                    r.docids.len()
+                )
             };
             format!(
                 "#{} {} {} [{}] {:.1} ms",

@@ -164,7 +164,8 @@ pub fn compute(model: &T5Model, sources: &[Vec<u32>], keys: bool, batch: usize) 
     for chunk in sources.chunks(batch.max(1)) {
         let (ids, mask) = pad_batch(chunk, pad, &device)?;
         let b = chunk.len();
-        let dec: Tensor<2, Int> = Tensor::from_data(TensorData::new(vec![start; b], [b, 1]), &device);
+        let dec: Tensor<2, Int> =
+            Tensor::from_data(TensorData::new(vec![start; b], [b, 1]), &device);
         let mut hooks = if keys {
             Hooks::caching(HookFilter::points(&[p_key, p_resid]))
         } else {

@@ -27,7 +27,12 @@ const SYL: [&str; 14] = [
 /// Word `slot` of document `doc`: two or three syllables, unique per (doc, slot).
 fn word(doc: usize, slot: usize) -> String {
     let k = doc * 7 + slot;
-    format!("{}{}{}", SYL[k % 14], SYL[(k / 14) % 14], SYL[(k / 196) % 14])
+    format!(
+        "{}{}{}",
+        SYL[k % 14],
+        SYL[(k / 14) % 14],
+        SYL[(k / 196) % 14]
+    )
 }
 
 fn doc_text(doc: usize) -> String {
@@ -245,7 +250,9 @@ fn delete_removes_the_document_from_search_and_from_the_exported_model() {
     let hf = T5Model::from_pretrained(dir.path(), &device()).unwrap();
     let reloaded = GenirModel::load(dir.path(), &device()).unwrap();
     assert!(reloaded.scheme.deleted.contains(&docid(victim)));
-    let token = reloaded.scheme.target(reloaded.scheme.index_of(&docid(victim)).unwrap())[0] as usize;
+    let token = reloaded
+        .scheme
+        .target(reloaded.scheme.index_of(&docid(victim)).unwrap())[0] as usize;
     let src = genir_edit::reps::encode_texts(&reloaded.tok, &all, 32, 1).unwrap();
     let am = raw_argmax(&hf, &src);
     assert!(am.iter().all(|&t| t != token), "deleted token still first");
@@ -273,13 +280,21 @@ fn incdsi_adds_documents_that_held_out_queries_find() {
     assert!(s10 >= 0.9, "held-out Hits@10 {s10} (Hits@1 {s1})");
     // the anchors (training queries, document texts and sentences) keep their docids; this tiny model's
     // unseen validation/test queries of other documents lose a few points
-    assert!(r_after >= r_before - 0.06, "retention {r_before} -> {r_after}");
+    assert!(
+        r_after >= r_before - 0.06,
+        "retention {r_before} -> {r_after}"
+    );
     assert_eq!(ed.model.scheme.len(), N_DOCS);
-    assert_eq!(ed.model.model.config.vocab_size, ed.model.scheme.vocab_size());
+    assert_eq!(
+        ed.model.model.config.vocab_size,
+        ed.model.scheme.vocab_size()
+    );
     // adding an existing docid is an error
     let e = ed.add(&[new_document(3)], AddMethod::IncDsi).unwrap_err();
     assert!(matches!(e, EditError::DuplicateDocid(_)), "{e}");
-    let e = ed.add(&[new_document(N_DOCS - 1)], AddMethod::IncDsi).unwrap_err();
+    let e = ed
+        .add(&[new_document(N_DOCS - 1)], AddMethod::IncDsi)
+        .unwrap_err();
     assert!(matches!(e, EditError::DuplicateDocid(_)), "{e}");
 }
 
@@ -297,7 +312,10 @@ fn rank_one_mlp_edit_adds_documents() {
     let (r_after, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
     eprintln!("rank-one: success {s1} / {s10}, retention {r_before} -> {r_after}");
     assert!(s10 >= 0.5, "held-out Hits@10 {s10}");
-    assert!(r_after >= r_before - 0.15, "retention {r_before} -> {r_after}");
+    assert!(
+        r_after >= r_before - 0.15,
+        "retention {r_before} -> {r_after}"
+    );
 }
 
 #[test]
@@ -374,7 +392,10 @@ fn edit_log_replays_bit_for_bit_and_undo_restores_the_original() {
         5
     );
     for f in ["model.safetensors", "docids.json", "tokenizer.json"] {
-        assert!(bytes(a.path(), f) == bytes(b.path(), f), "{f} differs after replay");
+        assert!(
+            bytes(a.path(), f) == bytes(b.path(), f),
+            "{f} differs after replay"
+        );
     }
     // replaying again is a no-op (the copy already has every edit)
     assert_eq!(
@@ -394,7 +415,10 @@ fn edit_log_replays_bit_for_bit_and_undo_restores_the_original() {
     }
     let orig = GenirModel::load(base_dir(), &device()).unwrap();
     let back = GenirModel::load(b.path(), &device()).unwrap();
-    assert_eq!(orig.tok.inner().get_vocab(true), back.tok.inner().get_vocab(true));
+    assert_eq!(
+        orig.tok.inner().get_vocab(true),
+        back.tok.inner().get_vocab(true)
+    );
     assert!(genir_edit::list_edits(b.path()).unwrap().is_empty());
     // in memory as well
     ed.undo(5).unwrap();
@@ -422,10 +446,16 @@ fn batches_of_edits() {
         .zip(100..160)
         .filter(|(h, d)| h[0].docid == format!("b{d}"))
         .count();
-    assert!(ok >= 54, "{ok} of 60 added documents retrieved by their text");
+    assert!(
+        ok >= 54,
+        "{ok} of 60 added documents retrieved by their text"
+    );
     let (r_after, _) = hits(&ed.model, &old_docs(), &["train", "validation", "test"]);
     eprintln!("batch: {ok} of 60 retrieved by their text, retention {r_before} -> {r_after}");
-    assert!(r_after >= r_before - 0.1, "retention {r_before} -> {r_after}");
+    assert!(
+        r_after >= r_before - 0.1,
+        "retention {r_before} -> {r_after}"
+    );
     // delete a batch
     let del: Vec<String> = (0..10).map(docid).collect();
     ed.delete(&del, &[]).unwrap();
@@ -468,7 +498,12 @@ fn corrupt_edit_logs_are_clear_errors() {
         },
         device(),
     )
-    .train(&collection(&new_docs()), other.path(), false, &mut LogProgress)
+    .train(
+        &collection(&new_docs()),
+        other.path(),
+        false,
+        &mut LogProgress,
+    )
     .unwrap();
     let e = genir_edit::replay_in_folder(a.path(), other.path(), &device())
         .unwrap_err()
