@@ -78,9 +78,8 @@ pub struct ChangedDocument {
     pub title: String,
     /// New text.
     pub text: String,
-    /// The old text, when known: its content that the new text drops must stop retrieving the document.
-    /// Without it, the anchors calibrated for this document (its old indexed text and queries) play that
-    /// role.
+    /// The old text, when known: its sentences that the new text drops must stop retrieving the document
+    /// (as must the anchors calibrated for this document: its old indexed text and queries).
     #[serde(default)]
     pub old_text: Option<String>,
     /// Example queries about the new content.
@@ -167,7 +166,7 @@ impl Default for EditConfig {
             max_chunks: 2,
             pseudo_queries: true,
             min_sentence_words: 4,
-            margin_new: 2.0,
+            margin_new: 1.0,
             margin_old: 1.0,
             l2: 1e-3,
             old_weight: 1.0,
@@ -437,14 +436,17 @@ impl Editor {
         Ok(())
     }
 
-    /// Anchors from a collection: the first indexed chunk of every live document of the model, and the
-    /// training queries (owned by their relevant document), evenly subsampled to at most `max` inputs.
+    /// Anchors from a collection: the first indexed chunk and the sentences (pseudo queries) of every live
+    /// document of the model, and the training queries (owned by their relevant document), evenly subsampled to at most `max` inputs.
     pub fn calibrate_from_collection(&mut self, c: &Collection, max: usize) -> Result<usize> {
         let mut items: Vec<(String, Option<String>)> = Vec::new();
         for d in c.corpus.iter() {
             if let Some(i) = self.model.scheme.index_of(&d.docid) {
                 if !self.model.scheme.is_deleted(i) {
                     items.push((d.full_text(), Some(d.docid.clone())));
+                    for s in reps::sentences(&d.text, self.config.min_sentence_words) {
+                        items.push((s, Some(d.docid.clone())));
+                    }
                 }
             }
         }
@@ -813,6 +815,7 @@ impl Editor {
         Ok(todo.len())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         op: EditOp,
@@ -1709,7 +1712,8 @@ impl Editor {
                         ));
                     }
                 }
-            } else {
+            }
+            {
                 for i in 0..self.anchors.reps.n {
                     if self.anchors.own[i] == Some(doc) {
                         let p = self.anchors.reps.rep(i);

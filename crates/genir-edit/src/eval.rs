@@ -106,9 +106,9 @@ impl EvalConfig {
             ],
             edit: EditConfig::default(),
             max_anchors: 2000,
-            decay_points: vec![1, 10, 100, 1000],
-            finetune_steps: 20,
-            finetune_lr: 5e-4,
+            decay_points: vec![1, 10, 25, 50, 100, 1000],
+            finetune_steps: 10,
+            finetune_lr: 1e-4,
             work_dir: work_dir.into(),
         }
     }

@@ -111,7 +111,7 @@ pub fn read_rows(model: &T5Model, name: &str, start: usize, n: usize) -> Result<
 pub fn write_rows(model: &mut T5Model, name: &str, start: usize, values: &[f32]) -> Result<()> {
     let p = param_mut(model, name)?;
     let [r, c] = p.val().dims();
-    if c == 0 || values.len() % c != 0 || start + values.len() / c > r {
+    if c == 0 || !values.len().is_multiple_of(c) || start + values.len() / c > r {
         return Err(EditError::Invalid(format!(
             "cannot write {} values at row {start} of {name} [{r}, {c}]",
             values.len()
