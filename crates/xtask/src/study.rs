@@ -1,0 +1,1143 @@
+//! `cargo xtask reproduce`: trains the models, runs every analysis and the edits, and collects the results
+//! the report shows. Each step is cached (see [`crate::steps`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use genir_data::{Collection, Queries, QuerySet};
+use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
+use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
+use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
+use genir_interp::patching::{activation_patching, make_pairs, Corruption, PatchConfig};
+use genir_interp::swap::EncoderSwap;
+use genir_interp::{figures, write_table, Probe};
+use genir_mechir::plot::{block_panels, head_panels, heatmap};
+use genir_mechir::{
+    sweep_blocks, sweep_heads, EncodeConfig, PairDataset, PairPerturbation, PatchModel, Sampling,
+};
+use genir_model::bert::{Cat, Dot};
+use genir_model::device::Backend;
+use genir_train::bundle::GenirModel;
+use genir_train::docid::DocidKind;
+use genir_train::examples::ExampleConfig;
+use genir_train::train::{Architecture, Init, Progress, StepInfo, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::frames::{f64s, group, i64s, mean, median, strs};
+use crate::png::svg_to_png;
+use crate::steps::{Key, StepRecord, Steps};
+
+/// How big a study to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Scale {
+    /// Minutes on a laptop: the 179-passage mini corpus, a tiny model (used by the tests).
+    Smoke,
+    /// The shipped 1,985-passage corpus with the README's recipe (under 30 minutes on 2 CPU cores).
+    Default,
+    /// A larger model, longer training, more probes and block patching of the bi-encoder.
+    Paper,
+}
+
+/// Everything a scale decides.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScaleParams {
+    /// Collection used when `--corpus` is not given.
+    pub corpus: String,
+    /// The GenIR model.
+    pub arch: Architecture,
+    /// Training epochs.
+    pub epochs: usize,
+    /// Documents left out of the "missing documents" model.
+    pub missing: usize,
+    /// Correctly retrieved queries analysed by the logit lens, contributions, head projection, ablations.
+    pub probes: usize,
+    /// Clean / corrupted pairs of the activation-patching sweep.
+    pub patch_pairs: usize,
+    /// Pairs of the MechIR head patching.
+    pub mechir_pairs: usize,
+    /// Pairs of the MechIR block patching (0: not run).
+    pub mechir_block_pairs: usize,
+    /// Documents added by each editing method.
+    pub edit_docs: usize,
+}
+
+impl Scale {
+    /// The parameters of this scale.
+    pub fn params(self) -> ScaleParams {
+        match self {
+            Scale::Smoke => ScaleParams {
+                corpus: "wiki-genir-mini".into(),
+                arch: Architecture {
+                    d_model: 64,
+                    d_ff: 256,
+                    layers: 2,
+                    heads: 4,
+                    text_vocab: 1000,
+                },
+                epochs: 12,
+                missing: 5,
+                probes: 16,
+                patch_pairs: 6,
+                mechir_pairs: 3,
+                mechir_block_pairs: 0,
+                edit_docs: 3,
+            },
+            Scale::Default => ScaleParams {
+                corpus: "wiki-genir".into(),
+                arch: Architecture::default(),
+                epochs: 8,
+                missing: 10,
+                probes: 64,
+                patch_pairs: 24,
+                mechir_pairs: 16,
+                mechir_block_pairs: 0,
+                edit_docs: 20,
+            },
+            Scale::Paper => ScaleParams {
+                corpus: "wiki-genir".into(),
+                arch: Architecture {
+                    d_model: 256,
+                    d_ff: 1024,
+                    layers: 4,
+                    heads: 4,
+                    text_vocab: 8000,
+                },
+                epochs: 20,
+                missing: 10,
+                probes: 128,
+                patch_pairs: 48,
+                mechir_pairs: 16,
+                mechir_block_pairs: 4,
+                edit_docs: 50,
+            },
+        }
+    }
+}
+
+/// Options of `cargo xtask reproduce`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Shipped collection name or collection folder (`None`: the scale's).
+    pub corpus: Option<String>,
+    /// Scale.
+    pub scale: Scale,
+    /// Report folder.
+    pub report: PathBuf,
+    /// Work folder (models, cached steps).
+    pub work: PathBuf,
+    /// Compute backend.
+    pub backend: Backend,
+    /// Bi-encoder folder for the MechIR step (skipped with a reason when absent).
+    pub bi_encoder: Option<PathBuf>,
+    /// Cross-encoder folder for the MechIR step (skipped with a reason when absent).
+    pub cross_encoder: Option<PathBuf>,
+    /// Ignore the cache.
+    pub force: bool,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// One model's retrieval quality on one split.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelRow {
+    /// `base` or `missing`.
+    pub model: String,
+    /// Documents whose texts and queries it was trained on.
+    pub trained_docs: usize,
+    /// Split evaluated.
+    pub split: String,
+    /// Queries.
+    pub queries: usize,
+    /// Hits@1.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub hits_at_1: f64,
+    /// Hits@10.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub hits_at_10: f64,
+    /// MRR@10.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mrr_at_10: f64,
+}
+
+/// A trained model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trained {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Training steps.
+    pub steps: usize,
+    /// Examples per second of the last session.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub examples_per_sec: f64,
+    /// Final training loss.
+    pub final_loss: f32,
+}
+
+/// One encoder-swap evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SwapRow {
+    /// Whose encoder.
+    pub encoder: String,
+    /// Whose decoder.
+    pub decoder: String,
+    /// Query subset.
+    pub subset: String,
+    /// Queries.
+    pub queries: usize,
+    /// Hits@1.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub hits_at_1: f64,
+    /// Hits@10.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub hits_at_10: f64,
+    /// MRR@10.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mrr_at_10: f64,
+}
+
+/// Per decoder layer and component: the logit lens summary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LensRow {
+    /// Layer.
+    pub layer: i64,
+    /// Component or residual point.
+    pub component: String,
+    /// Median rank of the correct docid (1 = top).
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub median_rank: f64,
+    /// Share of probes with the correct docid at rank 1.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub top1: f64,
+    /// Mean rank of all docid tokens.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mean_rank_docids: f64,
+    /// Mean rank of all other tokens.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mean_rank_non_docids: f64,
+}
+
+/// Per decoder layer and component: the contribution summary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContribRow {
+    /// Layer.
+    pub layer: i64,
+    /// Component.
+    pub component: String,
+    /// Mean share of the residual change (by norm).
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub share: f64,
+    /// Mean norm ratio to the residual change.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub ratio: f64,
+    /// Mean cosine with the layer output.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub cos: f64,
+}
+
+/// A patched cell's mean metric.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PatchRow {
+    /// Patch target.
+    pub target: String,
+    /// Layer.
+    pub layer: i64,
+    /// Component.
+    pub component: String,
+    /// Head (-1: none).
+    pub head: i64,
+    /// Position (-1: none).
+    pub position: i64,
+    /// Mean normalised metric (0 corrupted, 1 clean).
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub value: f64,
+}
+
+/// A cross-attention head's vocabulary projection summary.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeadRow {
+    /// Layer.
+    pub layer: i64,
+    /// Head.
+    pub head: i64,
+    /// Mean rank of the correct docid among docid tokens.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub correct_rank: f64,
+    /// The text tokens most often in the head's top 5, with counts.
+    pub frequent_tokens: String,
+    /// An example: query and the head's top text tokens for it.
+    pub example: String,
+}
+
+/// An ablation's effect.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AblationRow {
+    /// Label.
+    pub label: String,
+    /// zero / mean.
+    pub mode: String,
+    /// Hits@1 on the correctly retrieved queries after ablation.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub hits_at_1: f64,
+    /// Share of those queries no longer at rank 1 (the paper's Table 3 measure), in percent.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub lost_percent: f64,
+}
+
+/// One MechIR sweep.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MechirRow {
+    /// Model folder name.
+    pub model: String,
+    /// dot / cat.
+    pub kind: String,
+    /// Perturbation.
+    pub perturbation: String,
+    /// heads / blocks.
+    pub patch: String,
+    /// Pairs.
+    pub pairs: usize,
+    /// Seconds the sweep took.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub seconds: f64,
+    /// Mean relevance score of the original and of the perturbed documents.
+    pub mean_scores: (f64, f64),
+    /// The strongest cells: "L3H5 0.41" or "attn L2 pos 17 0.3".
+    pub top: String,
+    /// Figure stem.
+    pub figure: String,
+}
+
+/// The edit comparison.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EditsResult {
+    /// Markdown table from genir-edit.
+    pub markdown: String,
+    /// The report itself.
+    pub report: genir_edit::eval::EvalReport,
+}
+
+/// A figure of the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Figure {
+    /// File stem under `figures/` (`.svg` and `.png` exist).
+    pub stem: String,
+    /// Caption.
+    pub caption: String,
+}
+
+/// Every result the report shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Study {
+    /// Collection name.
+    pub corpus: String,
+    /// Scale.
+    pub scale: Scale,
+    /// Its parameters.
+    pub params: ScaleParams,
+    /// Backend that ran it.
+    pub backend: String,
+    /// Documents / queries per split.
+    pub collection_stats: String,
+    /// Training configuration of the base model.
+    pub train_config: TrainConfig,
+    /// Trained models.
+    pub trained: BTreeMap<String, Trained>,
+    /// Retrieval quality.
+    pub models: Vec<ModelRow>,
+    /// Documents the missing-documents model never saw.
+    pub removed: Vec<String>,
+    /// Encoder swap.
+    pub swap: Vec<SwapRow>,
+    /// Probes analysed (training queries the base model retrieves at rank 1).
+    pub probes: usize,
+    /// Logit lens.
+    pub lens: Vec<LensRow>,
+    /// Contributions.
+    pub contrib: Vec<ContribRow>,
+    /// Patching (components and top heads).
+    pub patching: Vec<PatchRow>,
+    /// Patching pairs.
+    pub patch_pairs: usize,
+    /// Head projection.
+    pub heads: Vec<HeadRow>,
+    /// Ablations.
+    pub ablation: Vec<AblationRow>,
+    /// MechIR sweeps.
+    pub mechir: Vec<MechirRow>,
+    /// MechIR models skipped, with the reason.
+    pub mechir_skipped: Vec<String>,
+    /// Edits.
+    pub edits: Option<EditsResult>,
+    /// Figures.
+    pub figures: Vec<Figure>,
+    /// Steps, their times and whether they came from the cache.
+    pub steps: Vec<StepRecord>,
+    /// Seconds this run took.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub total_seconds: f64,
+}
+
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Progress for Bar {
+    fn step(&mut self, info: &StepInfo) {
+        self.bar.set_length(info.total_steps as u64);
+        self.bar.set_position(info.step as u64);
+        self.bar.set_message(format!(
+            "epoch {} loss {:.3} {:.0} ex/s",
+            info.epoch + 1,
+            info.loss,
+            info.examples_per_sec
+        ));
+    }
+    fn event(&mut self, message: &str) {
+        tracing::info!("{message}");
+    }
+}
+
+fn bar(progress: bool, label: &str) -> ProgressBar {
+    let b = if progress {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{label:>12} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} eta {{eta}} {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// Loads a shipped collection by name or a collection folder.
+pub fn load_collection(spec: &str) -> Result<Collection> {
+    if genir_data::shipped::names().contains(&spec) {
+        return Ok(genir_data::shipped::load(spec)?);
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return genir_data::formats::load_collection_dir(path)
+            .with_context(|| format!("loading the collection in {}", path.display()));
+    }
+    bail!(
+        "--corpus {spec:?}: neither a shipped collection ({}) nor a folder",
+        genir_data::shipped::names().join(", ")
+    )
+}
+
+/// A fingerprint of a collection's content.
+fn collection_key(c: &Collection) -> Result<Key> {
+    let mut h = 0u64;
+    for d in c.corpus.iter() {
+        for s in [&d.docid, &d.title, &d.text] {
+            h = crate::steps::fnv1a(s.as_bytes(), h);
+        }
+    }
+    for (name, s) in &c.splits {
+        h = crate::steps::fnv1a(name.as_bytes(), h);
+        for q in s.queries.iter() {
+            h = crate::steps::fnv1a(q.qid.as_bytes(), h);
+            h = crate::steps::fnv1a(q.text.as_bytes(), h);
+        }
+        for r in s.qrels.iter() {
+            h = crate::steps::fnv1a(r.qid.as_bytes(), h);
+            h = crate::steps::fnv1a(r.docid.as_bytes(), h);
+        }
+    }
+    Ok(Key(h))
+}
+
+/// Documents that are the only relevant document of at least one training query: the missing-documents
+/// model leaves `n` of them out (seeded).
+fn choose_removed(c: &Collection, n: usize, seed: u64) -> Result<Vec<String>> {
+    let train = c
+        .split("train")
+        .context("the collection has no train split")?;
+    let mut cand = BTreeSet::new();
+    for q in train.queries.iter() {
+        let rel: Vec<&str> = train.qrels.relevant(&q.qid).collect();
+        if rel.len() == 1 {
+            cand.insert(rel[0].to_string());
+        }
+    }
+    let mut cand: Vec<String> = cand.into_iter().collect();
+    if cand.len() < n {
+        bail!(
+            "only {} documents have a training query of their own; {n} are needed",
+            cand.len()
+        );
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    cand.shuffle(&mut rng);
+    let mut v = cand[..n].to_vec();
+    v.sort();
+    Ok(v)
+}
+
+fn train_model(
+    name: &str,
+    cfg: &TrainConfig,
+    c: &Collection,
+    dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+) -> Result<Trained> {
+    let run = dir.join("model");
+    let mut p = Bar {
+        bar: bar(progress, name),
+    };
+    let trainer = Trainer::new(cfg.clone(), device.clone());
+    let resume = resume && genir_train::train::latest_checkpoint(&run)?.is_some();
+    if resume {
+        tracing::info!("{name}: resuming the interrupted run in {}", run.display());
+    }
+    let s = trainer.train(c, &run, resume, &mut p)?;
+    p.bar.finish_and_clear();
+    Ok(Trained {
+        dir: run,
+        steps: s.state.step,
+        examples_per_sec: s.examples_per_sec,
+        final_loss: s.state.losses.last().map(|l| l.1).unwrap_or(f32::NAN),
+    })
+}
+
+fn evaluate_model(
+    gm: &GenirModel,
+    name: &str,
+    trained_docs: usize,
+    c: &Collection,
+) -> Result<Vec<ModelRow>> {
+    let searcher = gm.searcher()?;
+    let mut rows = Vec::new();
+    for split in ["train", "validation", "test"] {
+        let Some(set) = c.split(split) else { continue };
+        let run = searcher.run(&set.queries, 10, 64, name)?;
+        let e = genir_train::metrics::evaluate(&run, &set.qrels, None);
+        rows.push(ModelRow {
+            model: name.into(),
+            trained_docs,
+            split: split.into(),
+            queries: e.per_query.len(),
+            hits_at_1: e.hits_at_1,
+            hits_at_10: e.hits_at_10,
+            mrr_at_10: e.mrr_at_10,
+        });
+    }
+    Ok(rows)
+}
+
+/// The training queries `gm` retrieves at rank 1 (the set the paper analyses: "correct queries").
+fn correct_queries(gm: &GenirModel, c: &Collection, max: usize) -> Result<QuerySet> {
+    let set = c
+        .split("train")
+        .context("the collection has no train split")?;
+    let searcher = gm.searcher()?;
+    let run = searcher.run(&set.queries, 1, 64, "probe")?;
+    let e = genir_train::metrics::evaluate(&run, &set.qrels, None);
+    let ok: BTreeSet<&str> = e
+        .per_query
+        .iter()
+        .filter(|q| q.hits_at_1 >= 1.0)
+        .map(|q| q.qid.as_str())
+        .collect();
+    let queries: Vec<_> = set
+        .queries
+        .iter()
+        .filter(|q| ok.contains(q.qid.as_str()))
+        .take(max)
+        .cloned()
+        .collect();
+    let keep: BTreeSet<String> = queries.iter().map(|q| q.qid.clone()).collect();
+    if queries.is_empty() {
+        bail!(
+            "the base model retrieves none of the training queries at rank 1: nothing to analyse"
+        );
+    }
+    Ok(QuerySet {
+        queries: Queries::new(queries),
+        qrels: set.qrels.filter(|r| keep.contains(&r.qid)),
+    })
+}
+
+/// Runs the study and writes the report; returns the study.
+pub fn reproduce(opts: &Options) -> Result<Study> {
+    let started = Instant::now();
+    let params = opts.scale.params();
+    let corpus = opts.corpus.clone().unwrap_or_else(|| params.corpus.clone());
+    let c = load_collection(&corpus)?;
+    let device = opts.backend.device()?;
+    let backend = format!("{:?}", opts.backend).to_lowercase();
+    let ckey = collection_key(&c)?;
+    let mut steps = Steps::new(&opts.work, opts.force)?;
+    let stats = format!(
+        "{} documents; {}",
+        c.corpus.len(),
+        c.splits
+            .iter()
+            .map(|(n, s)| format!("{n}: {} queries", s.queries.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    tracing::info!(
+        "{corpus}: {stats}; scale {:?}; backend {backend}",
+        opts.scale
+    );
+    let mut figs: Vec<Figure> = Vec::new();
+
+    // ---- training
+    let train_cfg = TrainConfig {
+        init: Init::Scratch(params.arch.clone()),
+        docids: DocidKind::Atomic,
+        examples: ExampleConfig::default(),
+        epochs: params.epochs,
+        checkpoint_every: 200,
+        ..TrainConfig::default()
+    };
+    let base_key = Key::of(&(&train_cfg, "base"), &[ckey])?;
+    let progress = opts.progress;
+    let base: Trained = steps.run("train_base", base_key, |dir, resume| {
+        train_model("base", &train_cfg, &c, dir, resume, &device, progress)
+    })?;
+    let removed = choose_removed(&c, params.missing, 11)?;
+    let mut missing_cfg = train_cfg.clone();
+    missing_cfg.examples.exclude = removed.clone();
+    let missing_key = Key::of(&(&missing_cfg, "missing"), &[ckey])?;
+    let missing: Trained = steps.run("train_missing", missing_key, |dir, resume| {
+        train_model("missing", &missing_cfg, &c, dir, resume, &device, progress)
+    })?;
+    let gm = GenirModel::load(&base.dir, &device)?;
+    let gm_missing = GenirModel::load(&missing.dir, &device)?;
+
+    // ---- evaluation
+    let models: Vec<ModelRow> = steps.run(
+        "evaluate",
+        Key::of(&"eval", &[base_key, missing_key])?,
+        |_, _| {
+            let mut rows = evaluate_model(&gm, "base", c.corpus.len(), &c)?;
+            rows.extend(evaluate_model(
+                &gm_missing,
+                "missing",
+                c.corpus.len() - removed.len(),
+                &c,
+            )?);
+            Ok(rows)
+        },
+    )?;
+
+    // ---- encoder swap: the removed documents' training queries
+    let swap: Vec<SwapRow> = steps.run(
+        "swap",
+        Key::of(&"swap", &[base_key, missing_key])?,
+        |dir, _| {
+            let train = c.split("train").context("no train split")?;
+            let mut rows = Vec::new();
+            let combos = [
+                ("base", &gm, "base", &gm),
+                ("missing", &gm_missing, "missing", &gm_missing),
+                ("missing", &gm_missing, "base", &gm),
+                ("base", &gm, "missing", &gm_missing),
+            ];
+            let mut frames = Vec::new();
+            for (en, e, dn, d) in combos {
+                let ev = EncoderSwap::new(e, d)?.evaluate(train, Some(&removed))?;
+                let label = format!("{en}_encoder+{dn}_decoder");
+                frames.push(ev.to_frame(&label)?);
+                for (subset, m) in [
+                    ("all training queries", Some(&ev.all)),
+                    ("removed documents' queries", ev.unseen.as_ref()),
+                ] {
+                    if let Some(m) = m {
+                        rows.push(SwapRow {
+                            encoder: en.into(),
+                            decoder: dn.into(),
+                            subset: subset.into(),
+                            queries: m.per_query.len(),
+                            hits_at_1: m.hits_at_1,
+                            hits_at_10: m.hits_at_10,
+                            mrr_at_10: m.mrr_at_10,
+                        });
+                    }
+                }
+            }
+            let mut df = frames
+                .into_iter()
+                .reduce(|a, b| a.vstack(&b).unwrap_or(a))
+                .context("no swap rows")?;
+            write_table(&mut df, &dir.join("encoder_swap"))?;
+            figures::swap_figure(&df, &dir.join("encoder_swap.svg"))?;
+            svg_to_png(&dir.join("encoder_swap.svg"), 2.0)?;
+            Ok(rows)
+        },
+    )?;
+    figs.push(Figure {
+        stem: "encoder_swap".into(),
+        caption: "Encoder swap: Hits@1 of every encoder / decoder combination, on all training queries and on the queries of the documents the missing-documents model never saw.".into(),
+    });
+
+    // ---- probes: training queries the base model gets right
+    let probe_set = correct_queries(&gm, &c, params.probes)?;
+    let probes = Probe::from_query_set(&probe_set);
+    let pkey = Key::of(&(params.probes, "probes"), &[base_key])?;
+
+    let lens: Vec<LensRow> = steps.run("logit_lens", pkey, |dir, _| {
+        let mut df = logit_lens(&gm, &probes, &LensConfig::default())?;
+        write_table(&mut df, &dir.join("logit_lens"))?;
+        figures::logit_lens_figure(&df, &dir.join("logit_lens.svg"))?;
+        svg_to_png(&dir.join("logit_lens.svg"), 2.0)?;
+        let layer = i64s(&df, "layer")?;
+        let comp = strs(&df, "component")?;
+        let keys: Vec<(i64, String)> = layer.into_iter().zip(comp).collect();
+        let rank = group(&keys, &f64s(&df, "rank")?);
+        let md = group(&keys, &f64s(&df, "mean_rank_docids")?);
+        let mn = group(&keys, &f64s(&df, "mean_rank_non_docids")?);
+        Ok(rank
+            .iter()
+            .map(|(k, r)| LensRow {
+                layer: k.0,
+                component: k.1.clone(),
+                median_rank: median(r),
+                top1: r.iter().filter(|x| **x <= 1.0).count() as f64 / r.len().max(1) as f64,
+                mean_rank_docids: mean(&md[k]),
+                mean_rank_non_docids: mean(&mn[k]),
+            })
+            .collect())
+    })?;
+    figs.push(Figure {
+        stem: "logit_lens".into(),
+        caption: "Logit lens: rank of the correct docid (and mean rank of docid / non-docid tokens) read from the residual stream and each component's output at every decoder layer.".into(),
+    });
+
+    let contrib: Vec<ContribRow> = steps.run("contributions", pkey, |dir, _| {
+        let mut df = component_contributions(&gm, &probes, &LensConfig::default())?;
+        write_table(&mut df, &dir.join("contributions"))?;
+        figures::contribution_figure(&df, &dir.join("contributions.svg"))?;
+        svg_to_png(&dir.join("contributions.svg"), 2.0)?;
+        let layer = i64s(&df, "layer")?;
+        let comp = strs(&df, "component")?;
+        let keys: Vec<(i64, String)> = layer.into_iter().zip(comp).collect();
+        let share = group(&keys, &f64s(&df, "share")?);
+        let ratio = group(&keys, &f64s(&df, "ratio_to_delta")?);
+        let cos = group(&keys, &f64s(&df, "cos_resid_post")?);
+        Ok(share
+            .iter()
+            .map(|(k, s)| ContribRow {
+                layer: k.0,
+                component: k.1.clone(),
+                share: mean(s),
+                ratio: mean(&ratio[k]),
+                cos: mean(&cos[k]),
+            })
+            .collect())
+    })?;
+    figs.push(Figure {
+        stem: "contributions".into(),
+        caption: "Component contribution: each component's share of the residual-stream change per decoder layer, and its cosine with the layer output.".into(),
+    });
+
+    let n_pairs = params.patch_pairs.min(probes.len());
+    let pairs = make_pairs(&probes[..n_pairs], &Corruption::OtherQuery { seed: 0 })?;
+    let patch_key = Key::of(&(n_pairs, "patch"), &[pkey])?;
+    let patching: Vec<PatchRow> = steps.run("patching", patch_key, |dir, _| {
+        let mut df = activation_patching(&gm, &pairs, &PatchConfig::default())?;
+        write_table(&mut df, &dir.join("patching"))?;
+        figures::patching_figure(&df, &dir.join("patching.svg"))?;
+        svg_to_png(&dir.join("patching.svg"), 2.0)?;
+        let target = strs(&df, "target")?;
+        let layer = i64s(&df, "layer")?;
+        let comp = strs(&df, "component")?;
+        let head = i64s(&df, "head")?;
+        let pos = i64s(&df, "position")?;
+        let keys: Vec<(String, i64, String, i64, i64)> = (0..df.height())
+            .map(|i| {
+                (
+                    target[i].clone(),
+                    layer[i],
+                    comp[i].clone(),
+                    head[i],
+                    pos[i],
+                )
+            })
+            .collect();
+        let g = group(&keys, &f64s(&df, "value")?);
+        Ok(g.iter()
+            .map(|(k, v)| PatchRow {
+                target: k.0.clone(),
+                layer: k.1,
+                component: k.2.clone(),
+                head: k.3,
+                position: k.4,
+                value: mean(v),
+            })
+            .collect())
+    })?;
+    figs.push(Figure {
+        stem: "patching".into(),
+        caption: "Activation patching (clean into corrupted run; corrupted = another query): normalised logit difference, 0 = corrupted, 1 = clean, per component, head and position.".into(),
+    });
+
+    let heads: Vec<HeadRow> = steps.run("head_projection", pkey, |dir, _| {
+        let mut df = head_vocab_projection(&gm, &probes, &HeadProjectionConfig::default())?;
+        write_table(&mut df, &dir.join("head_projection"))?;
+        figures::head_projection_figure(&df, &dir.join("head_projection.svg"))?;
+        svg_to_png(&dir.join("head_projection.svg"), 2.0)?;
+        let part = strs(&df, "part")?;
+        let layer = i64s(&df, "layer")?;
+        let head = i64s(&df, "head")?;
+        let rank = f64s(&df, "rank")?;
+        let token = strs(&df, "token")?;
+        let qid = strs(&df, "qid")?;
+        let mut correct: BTreeMap<(i64, i64), Vec<f64>> = BTreeMap::new();
+        let mut counts: BTreeMap<(i64, i64), BTreeMap<String, usize>> = BTreeMap::new();
+        let mut example: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+        let first_qid = qid.first().cloned().unwrap_or_default();
+        for i in 0..df.height() {
+            let k = (layer[i], head[i]);
+            match part[i].as_str() {
+                "correct" => correct.entry(k).or_default().push(rank[i]),
+                "text" if rank[i] <= 5.0 => {
+                    *counts
+                        .entry(k)
+                        .or_default()
+                        .entry(token[i].clone())
+                        .or_default() += 1;
+                    if qid[i] == first_qid {
+                        example.entry(k).or_default().push(token[i].clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let query = probes
+            .iter()
+            .find(|p| p.qid == first_qid)
+            .map(|p| p.text.clone())
+            .unwrap_or_default();
+        Ok(correct
+            .iter()
+            .map(|(k, r)| {
+                let mut c: Vec<(String, usize)> = counts
+                    .get(k)
+                    .map(|m| m.iter().map(|(t, n)| (t.clone(), *n)).collect())
+                    .unwrap_or_default();
+                c.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                HeadRow {
+                    layer: k.0,
+                    head: k.1,
+                    correct_rank: mean(r),
+                    frequent_tokens: c
+                        .iter()
+                        .take(6)
+                        .map(|(t, n)| format!("{t} ({n})"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    example: format!(
+                        "\"{query}\": {}",
+                        example.get(k).map(|v| v.join(", ")).unwrap_or_default()
+                    ),
+                }
+            })
+            .collect())
+    })?;
+    figs.push(Figure {
+        stem: "head_projection".into(),
+        caption: "Cross-attention heads projected through the LM head: rank of the correct docid among docid tokens per layer and head.".into(),
+    });
+
+    let ablation: Vec<AblationRow> = steps.run("ablation", pkey, |dir, _| {
+        let reference: Vec<String> = probe_set.queries.iter().map(|q| q.text.clone()).collect();
+        let layers = gm.model.decoder.blocks.len();
+        let stage1 = layers.div_ceil(2);
+        let mut abl = Vec::new();
+        for mode in [AblationMode::Zero, AblationMode::Mean] {
+            let m = match mode {
+                AblationMode::Zero => "zero",
+                AblationMode::Mean => "mean",
+            };
+            for (kind, hook) in [
+                ("self_attn", "hook_self_attn_out"),
+                ("cross_attn", "hook_cross_attn_out"),
+                ("mlp", "hook_mlp_out"),
+            ] {
+                for l in 0..layers {
+                    abl.push(Ablation::parse(
+                        &gm,
+                        &format!("{kind} L{l} ({m})"),
+                        &format!("decoder.blocks.{l}.{hook}"),
+                        mode,
+                    )?);
+                }
+                abl.push(Ablation::parse(
+                    &gm,
+                    &format!("{kind} all layers ({m})"),
+                    &format!("decoder.blocks.*.{hook}"),
+                    mode,
+                )?);
+            }
+        }
+        // the paper's minimal circuit, with the first half of the layers as "stage I" (mean-ablated)
+        let first: Vec<String> = (0..stage1)
+            .flat_map(|l| {
+                [
+                    format!("decoder.blocks.{l}.hook_cross_attn_out"),
+                    format!("decoder.blocks.{l}.hook_mlp_out"),
+                ]
+            })
+            .collect();
+        abl.push(Ablation::parse(
+            &gm,
+            "minimal circuit analogue (mean)",
+            &format!("decoder.blocks.*.hook_self_attn_out,{}", first.join(",")),
+            AblationMode::Mean,
+        )?);
+        let mut df = ablation_study(
+            &gm,
+            &probe_set,
+            &abl,
+            Some(&reference),
+            &AblationConfig::default(),
+        )?;
+        write_table(&mut df, &dir.join("ablation"))?;
+        figures::ablation_figure(&df, &dir.join("ablation.svg"))?;
+        svg_to_png(&dir.join("ablation.svg"), 2.0)?;
+        let label = strs(&df, "label")?;
+        let mode = strs(&df, "mode")?;
+        let h1 = f64s(&df, "hits_at_1")?;
+        let base_h1 = h1.first().copied().unwrap_or(f64::NAN);
+        Ok((0..df.height())
+            .map(|i| AblationRow {
+                label: label[i].clone(),
+                mode: mode[i].clone(),
+                hits_at_1: h1[i],
+                lost_percent: 100.0 * (base_h1 - h1[i]).max(0.0) / base_h1.max(1e-12),
+            })
+            .collect())
+    })?;
+    figs.push(Figure {
+        stem: "ablation".into(),
+        caption: "Ablation: Hits@1 on the correctly retrieved training queries with components zeroed or mean-ablated.".into(),
+    });
+
+    // ---- MechIR: bi-encoder and cross-encoder under TFC1 and TDC
+    let mut mechir = Vec::new();
+    let mut mechir_skipped = Vec::new();
+    let rankers: [(&str, &Option<PathBuf>); 2] =
+        [("dot", &opts.bi_encoder), ("cat", &opts.cross_encoder)];
+    for (kind, dir) in rankers {
+        let Some(dir) = dir else {
+            mechir_skipped.push(format!(
+                "{kind}: no {} folder given",
+                if kind == "dot" {
+                    "bi-encoder"
+                } else {
+                    "cross-encoder"
+                }
+            ));
+            continue;
+        };
+        if !dir.join("config.json").exists() {
+            mechir_skipped.push(format!(
+                "{kind}: {} is not a model folder (no config.json); tools/models/install_reference_models.sh installs all-MiniLM-L6-v2",
+                dir.display()
+            ));
+            continue;
+        }
+        let weights = Key(crate::steps::fnv1a(
+            &std::fs::read(dir.join("config.json")).unwrap_or_default(),
+            std::fs::metadata(dir.join("model.safetensors"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+        ));
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| kind.to_string());
+        let mut jobs = vec![
+            ("tfc1", "heads", params.mechir_pairs),
+            ("tdc", "heads", params.mechir_pairs),
+        ];
+        if params.mechir_block_pairs > 0 {
+            jobs.push(("tfc1", "blocks", params.mechir_block_pairs));
+        }
+        for (pert, patch, n) in jobs {
+            let step = format!("mechir_{kind}_{pert}_{patch}");
+            let key = Key::of(&(kind, pert, patch, n), &[ckey, weights])?;
+            let row: MechirRow = steps.run(&step, key, |out, _| {
+                let split = c
+                    .split("test")
+                    .or_else(|| c.split("train"))
+                    .context("no query split")?;
+                let pairs = PairDataset::sample(
+                    &c.corpus,
+                    &split.queries,
+                    &split.qrels,
+                    PairPerturbation::parse(pert, 0)?,
+                    &Sampling::new(n, 0),
+                )?;
+                let cfg = genir_mechir::PatchConfig {
+                    encode: EncodeConfig::default(),
+                    ..genir_mechir::PatchConfig::default()
+                };
+                if kind == "dot" {
+                    let m = Dot::from_pretrained(dir, &device)
+                        .with_context(|| format!("loading {}", dir.display()))?;
+                    mechir_sweep(&m, &pairs, &cfg, patch, out, &step, &name, kind, pert)
+                } else {
+                    let m = Cat::from_pretrained(dir, &device)
+                        .with_context(|| format!("loading {}", dir.display()))?;
+                    mechir_sweep(&m, &pairs, &cfg, patch, out, &step, &name, kind, pert)
+                }
+            })?;
+            figs.push(Figure {
+                stem: step.clone(),
+                caption: format!(
+                    "MechIR {patch} patching of {} ({kind}) under {}: (patched - original) / (perturbed - original), {} pairs.",
+                    row.model,
+                    pert.to_uppercase(),
+                    row.pairs
+                ),
+            });
+            mechir.push(row);
+        }
+    }
+
+    // ---- edits
+    let mut edit_train = train_cfg.clone();
+    edit_train.checkpoint_every = 100_000;
+    let edit_key = Key::of(&(&edit_train, params.edit_docs, "edits"), &[ckey])?;
+    let edits: EditsResult = steps.run("edits", edit_key, |dir, _| {
+        let mut cfg = genir_edit::eval::EvalConfig::new(dir.join("work"), edit_train.clone());
+        cfg.n_new = params.edit_docs;
+        cfg.decay_points = [1, 10, 100, 1000]
+            .into_iter()
+            .filter(|&p| p <= params.edit_docs)
+            .chain(std::iter::once(params.edit_docs))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let b = bar(progress, "edits");
+        b.set_message("training the edit base model, editing, retraining");
+        b.enable_steady_tick(std::time::Duration::from_millis(500));
+        let report = genir_edit::eval::evaluate_methods(&c, &cfg, &device)?;
+        b.finish_and_clear();
+        report.write_parquet(&dir.join("edits.parquet"))?;
+        let df = report.dataframe()?;
+        genir_interp::write_csv(&df, &dir.join("edits.csv"))?;
+        // the models are large and not part of the report
+        let _ = std::fs::remove_dir_all(dir.join("work"));
+        Ok(EditsResult {
+            markdown: report.markdown(),
+            report,
+        })
+    })?;
+
+    let study = Study {
+        corpus,
+        scale: opts.scale,
+        params,
+        backend,
+        collection_stats: stats,
+        train_config: train_cfg,
+        trained: BTreeMap::from([("base".into(), base), ("missing".into(), missing)]),
+        models,
+        removed,
+        swap,
+        probes: probes.len(),
+        lens,
+        contrib,
+        patching,
+        patch_pairs: n_pairs,
+        heads,
+        ablation,
+        mechir,
+        mechir_skipped,
+        edits: Some(edits),
+        figures: figs,
+        steps: steps.records.clone(),
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    crate::report::write(&study, &opts.work, &opts.report)?;
+    Ok(study)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mechir_sweep<M: PatchModel>(
+    m: &M,
+    pairs: &PairDataset,
+    cfg: &genir_mechir::PatchConfig,
+    patch: &str,
+    out: &Path,
+    stem: &str,
+    name: &str,
+    kind: &str,
+    pert: &str,
+) -> Result<MechirRow> {
+    let t = Instant::now();
+    let (mut df, panels, scores, top) = if patch == "blocks" {
+        let r = sweep_blocks(m, pairs, cfg)?;
+        let df = r.to_frame()?;
+        let comp = strs(&df, "component")?;
+        let layer = i64s(&df, "layer")?;
+        let pos = i64s(&df, "position")?;
+        let v = f64s(&df, "value")?;
+        let mut idx: Vec<usize> = (0..df.height()).collect();
+        idx.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+        let top = idx
+            .iter()
+            .take(5)
+            .map(|&i| format!("{} L{} pos {} {:.2}", comp[i], layer[i], pos[i], v[i]))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (df, block_panels(&r), r.scores, top)
+    } else {
+        let r = sweep_heads(m, pairs, None, cfg)?;
+        let df = r.to_frame()?;
+        let layer = i64s(&df, "layer")?;
+        let head = i64s(&df, "head")?;
+        let v = f64s(&df, "value")?;
+        let g = group(
+            &layer
+                .iter()
+                .zip(&head)
+                .map(|(l, h)| (*l, *h))
+                .collect::<Vec<_>>(),
+            &v,
+        );
+        let mut cells: Vec<((i64, i64), f64)> = g.iter().map(|(k, v)| (*k, mean(v))).collect();
+        cells.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        let top = cells
+            .iter()
+            .take(5)
+            .map(|((l, h), v)| format!("L{l}H{h} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (df, head_panels(&r), r.scores, top)
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    genir_mechir::table::write_table(&mut df, out, stem)?;
+    let svg = out.join(format!("{stem}.svg"));
+    heatmap(&panels, &svg)?;
+    svg_to_png(&svg, 2.0)?;
+    let mean_of = |v: &[f32]| v.iter().map(|x| f64::from(*x)).sum::<f64>() / v.len().max(1) as f64;
+    Ok(MechirRow {
+        model: name.into(),
+        kind: kind.into(),
+        perturbation: pert.into(),
+        patch: patch.into(),
+        pairs: pairs.len(),
+        seconds,
+        mean_scores: (mean_of(&scores.original), mean_of(&scores.perturbed)),
+        top,
+        figure: stem.into(),
+    })
+}

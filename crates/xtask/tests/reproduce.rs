@@ -1,0 +1,215 @@
+//! The whole study at smoke scale: every step runs, the report is complete, a second run comes from the cache,
+//! and the page renders in headless Chromium with every figure loaded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use genir_model::device::Backend;
+use xtask::{reproduce, Options, Scale};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn chromium() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("GENIR_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// Opens `index.html` from disk in headless Chromium and returns (figures loaded, figures failed).
+fn render(report: &Path, browser: &Path) -> (usize, usize, usize) {
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    // the same page plus a script that records, after load, whether every image decoded
+    let probe = r#"<script>window.addEventListener('load', () => {
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  const d = document.createElement('div');
+  d.id = 'figure-check';
+  d.textContent = 'loaded=' + ok + ' failed=' + (imgs.length - ok) + ' total=' + imgs.length;
+  document.body.appendChild(d);
+});</script></body>"#;
+    let check = report.join("check.html");
+    std::fs::write(&check, html.replace("</body>", probe)).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "file://{}",
+            check.canonicalize().unwrap().display()
+        ))
+        .output()
+        .expect("running chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let line = dom
+        .split("id=\"figure-check\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or_else(|| {
+            panic!(
+                "no figure check in the rendered page; chromium stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let num = |k: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {line:?}"))
+    };
+    (num("loaded"), num("failed"), num("total"))
+}
+
+#[test]
+fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bi = workspace().join("models/all-MiniLM-L6-v2");
+    let opts = Options {
+        corpus: None,
+        scale: Scale::Smoke,
+        report: tmp.path().join("report"),
+        work: tmp.path().join("work"),
+        backend: Backend::Flex,
+        bi_encoder: Some(bi.clone()),
+        cross_encoder: Some(tmp.path().join("no-cross-encoder")),
+        force: false,
+        progress: false,
+    };
+    let s = reproduce(&opts).unwrap();
+    let report = &opts.report;
+
+    // every step ran, every figure and table is there
+    assert!(s.steps.iter().all(|r| !r.cached));
+    for name in [
+        "train_base",
+        "train_missing",
+        "evaluate",
+        "swap",
+        "logit_lens",
+        "contributions",
+        "patching",
+        "head_projection",
+        "ablation",
+        "edits",
+    ] {
+        assert!(
+            s.steps.iter().any(|r| r.name == name),
+            "step {name} missing"
+        );
+    }
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    let md = std::fs::read_to_string(report.join("README.md")).unwrap();
+    assert!(s.figures.len() >= 6);
+    for f in &s.figures {
+        for ext in ["svg", "png"] {
+            let p = report.join("figures").join(format!("{}.{ext}", f.stem));
+            assert!(
+                std::fs::metadata(&p).unwrap().len() > 100,
+                "{}",
+                p.display()
+            );
+        }
+        assert!(html.contains(&format!("figures/{}.svg", f.stem)));
+        assert!(md.contains(&format!("figures/{}.svg", f.stem)));
+    }
+    for t in [
+        "logit_lens",
+        "contributions",
+        "patching",
+        "head_projection",
+        "ablation",
+        "encoder_swap",
+        "edits",
+    ] {
+        for ext in ["parquet", "csv"] {
+            assert!(
+                report.join("tables").join(format!("{t}.{ext}")).exists(),
+                "{t}.{ext}"
+            );
+        }
+    }
+    // the numbers are the models': the base model memorises its training queries, the logit lens at the
+    // last layer's output puts every probe's docid at rank 1 (the probes are queries it retrieves at rank 1)
+    let train = s
+        .models
+        .iter()
+        .find(|m| m.model == "base" && m.split == "train")
+        .unwrap();
+    assert!(
+        train.hits_at_1 > 0.5,
+        "base train Hits@1 {}",
+        train.hits_at_1
+    );
+    let last = s.params.arch.layers as i64 - 1;
+    let lens_last = s
+        .lens
+        .iter()
+        .find(|r| r.layer == last && r.component == "resid_post")
+        .unwrap();
+    assert_eq!(lens_last.top1, 1.0);
+    assert!(s
+        .ablation
+        .iter()
+        .any(|r| r.label.contains("minimal circuit")));
+    assert!(s.edits.as_ref().unwrap().report.rows.len() >= 3);
+    if bi.join("config.json").exists() {
+        assert_eq!(
+            s.mechir.len(),
+            2,
+            "TFC1 and TDC head patching of the bi-encoder"
+        );
+    } else {
+        eprintln!("note: {} absent: MechIR step skipped", bi.display());
+        assert!(!s.mechir_skipped.is_empty());
+    }
+    assert!(s
+        .mechir_skipped
+        .iter()
+        .any(|r| r.contains("no-cross-encoder")));
+    assert!(html.contains("Skipped: cat:"));
+
+    // a second run takes every step from the cache and writes the same tables
+    let again = reproduce(&opts).unwrap();
+    assert!(again.steps.iter().all(|r| r.cached), "{:?}", again.steps);
+    assert_eq!(again.models.len(), s.models.len());
+    for (a, b) in again.models.iter().zip(&s.models) {
+        // serde_json's default float parsing may differ in the last bit
+        assert!(
+            (a.hits_at_1 - b.hits_at_1).abs() < 1e-12 && (a.mrr_at_10 - b.mrr_at_10).abs() < 1e-12
+        );
+    }
+
+    // the page opens from disk with every figure
+    match chromium() {
+        Some(browser) => {
+            let (loaded, failed, total) = render(report, &browser);
+            assert_eq!(failed, 0, "{failed} of {total} figures failed to load");
+            assert_eq!(loaded, s.figures.len());
+        }
+        None if std::env::var_os("GENIR_REQUIRE_CHROMIUM").is_some() => {
+            panic!("GENIR_REQUIRE_CHROMIUM is set but no chromium was found")
+        }
+        None => eprintln!("skipped the browser check: no chromium (apt-get install chromium)"),
+    }
+}
