@@ -20,21 +20,10 @@ const RUN_INFO: &str = "genir_run.json";
 /// Loads a collection: a shipped name (`wiki-genir`, `wiki-genir-mini`) or a folder with `corpus.*`,
 /// `queries.<split>.*` and `qrels.<split>.*`.
 pub fn load_collection(spec: &str) -> Result<Collection> {
-    if genir_data::shipped::names().contains(&spec) {
-        return Ok(genir_data::shipped::load(spec)?);
-    }
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return genir_data::formats::load_collection_dir(path)
-            .with_context(|| format!("loading the collection in {}", path.display()));
-    }
-    bail!(
-        "--corpus {spec:?}: neither a shipped collection ({}) nor a folder",
-        genir_data::shipped::names().join(", ")
-    )
+    genir_data::shipped::load_name_or_dir(spec).with_context(|| format!("--corpus {spec:?}"))
 }
 
-fn corpus_of(model: &Path, given: Option<&str>) -> Result<String> {
+pub fn corpus_of(model: &Path, given: Option<&str>) -> Result<String> {
     if let Some(c) = given {
         return Ok(c.to_string());
     }

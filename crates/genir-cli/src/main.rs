@@ -2,6 +2,8 @@
 
 mod cache;
 mod dsi;
+mod edit;
+mod interp;
 mod mechir;
 
 use anyhow::Result;
@@ -32,8 +34,14 @@ enum Command {
     /// Evaluate a model on a query split: Hits@1, Hits@10, MRR@10, Recall@k; TREC run and Parquet output.
     #[command(after_help = dsi::EVAL_EXAMPLES)]
     Eval(dsi::EvalArgs),
+    /// Interpretability analyses of a GenIR model: logit lens, contributions, patching, heads, ablation, swap.
+    #[command(after_help = interp::EXAMPLES)]
+    Interp(interp::InterpArgs),
     /// MechIR-style activation patching of bi-encoders and cross-encoders under document perturbations.
     Mechir(mechir::MechirArgs),
+    /// Add, delete or change documents in a trained model without retraining; list, undo, replay edits.
+    #[command(after_help = edit::EXAMPLES)]
+    Edit(edit::EditArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,6 +59,8 @@ fn main() -> Result<()> {
         Command::Train(args) => dsi::train(*args, &device),
         Command::Search(args) => dsi::search(args, &device),
         Command::Eval(args) => dsi::eval(args, &device),
+        Command::Interp(args) => interp::run(args, &device),
         Command::Mechir(args) => mechir::run(args, &device),
+        Command::Edit(args) => edit::run(args, &device),
     }
 }

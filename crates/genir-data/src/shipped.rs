@@ -55,6 +55,22 @@ pub fn names() -> Vec<&'static str> {
     SHIPPED.iter().map(|e| e.name).collect()
 }
 
+/// Loads a shipped collection by name, or else a collection folder (see
+/// [`formats::load_collection_dir`]); an argument that is neither is an error listing the shipped names.
+pub fn load_name_or_dir(spec: &str) -> Result<Collection> {
+    if names().contains(&spec) {
+        return load(spec);
+    }
+    let path = std::path::Path::new(spec);
+    if path.is_dir() {
+        return formats::load_collection_dir(path);
+    }
+    Err(Error::UnknownDataset {
+        name: spec.to_string(),
+        known: format!("{} (or a collection folder)", names().join(", ")),
+    })
+}
+
 /// Loads a shipped collection by name (`wiki-genir` or `wiki-genir-mini`).
 pub fn load(name: &str) -> Result<Collection> {
     let Some(e) = SHIPPED.iter().find(|e| e.name == name) else {

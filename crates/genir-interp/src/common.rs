@@ -46,6 +46,37 @@ impl Probe {
     }
 }
 
+/// The queries of `set` that `gm` retrieves at rank 1 (at most `max`, in set order), with their judgments: the
+/// set the paper analyses ("correct queries"). An empty result is an error.
+pub fn correctly_retrieved(gm: &GenirModel, set: &QuerySet, max: usize) -> Result<QuerySet> {
+    let run = gm.searcher()?.run(&set.queries, 1, 64, "probe")?;
+    let e = genir_train::metrics::evaluate(&run, &set.qrels, None);
+    let ok: std::collections::BTreeSet<&str> = e
+        .per_query
+        .iter()
+        .filter(|q| q.hits_at_1 >= 1.0)
+        .map(|q| q.qid.as_str())
+        .collect();
+    let queries: Vec<_> = set
+        .queries
+        .iter()
+        .filter(|q| ok.contains(q.qid.as_str()))
+        .take(max)
+        .cloned()
+        .collect();
+    if queries.is_empty() {
+        return Err(InterpError::Input(
+            "the model retrieves none of these queries at rank 1: nothing to analyse".into(),
+        ));
+    }
+    let keep: std::collections::BTreeSet<&str> = queries.iter().map(|q| q.qid.as_str()).collect();
+    let qrels = set.qrels.filter(|r| keep.contains(r.qid.as_str()));
+    Ok(QuerySet {
+        queries: genir_data::Queries::new(queries),
+        qrels,
+    })
+}
+
 /// A probe tokenized and resolved against the model's docid scheme.
 #[derive(Clone, Debug)]
 pub(crate) struct Prepared {

@@ -1,8 +1,8 @@
-//! Figures of the analyses' tables, drawn with plotters as SVG files.
+//! Figures of the analyses' tables, drawn with plotters as SVG files; [`svg_to_png`] renders any of them as
+//! PNG (resvg, with the system's fonts).
 //!
-//! Only SVG is written: plotters' bitmap backend needs a font renderer (a system font library or a font
-//! file) to draw text, which these machines cannot count on. Each `*_figure(df, path)` reads the table its
-//! analysis returns (averaging over queries) and writes `path`, which must end in `.svg`.
+//! Each `*_figure(df, path)` reads the table its analysis returns (averaging over queries) and writes `path`,
+//! which must end in `.svg`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +13,7 @@ use polars::prelude::DataFrame;
 
 use crate::common::{f64_col, i64_col, str_col};
 use crate::error::{InterpError, Result};
+pub use crate::png::svg_to_png;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 

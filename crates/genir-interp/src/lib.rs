@@ -43,9 +43,10 @@ pub mod figures;
 pub mod heads;
 pub mod lens;
 pub mod patching;
+pub mod png;
 pub mod swap;
 
-pub use common::{lens_logits, write_csv, write_table, Probe};
+pub use common::{correctly_retrieved, lens_logits, write_csv, write_table, Probe};
 pub use error::{InterpError, Result};
 
 /// The README's example, compiled as a doctest.

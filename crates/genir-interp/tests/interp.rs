@@ -609,3 +609,28 @@ fn empty_inputs_are_errors() {
         .to_string();
     assert!(err.contains("no-such-doc"), "{err}");
 }
+
+#[test]
+fn correctly_retrieved_keeps_the_queries_found_at_rank_one() {
+    let gm = atomic();
+    let set = train_set();
+    let ok = genir_interp::correctly_retrieved(&gm, &set, 1000).unwrap();
+    assert!(!ok.queries.is_empty());
+    let searcher = gm.searcher().unwrap();
+    let texts: Vec<String> = ok.queries.iter().map(|q| q.text.clone()).collect();
+    for (q, hits) in ok.queries.iter().zip(searcher.search(&texts, 1).unwrap()) {
+        assert!(
+            ok.qrels.relevant(&q.qid).any(|d| d == hits[0].docid),
+            "{}",
+            q.qid
+        );
+    }
+    let first = genir_interp::correctly_retrieved(&gm, &set, 1).unwrap();
+    assert_eq!(first.queries.len(), 1);
+    assert_eq!(first.queries.iter().next(), ok.queries.iter().next());
+    let none = QuerySet {
+        queries: Queries::new(vec![genir_data::Query::new("x", "zzzz qqqq")]),
+        qrels: genir_data::Qrels::new(vec![genir_data::Qrel::new("x", "no-such-doc", 1)]),
+    };
+    assert!(genir_interp::correctly_retrieved(&gm, &none, 10).is_err());
+}

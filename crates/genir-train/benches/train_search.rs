@@ -67,7 +67,10 @@ fn queries() -> Vec<String> {
 }
 
 fn bench(c: &mut Criterion) {
-    let device = Device::flex();
+    // GENIR_BENCH_BACKEND=flex|wgpu|cuda (`cargo xtask bench` sets it); benchmark ids start with it
+    let backend =
+        genir_model::device::Backend::from_env("GENIR_BENCH_BACKEND").expect("GENIR_BENCH_BACKEND");
+    let device = backend.device().expect("the backend is built in");
     let docids: Vec<String> = (0..DOCS).map(|d| d.to_string()).collect();
     let atomic =
         DocidScheme::build(DocidKind::Atomic, docids.clone(), None, TEXT, 1, 0).expect("scheme");
@@ -93,7 +96,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("dsi_train_step_b32_s64");
     g.sample_size(10);
     g.throughput(Throughput::Elements(B as u64));
-    g.bench_function("flex/adamw_step", |b| {
+    g.bench_function(format!("{backend}/adamw_step"), |b| {
         b.iter(|| {
             let (next, loss, _) = trainer
                 .step(m.take().expect("model"), &mut optim, &batch, &atomic, 1e-3)
@@ -122,12 +125,12 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(qs.len() as u64));
     let tok_a = tokenizer(&atomic);
     let sa = Searcher::new(&inference, &tok_a, &atomic).expect("searcher");
-    g.bench_function("flex/atomic", |b| {
+    g.bench_function(format!("{backend}/atomic"), |b| {
         b.iter(|| sa.search(&qs, 10).expect("search"))
     });
     let tok_m = tokenizer(&multi);
     let sm = Searcher::new(&inference, &tok_m, &multi).expect("searcher");
-    g.bench_function("flex/multi_token_beam10", |b| {
+    g.bench_function(format!("{backend}/multi_token_beam10"), |b| {
         b.iter(|| sm.search(&qs, 10).expect("search"))
     });
     g.finish();

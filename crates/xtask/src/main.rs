@@ -49,6 +49,31 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Criterion benchmarks on every backend asked for, PyTorch baselines, and the results in docs/benchmarks.md.
+    #[command(after_help = "Examples:
+  cargo xtask bench --python ../venv-ref/bin/python           # flex + PyTorch, writes docs/benchmarks.md
+  cargo xtask bench --backend flex --backend wgpu
+  cargo xtask bench --quick --out target/bench.md             # CI's short mode")]
+    Bench {
+        /// Backends to run (flex, wgpu, cuda); wgpu/cuda benches are built with that feature.
+        #[arg(long = "backend", default_value = "flex")]
+        backends: Vec<String>,
+        /// Criterion's quick mode, and only the fast benchmarks (not MechIR patching).
+        #[arg(long)]
+        quick: bool,
+        /// Only these benchmarks (forward, train_search, patching); repeatable.
+        #[arg(long = "bench")]
+        only: Vec<String>,
+        /// A Python with torch and transformers: runs tools/reference/bench_*.py as the baselines.
+        #[arg(long, env = "GENIR_REFERENCE_PYTHON")]
+        python: Option<PathBuf>,
+        /// Markdown file whose generated section is rewritten.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        out: PathBuf,
+        /// Extra cargo features for every `cargo bench` (e.g. genir-model/wgpu, to reuse the test build).
+        #[arg(long = "cargo-features", value_delimiter = ',')]
+        cargo_features: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -91,6 +116,32 @@ fn main() -> Result<()> {
                 s.steps.len(),
                 s.steps.iter().filter(|r| r.cached).count(),
                 opts.report.join("index.html").display()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            backends,
+            quick,
+            only,
+            python,
+            out,
+            cargo_features,
+        } => {
+            let root = std::env::current_dir()?;
+            let m = xtask::bench::run(&xtask::bench::BenchOptions {
+                backends,
+                quick,
+                only,
+                python,
+                criterion_home: root.join("target/xtask-bench/criterion"),
+                out: out.clone(),
+                root,
+                cargo_features,
+            })?;
+            eprintln!(
+                "{} benchmarks measured; results in {}",
+                m.len(),
+                out.display()
             );
             Ok(())
         }

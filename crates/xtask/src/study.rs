@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use genir_data::{Collection, Queries, QuerySet};
+use genir_data::Collection;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
@@ -30,8 +30,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::frames::{f64s, group, i64s, mean, median, strs};
-use crate::png::svg_to_png;
 use crate::steps::{Key, StepRecord, Steps};
+use genir_interp::figures::svg_to_png;
 
 /// How big a study to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -92,11 +92,11 @@ impl Scale {
             Scale::Default => ScaleParams {
                 corpus: "wiki-genir".into(),
                 arch: Architecture::default(),
-                epochs: 8,
+                epochs: 6,
                 missing: 10,
                 probes: 64,
                 patch_pairs: 24,
-                mechir_pairs: 16,
+                mechir_pairs: 8,
                 mechir_block_pairs: 0,
                 edit_docs: 20,
             },
@@ -419,22 +419,6 @@ fn bar(progress: bool, label: &str) -> ProgressBar {
     b
 }
 
-/// Loads a shipped collection by name or a collection folder.
-pub fn load_collection(spec: &str) -> Result<Collection> {
-    if genir_data::shipped::names().contains(&spec) {
-        return Ok(genir_data::shipped::load(spec)?);
-    }
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return genir_data::formats::load_collection_dir(path)
-            .with_context(|| format!("loading the collection in {}", path.display()));
-    }
-    bail!(
-        "--corpus {spec:?}: neither a shipped collection ({}) nor a folder",
-        genir_data::shipped::names().join(", ")
-    )
-}
-
 /// A fingerprint of a collection's content.
 fn collection_key(c: &Collection) -> Result<Key> {
     let mut h = 0u64;
@@ -537,37 +521,26 @@ fn evaluate_model(
     Ok(rows)
 }
 
-/// The training queries `gm` retrieves at rank 1 (the set the paper analyses: "correct queries").
-fn correct_queries(gm: &GenirModel, c: &Collection, max: usize) -> Result<QuerySet> {
-    let set = c
-        .split("train")
-        .context("the collection has no train split")?;
-    let searcher = gm.searcher()?;
-    let run = searcher.run(&set.queries, 1, 64, "probe")?;
-    let e = genir_train::metrics::evaluate(&run, &set.qrels, None);
-    let ok: BTreeSet<&str> = e
-        .per_query
-        .iter()
-        .filter(|q| q.hits_at_1 >= 1.0)
-        .map(|q| q.qid.as_str())
-        .collect();
-    let queries: Vec<_> = set
-        .queries
-        .iter()
-        .filter(|q| ok.contains(q.qid.as_str()))
-        .take(max)
-        .cloned()
-        .collect();
-    let keep: BTreeSet<String> = queries.iter().map(|q| q.qid.clone()).collect();
-    if queries.is_empty() {
-        bail!(
-            "the base model retrieves none of the training queries at rank 1: nothing to analyse"
-        );
-    }
-    Ok(QuerySet {
-        queries: Queries::new(queries),
-        qrels: set.qrels.filter(|r| keep.contains(&r.qid)),
-    })
+/// Writes an analysis's table (Parquet + CSV) and figure (SVG + PNG) into `dir` under `stem`.
+fn save(
+    mut df: polars::prelude::DataFrame,
+    dir: &Path,
+    stem: &str,
+    figure: fn(&polars::prelude::DataFrame, &Path) -> genir_interp::Result<()>,
+) -> Result<polars::prelude::DataFrame> {
+    write_table(&mut df, &dir.join(stem))?;
+    let svg = dir.join(format!("{stem}.svg"));
+    figure(&df, &svg)?;
+    svg_to_png(&svg, 2.0)?;
+    Ok(df)
+}
+
+/// `(layer, component)` of every row.
+fn layer_component(df: &polars::prelude::DataFrame) -> Result<Vec<(i64, String)>> {
+    Ok(i64s(df, "layer")?
+        .into_iter()
+        .zip(strs(df, "component")?)
+        .collect())
 }
 
 /// Runs the study and writes the report; returns the study.
@@ -575,7 +548,8 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let started = Instant::now();
     let params = opts.scale.params();
     let corpus = opts.corpus.clone().unwrap_or_else(|| params.corpus.clone());
-    let c = load_collection(&corpus)?;
+    let c = genir_data::shipped::load_name_or_dir(&corpus)
+        .with_context(|| format!("--corpus {corpus:?}"))?;
     let device = opts.backend.device()?;
     let backend = format!("{:?}", opts.backend).to_lowercase();
     let ckey = collection_key(&c)?;
@@ -670,13 +644,15 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
                     }
                 }
             }
-            let mut df = frames
-                .into_iter()
-                .reduce(|a, b| a.vstack(&b).unwrap_or(a))
-                .context("no swap rows")?;
-            write_table(&mut df, &dir.join("encoder_swap"))?;
-            figures::swap_figure(&df, &dir.join("encoder_swap.svg"))?;
-            svg_to_png(&dir.join("encoder_swap.svg"), 2.0)?;
+            save(
+                frames
+                    .into_iter()
+                    .reduce(|a, b| a.vstack(&b).unwrap_or(a))
+                    .context("no swap rows")?,
+                dir,
+                "encoder_swap",
+                figures::swap_figure,
+            )?;
             Ok(rows)
         },
     )?;
@@ -686,18 +662,23 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     });
 
     // ---- probes: training queries the base model gets right
-    let probe_set = correct_queries(&gm, &c, params.probes)?;
+    let probe_set = genir_interp::correctly_retrieved(
+        &gm,
+        c.split("train")
+            .context("the collection has no train split")?,
+        params.probes,
+    )?;
     let probes = Probe::from_query_set(&probe_set);
     let pkey = Key::of(&(params.probes, "probes"), &[base_key])?;
 
     let lens: Vec<LensRow> = steps.run("logit_lens", pkey, |dir, _| {
-        let mut df = logit_lens(&gm, &probes, &LensConfig::default())?;
-        write_table(&mut df, &dir.join("logit_lens"))?;
-        figures::logit_lens_figure(&df, &dir.join("logit_lens.svg"))?;
-        svg_to_png(&dir.join("logit_lens.svg"), 2.0)?;
-        let layer = i64s(&df, "layer")?;
-        let comp = strs(&df, "component")?;
-        let keys: Vec<(i64, String)> = layer.into_iter().zip(comp).collect();
+        let df = save(
+            logit_lens(&gm, &probes, &LensConfig::default())?,
+            dir,
+            "logit_lens",
+            figures::logit_lens_figure,
+        )?;
+        let keys = layer_component(&df)?;
         let rank = group(&keys, &f64s(&df, "rank")?);
         let md = group(&keys, &f64s(&df, "mean_rank_docids")?);
         let mn = group(&keys, &f64s(&df, "mean_rank_non_docids")?);
@@ -719,13 +700,13 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     });
 
     let contrib: Vec<ContribRow> = steps.run("contributions", pkey, |dir, _| {
-        let mut df = component_contributions(&gm, &probes, &LensConfig::default())?;
-        write_table(&mut df, &dir.join("contributions"))?;
-        figures::contribution_figure(&df, &dir.join("contributions.svg"))?;
-        svg_to_png(&dir.join("contributions.svg"), 2.0)?;
-        let layer = i64s(&df, "layer")?;
-        let comp = strs(&df, "component")?;
-        let keys: Vec<(i64, String)> = layer.into_iter().zip(comp).collect();
+        let df = save(
+            component_contributions(&gm, &probes, &LensConfig::default())?,
+            dir,
+            "contributions",
+            figures::contribution_figure,
+        )?;
+        let keys = layer_component(&df)?;
         let share = group(&keys, &f64s(&df, "share")?);
         let ratio = group(&keys, &f64s(&df, "ratio_to_delta")?);
         let cos = group(&keys, &f64s(&df, "cos_resid_post")?);
@@ -749,10 +730,12 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let pairs = make_pairs(&probes[..n_pairs], &Corruption::OtherQuery { seed: 0 })?;
     let patch_key = Key::of(&(n_pairs, "patch"), &[pkey])?;
     let patching: Vec<PatchRow> = steps.run("patching", patch_key, |dir, _| {
-        let mut df = activation_patching(&gm, &pairs, &PatchConfig::default())?;
-        write_table(&mut df, &dir.join("patching"))?;
-        figures::patching_figure(&df, &dir.join("patching.svg"))?;
-        svg_to_png(&dir.join("patching.svg"), 2.0)?;
+        let df = save(
+            activation_patching(&gm, &pairs, &PatchConfig::default())?,
+            dir,
+            "patching",
+            figures::patching_figure,
+        )?;
         let target = strs(&df, "target")?;
         let layer = i64s(&df, "layer")?;
         let comp = strs(&df, "component")?;
@@ -787,10 +770,12 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     });
 
     let heads: Vec<HeadRow> = steps.run("head_projection", pkey, |dir, _| {
-        let mut df = head_vocab_projection(&gm, &probes, &HeadProjectionConfig::default())?;
-        write_table(&mut df, &dir.join("head_projection"))?;
-        figures::head_projection_figure(&df, &dir.join("head_projection.svg"))?;
-        svg_to_png(&dir.join("head_projection.svg"), 2.0)?;
+        let df = save(
+            head_vocab_projection(&gm, &probes, &HeadProjectionConfig::default())?,
+            dir,
+            "head_projection",
+            figures::head_projection_figure,
+        )?;
         let part = strs(&df, "part")?;
         let layer = i64s(&df, "layer")?;
         let head = i64s(&df, "head")?;
@@ -900,16 +885,18 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             &format!("decoder.blocks.*.hook_self_attn_out,{}", first.join(",")),
             AblationMode::Mean,
         )?);
-        let mut df = ablation_study(
-            &gm,
-            &probe_set,
-            &abl,
-            Some(&reference),
-            &AblationConfig::default(),
+        let df = save(
+            ablation_study(
+                &gm,
+                &probe_set,
+                &abl,
+                Some(&reference),
+                &AblationConfig::default(),
+            )?,
+            dir,
+            "ablation",
+            figures::ablation_figure,
         )?;
-        write_table(&mut df, &dir.join("ablation"))?;
-        figures::ablation_figure(&df, &dir.join("ablation.svg"))?;
-        svg_to_png(&dir.join("ablation.svg"), 2.0)?;
         let label = strs(&df, "label")?;
         let mode = strs(&df, "mode")?;
         let h1 = f64s(&df, "hits_at_1")?;

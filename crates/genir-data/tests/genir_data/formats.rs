@@ -356,4 +356,16 @@ fn collection_dir_reads_the_shipped_layout_and_names_missing_files() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("corpus"), "{e}");
+    // a name or a folder
+    let by_dir = genir_data::shipped::load_name_or_dir(root.to_str().unwrap()).unwrap();
+    assert_eq!(by_dir.corpus.len(), shipped.corpus.len());
+    let by_name = genir_data::shipped::load_name_or_dir("wiki-genir-mini").unwrap();
+    assert_eq!(by_name, shipped);
+    let e = genir_data::shipped::load_name_or_dir("no-such-collection")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no-such-collection") && e.contains("wiki-genir-mini"),
+        "{e}"
+    );
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, Context, Result};
+use crate::error::{InterpError, Result};
 use resvg::{tiny_skia, usvg};
 
 fn options() -> &'static usvg::Options<'static> {
@@ -23,18 +23,29 @@ fn options() -> &'static usvg::Options<'static> {
     })
 }
 
-/// Renders `svg` to a PNG beside it (same stem) at `scale` x its size; returns the PNG's path.
+fn err(path: &Path, message: String) -> InterpError {
+    InterpError::Figure {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// Renders `svg` to a PNG beside it (same stem) at `scale` x its size, text drawn with the system's fonts
+/// (DejaVu for the generic families); returns the PNG's path. Written through a temporary file and a rename.
 pub fn svg_to_png(svg: &Path, scale: f32) -> Result<PathBuf> {
-    let data = std::fs::read(svg).with_context(|| format!("reading {}", svg.display()))?;
-    let tree = usvg::Tree::from_data(&data, options())
-        .with_context(|| format!("parsing {}", svg.display()))?;
+    let data = std::fs::read(svg).map_err(|source| InterpError::Io {
+        path: svg.to_path_buf(),
+        source,
+    })?;
+    let tree =
+        usvg::Tree::from_data(&data, options()).map_err(|e| err(svg, format!("parsing: {e}")))?;
     let size = tree
         .size()
         .to_int_size()
         .scale_by(scale)
-        .ok_or_else(|| anyhow!("{}: cannot scale a {:?} image", svg.display(), tree.size()))?;
+        .ok_or_else(|| err(svg, format!("cannot scale a {:?} image", tree.size())))?;
     let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
-        .ok_or_else(|| anyhow!("{}: empty image", svg.display()))?;
+        .ok_or_else(|| err(svg, "empty image".into()))?;
     pixmap.fill(tiny_skia::Color::WHITE);
     resvg::render(
         &tree,
@@ -44,8 +55,14 @@ pub fn svg_to_png(svg: &Path, scale: f32) -> Result<PathBuf> {
     let png = svg.with_extension("png");
     let bytes = pixmap
         .encode_png()
-        .map_err(|e| anyhow!("encoding {}: {e}", png.display()))?;
-    crate::steps::write_atomic(&png, &bytes)?;
+        .map_err(|e| err(&png, format!("encoding: {e}")))?;
+    let tmp = png.with_extension("png.tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, &png))
+        .map_err(|source| InterpError::Io {
+            path: png.clone(),
+            source,
+        })?;
     Ok(png)
 }
 
@@ -71,7 +88,7 @@ mod tests {
         assert_eq!((p.red(), p.green(), p.blue()), (255, 0, 0));
         let bad = dir.path().join("bad.svg");
         std::fs::write(&bad, "<svg").unwrap();
-        let err = svg_to_png(&bad, 1.0).unwrap_err();
-        assert!(format!("{err:#}").contains("bad.svg"), "{err:#}");
+        let e = svg_to_png(&bad, 1.0).unwrap_err();
+        assert!(e.to_string().contains("bad.svg"), "{e}");
     }
 }

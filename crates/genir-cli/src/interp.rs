@@ -1,0 +1,368 @@
+//! `genir interp`: the interpretability analyses of genir-interp as tables (Parquet + CSV) and figures
+//! (SVG + PNG).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use clap::{Args, Subcommand, ValueEnum};
+use genir_data::QuerySet;
+use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
+use genir_interp::figures::{self, svg_to_png};
+use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
+use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
+use genir_interp::patching::{
+    activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchTarget,
+};
+use genir_interp::swap::EncoderSwap;
+use genir_interp::{correctly_retrieved, write_table, Probe};
+use genir_model::hooks::AttnKind;
+use genir_train::bundle::GenirModel;
+use polars::prelude::DataFrame;
+
+use crate::dsi::{corpus_of, load_collection};
+
+pub const EXAMPLES: &str = "Examples:
+  genir interp lens --model models/dsi --out interp
+  genir interp contributions --model models/dsi --out interp
+  genir interp patch --model models/dsi --pairs 24 --corruption other-query --out interp
+  genir interp heads --model models/dsi --top-k 10 --out interp
+  genir interp ablate --model models/dsi --points 'decoder.blocks.*.hook_self_attn_out' --mode mean --out interp
+  genir interp swap --encoder models/dsi-minus10 --decoder models/dsi --unseen 17,256 --out interp
+
+Each writes <out>/<analysis>.parquet, .csv, .svg and .png. The queries analysed are those of --split that
+the model retrieves at rank 1 (the paper's \"correct queries\"; --all-queries for every query), at most --probes.";
+
+/// `genir interp ...`.
+#[derive(Args, Debug)]
+pub struct InterpArgs {
+    #[command(subcommand)]
+    pub command: InterpCommand,
+}
+
+/// The analyses.
+#[derive(Subcommand, Debug)]
+pub enum InterpCommand {
+    /// Logit lens of the decoder residual stream and of each component's output.
+    Lens(Common),
+    /// Each component's share of the residual change and its cosine with the layer output.
+    Contributions(Common),
+    /// Activation patching: components, heads, encoder positions (clean into corrupted runs).
+    Patch(PatchArgs),
+    /// Vocabulary projection of every attention head's output.
+    Heads(HeadsArgs),
+    /// Zero or mean ablation of hook points: Hits@1 before and after.
+    Ablate(AblateArgs),
+    /// Encoder swap: one model's encoder with another's decoder.
+    Swap(SwapArgs),
+}
+
+/// Options every per-query analysis takes.
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Model folder written by `genir train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Collection (default: the one the model was trained on).
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Query split to analyse.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Most queries analysed.
+    #[arg(long, default_value_t = 64)]
+    pub probes: usize,
+    /// Analyse every query, not only those retrieved at rank 1.
+    #[arg(long)]
+    pub all_queries: bool,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Corruptions of `genir interp patch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CorruptionArg {
+    /// Another analysed query (of another document).
+    OtherQuery,
+    /// The query's words shuffled.
+    Shuffle,
+}
+
+/// Metrics of `genir interp patch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricArg {
+    /// Clean minus corrupted docid logit.
+    LogitDiff,
+    /// Reciprocal rank of the clean docid among docid tokens.
+    ReciprocalRank,
+}
+
+/// Arguments of `genir interp patch`.
+#[derive(Args, Debug)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clean / corrupted pairs.
+    #[arg(long, default_value_t = 24)]
+    pub pairs: usize,
+    /// How the corrupted query is made.
+    #[arg(long, value_enum, default_value = "other-query")]
+    pub corruption: CorruptionArg,
+    /// Seed of the corruption.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Metric.
+    #[arg(long, value_enum, default_value = "logit-diff")]
+    pub metric: MetricArg,
+}
+
+/// Arguments of `genir interp heads`.
+#[derive(Args, Debug)]
+pub struct HeadsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Tokens per head and vocabulary part.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    /// Project self-attention heads instead of cross-attention heads.
+    #[arg(long)]
+    pub self_attention: bool,
+}
+
+/// Ablation modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Zeros.
+    Zero,
+    /// The mean over the analysed queries.
+    Mean,
+}
+
+/// Arguments of `genir interp ablate`.
+#[derive(Args, Debug)]
+pub struct AblateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Comma-separated hook-point globs ablated together; repeat for several ablations.
+    #[arg(long, required = true)]
+    pub points: Vec<String>,
+    /// Zero or mean ablation.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub mode: ModeArg,
+}
+
+/// Arguments of `genir interp swap`.
+#[derive(Args, Debug)]
+pub struct SwapArgs {
+    /// Model whose encoder runs.
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// Model whose decoder runs.
+    #[arg(long)]
+    pub decoder: PathBuf,
+    /// Collection (default: the decoder model's).
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Query split.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Comma-separated docids one of the models never saw: also evaluated on their queries alone.
+    #[arg(long, value_delimiter = ',')]
+    pub unseen: Vec<String>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
+    match args.command {
+        InterpCommand::Lens(c) => {
+            let (gm, set) = setup(&c, device)?;
+            let df = logit_lens(&gm, &Probe::from_query_set(&set), &LensConfig::default())?;
+            write(df, &c.out, "logit_lens", figures::logit_lens_figure)
+        }
+        InterpCommand::Contributions(c) => {
+            let (gm, set) = setup(&c, device)?;
+            let df =
+                component_contributions(&gm, &Probe::from_query_set(&set), &LensConfig::default())?;
+            write(df, &c.out, "contributions", figures::contribution_figure)
+        }
+        InterpCommand::Patch(a) => {
+            let (gm, set) = setup(&a.common, device)?;
+            let probes = Probe::from_query_set(&set);
+            let n = a.pairs.min(probes.len());
+            if n < 2 {
+                bail!(
+                    "patching needs at least two queries; {} found",
+                    probes.len()
+                );
+            }
+            let corruption = match a.corruption {
+                CorruptionArg::OtherQuery => Corruption::OtherQuery { seed: a.seed },
+                CorruptionArg::Shuffle => Corruption::Shuffle { seed: a.seed },
+            };
+            let pairs = make_pairs(&probes[..n], &corruption)?;
+            let cfg = PatchConfig {
+                metric: match a.metric {
+                    MetricArg::LogitDiff => PatchMetric::LogitDiff,
+                    MetricArg::ReciprocalRank => PatchMetric::ReciprocalRank,
+                },
+                targets: vec![
+                    PatchTarget::Components,
+                    PatchTarget::Heads,
+                    PatchTarget::EncoderPositions,
+                ],
+                ..PatchConfig::default()
+            };
+            let df = activation_patching(&gm, &pairs, &cfg)?;
+            write(df, &a.common.out, "patching", figures::patching_figure)
+        }
+        InterpCommand::Heads(a) => {
+            let (gm, set) = setup(&a.common, device)?;
+            let cfg = HeadProjectionConfig {
+                top_k: a.top_k,
+                kind: if a.self_attention {
+                    AttnKind::SelfAttn
+                } else {
+                    AttnKind::CrossAttn
+                },
+                ..HeadProjectionConfig::default()
+            };
+            let df = head_vocab_projection(&gm, &Probe::from_query_set(&set), &cfg)?;
+            write(
+                df,
+                &a.common.out,
+                "head_projection",
+                figures::head_projection_figure,
+            )
+        }
+        InterpCommand::Ablate(a) => {
+            let (gm, set) = setup(&a.common, device)?;
+            let mode = match a.mode {
+                ModeArg::Zero => AblationMode::Zero,
+                ModeArg::Mean => AblationMode::Mean,
+            };
+            let ablations = a
+                .points
+                .iter()
+                .map(|p| Ablation::parse(&gm, p, p, mode))
+                .collect::<Result<Vec<_>, _>>()?;
+            let reference: Vec<String> = set.queries.iter().map(|q| q.text.clone()).collect();
+            let df = ablation_study(
+                &gm,
+                &set,
+                &ablations,
+                Some(&reference),
+                &AblationConfig::default(),
+            )?;
+            write(df, &a.common.out, "ablation", figures::ablation_figure)
+        }
+        InterpCommand::Swap(a) => {
+            let enc = load(&a.encoder, device)?;
+            let dec = load(&a.decoder, device)?;
+            let c = load_collection(&corpus_of(&a.decoder, a.corpus.as_deref())?)?;
+            let set = split(&c, &a.split)?;
+            let unseen = (!a.unseen.is_empty()).then_some(a.unseen.as_slice());
+            let ev = EncoderSwap::new(&enc, &dec)?.evaluate(set, unseen)?;
+            let label = format!(
+                "{}_encoder+{}_decoder",
+                name_of(&a.encoder),
+                name_of(&a.decoder)
+            );
+            eprintln!(
+                "{label}: Hits@1 {:.4} Hits@10 {:.4} MRR@10 {:.4} ({} queries){}",
+                ev.all.hits_at_1,
+                ev.all.hits_at_10,
+                ev.all.mrr_at_10,
+                ev.all.per_query.len(),
+                ev.unseen
+                    .as_ref()
+                    .map(|u| format!(
+                        "; unseen documents' queries: Hits@1 {:.4} ({} queries)",
+                        u.hits_at_1,
+                        u.per_query.len()
+                    ))
+                    .unwrap_or_default()
+            );
+            write(
+                ev.to_frame(&label)?,
+                &a.out,
+                "encoder_swap",
+                figures::swap_figure,
+            )
+        }
+    }
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn load(dir: &Path, device: &Device) -> Result<GenirModel> {
+    GenirModel::load(dir, device).with_context(|| format!("loading {}", dir.display()))
+}
+
+fn split<'a>(c: &'a genir_data::Collection, name: &str) -> Result<&'a QuerySet> {
+    c.split(name).with_context(|| {
+        format!(
+            "--split {name:?}: the collection has {}",
+            c.split_names().join(", ")
+        )
+    })
+}
+
+fn setup(c: &Common, device: &Device) -> Result<(GenirModel, QuerySet)> {
+    if c.probes == 0 {
+        bail!("--probes must be positive");
+    }
+    let gm = load(&c.model, device)?;
+    let collection = load_collection(&corpus_of(&c.model, c.corpus.as_deref())?)?;
+    let set = split(&collection, &c.split)?;
+    let set = if c.all_queries {
+        let queries: Vec<_> = set.queries.iter().take(c.probes).cloned().collect();
+        let keep: std::collections::BTreeSet<&str> =
+            queries.iter().map(|q| q.qid.as_str()).collect();
+        QuerySet {
+            qrels: set.qrels.filter(|r| keep.contains(r.qid.as_str())),
+            queries: genir_data::Queries::new(queries),
+        }
+    } else {
+        correctly_retrieved(&gm, set, c.probes)?
+    };
+    eprintln!(
+        "analysing {} queries of split {}{}",
+        set.queries.len(),
+        c.split,
+        if c.all_queries {
+            ""
+        } else {
+            " (retrieved at rank 1)"
+        }
+    );
+    Ok((gm, set))
+}
+
+fn write(
+    mut df: DataFrame,
+    out: &Path,
+    stem: &str,
+    figure: fn(&DataFrame, &Path) -> genir_interp::Result<()>,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (parquet, csv) = write_table(&mut df, &out.join(stem))?;
+    let svg = out.join(format!("{stem}.svg"));
+    figure(&df, &svg)?;
+    let png = svg_to_png(&svg, 2.0)?;
+    eprintln!(
+        "{} rows: {}, {}, {}, {}",
+        df.height(),
+        parquet.display(),
+        csv.display(),
+        svg.display(),
+        png.display()
+    );
+    Ok(())
+}
