@@ -269,6 +269,12 @@ fn split(c: &Collection, n_new: usize, seed: u64) -> Result<Split> {
     })
 }
 
+/// Whether `dir` holds a finished training run (`train_state.json` is written last; `docids.json` is written
+/// when a run starts, so a killed run has it too). An unfinished run is resumed from its last checkpoint.
+fn finished(dir: &std::path::Path) -> bool {
+    dir.join("train_state.json").exists()
+}
+
 /// Hits@1, Hits@10 and each query's top docid.
 fn measure(model: &GenirModel, set: &QuerySet, max_len: usize) -> Result<(f64, f64, Vec<String>)> {
     if set.queries.is_empty() {
@@ -346,11 +352,11 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
     std::fs::create_dir_all(&cfg.work_dir).map_err(EditError::io(&cfg.work_dir))?;
     let base_dir = cfg.work_dir.join("base");
     let t = Instant::now();
-    if !base_dir.join(genir_train::bundle::DOCIDS_FILE).exists() {
+    if !finished(&base_dir) {
         Trainer::new(cfg.train.clone(), device.clone()).train(
             &sp.base,
             &base_dir,
-            false,
+            genir_train::train::latest_checkpoint(&base_dir)?.is_some(),
             &mut LogProgress,
         )?;
     }
@@ -407,11 +413,11 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             Method::FullRetraining => {
                 let dir = cfg.work_dir.join("full");
                 let t = Instant::now();
-                if !dir.join(genir_train::bundle::DOCIDS_FILE).exists() {
+                if !finished(&dir) {
                     Trainer::new(cfg.train.clone(), device.clone()).train(
                         &sp.full,
                         &dir,
-                        false,
+                        genir_train::train::latest_checkpoint(&dir)?.is_some(),
                         &mut LogProgress,
                     )?;
                 }
