@@ -12,7 +12,7 @@ fn options() -> &'static usvg::Options<'static> {
         let mut opt = usvg::Options::default();
         let db = opt.fontdb_mut();
         db.load_system_fonts();
-        if db.len() == 0 {
+        if db.is_empty() {
             tracing::warn!("no system fonts found: PNG figures will have no text");
         }
         // plotters writes generic families; map them to fonts every Debian/Ubuntu machine has

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use burn::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use genir_mechir::{
     sweep_blocks, sweep_heads, EncodeConfig, PairDataset, PairPerturbation, PatchConfig,
