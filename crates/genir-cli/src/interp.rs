@@ -8,14 +8,14 @@ use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use genir_data::QuerySet;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
-use genir_interp::figures::{self, svg_to_png};
+use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
 use genir_interp::patching::{
     activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchTarget,
 };
 use genir_interp::swap::EncoderSwap;
-use genir_interp::{correctly_retrieved, write_table, Probe};
+use genir_interp::{correctly_retrieved, Probe};
 use genir_model::hooks::AttnKind;
 use genir_train::bundle::GenirModel;
 use polars::prelude::DataFrame;
@@ -351,11 +351,7 @@ fn write(
     stem: &str,
     figure: fn(&DataFrame, &Path) -> genir_interp::Result<()>,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let (parquet, csv) = write_table(&mut df, &out.join(stem))?;
-    let svg = out.join(format!("{stem}.svg"));
-    figure(&df, &svg)?;
-    let png = svg_to_png(&svg, 2.0)?;
+    let [parquet, csv, svg, png] = figures::write_analysis(&mut df, out, stem, figure)?;
     eprintln!(
         "{} rows: {}, {}, {}, {}",
         df.height(),

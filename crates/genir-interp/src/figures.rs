@@ -586,3 +586,18 @@ pub fn head_projection_figure(df: &DataFrame, path: &Path) -> Result<()> {
         )
     })
 }
+
+/// Writes an analysis's table (`{stem}.parquet`, `{stem}.csv`) and figure (`{stem}.svg`, `{stem}.png`) into
+/// `dir`; returns the four paths in that order.
+pub fn write_analysis(
+    df: &mut DataFrame,
+    dir: &Path,
+    stem: &str,
+    figure: fn(&DataFrame, &Path) -> Result<()>,
+) -> Result<[std::path::PathBuf; 4]> {
+    let (parquet, csv) = crate::common::write_table(df, &dir.join(stem))?;
+    let svg = dir.join(format!("{stem}.svg"));
+    figure(df, &svg)?;
+    let png = svg_to_png(&svg, 2.0)?;
+    Ok([parquet, csv, svg, png])
+}

@@ -13,7 +13,7 @@ use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
 use genir_interp::patching::{activation_patching, make_pairs, Corruption, PatchConfig};
 use genir_interp::swap::EncoderSwap;
-use genir_interp::{figures, write_table, Probe};
+use genir_interp::{figures, Probe};
 use genir_mechir::plot::{block_panels, head_panels, heatmap};
 use genir_mechir::{
     sweep_blocks, sweep_heads, EncodeConfig, PairDataset, PairPerturbation, PatchModel, Sampling,
@@ -521,17 +521,14 @@ fn evaluate_model(
     Ok(rows)
 }
 
-/// Writes an analysis's table (Parquet + CSV) and figure (SVG + PNG) into `dir` under `stem`.
+/// Writes an analysis's table and figure into `dir` under `stem` (see [`figures::write_analysis`]).
 fn save(
     mut df: polars::prelude::DataFrame,
     dir: &Path,
     stem: &str,
     figure: fn(&polars::prelude::DataFrame, &Path) -> genir_interp::Result<()>,
 ) -> Result<polars::prelude::DataFrame> {
-    write_table(&mut df, &dir.join(stem))?;
-    let svg = dir.join(format!("{stem}.svg"));
-    figure(&df, &svg)?;
-    svg_to_png(&svg, 2.0)?;
+    figures::write_analysis(&mut df, dir, stem, figure)?;
     Ok(df)
 }
 
