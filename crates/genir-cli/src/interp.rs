@@ -8,14 +8,16 @@ use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use genir_data::QuerySet;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
+use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
 use genir_interp::patching::{
     activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchTarget,
 };
+use genir_interp::stages::{stage_analysis, StageConfig};
 use genir_interp::swap::EncoderSwap;
-use genir_interp::{correctly_retrieved, Probe};
+use genir_interp::{correctly_retrieved, write_table, Probe};
 use genir_model::hooks::AttnKind;
 use genir_train::bundle::GenirModel;
 use polars::prelude::DataFrame;
@@ -29,6 +31,8 @@ pub const EXAMPLES: &str = "Examples:
   genir interp heads --model models/dsi --top-k 10 --out interp
   genir interp ablate --model models/dsi --points 'decoder.blocks.*.hook_self_attn_out' --mode mean --out interp
   genir interp swap --encoder models/dsi-minus10 --decoder models/dsi --unseen 17,256 --out interp
+  genir interp patch --model models/dsi --pairs 24 --attribution --out interp
+  genir interp stages --model models/dsi --pairs 16 --out interp
 
 Each writes <out>/<analysis>.parquet, .csv, .svg and .png. The queries analysed are those of --split that
 the model retrieves at rank 1 (the paper's \"correct queries\"; --all-queries for every query), at most --probes.";
@@ -55,6 +59,29 @@ pub enum InterpCommand {
     Ablate(AblateArgs),
     /// Encoder swap: one model's encoder with another's decoder.
     Swap(SwapArgs),
+    /// Decoder stages from the data (lens + patching), path patching into them, and the minimal circuit.
+    Stages(StagesArgs),
+}
+
+/// Arguments of `genir interp stages`.
+#[derive(Args, Debug)]
+pub struct StagesArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clean / corrupted pairs (other-query corruption) for patching and path patching.
+    #[arg(long, default_value_t = 16)]
+    pub pairs: usize,
+    /// Seed of the pairing.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Interaction starts where the lens's reciprocal rank of the correct docid reaches this fraction of its
+    /// final value.
+    #[arg(long, default_value_t = 0.5)]
+    pub rr_fraction: f64,
+    /// Bridging starts at the first layer whose cross-attention patching effect reaches this fraction of the
+    /// largest.
+    #[arg(long, default_value_t = 0.25)]
+    pub cross_fraction: f64,
 }
 
 /// Options every per-query analysis takes.
@@ -115,6 +142,14 @@ pub struct PatchArgs {
     /// Metric.
     #[arg(long, value_enum, default_value = "logit-diff")]
     pub metric: MetricArg,
+    /// Multi-token docids: feed this many clean docid tokens to the decoder and patch the step that predicts
+    /// the next one (adds per-position decoder patching).
+    #[arg(long, default_value_t = 0)]
+    pub decoder_prefix: usize,
+    /// Also run attribution patching (one backward pass per pair) and write `attribution.*` and its agreement
+    /// with exact patching, `attribution_agreement.*` (logit-diff metric only).
+    #[arg(long)]
+    pub attribution: bool,
 }
 
 /// Arguments of `genir interp heads`.
@@ -212,11 +247,59 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                     PatchTarget::Components,
                     PatchTarget::Heads,
                     PatchTarget::EncoderPositions,
+                    PatchTarget::DecoderPositions,
                 ],
+                decoder_prefix: a.decoder_prefix,
                 ..PatchConfig::default()
             };
+            if a.attribution && cfg.metric != PatchMetric::LogitDiff {
+                bail!("--attribution needs --metric logit-diff (reciprocal rank has no gradient)");
+            }
             let df = activation_patching(&gm, &pairs, &cfg)?;
+            if a.attribution {
+                let attr = attribution_patching(&gm, &pairs, &cfg)?;
+                let mut ag = agreement(&df, &attr)?;
+                let (parquet, csv) =
+                    write_table(&mut ag, &a.common.out.join("attribution_agreement"))?;
+                eprintln!(
+                    "attribution vs exact patching (Pearson r per target): {}, {}",
+                    parquet.display(),
+                    csv.display()
+                );
+                write(attr, &a.common.out, "attribution", figures::patching_figure)?;
+            }
             write(df, &a.common.out, "patching", figures::patching_figure)
+        }
+        InterpCommand::Stages(a) => {
+            let (gm, set) = setup(&a.common, device)?;
+            let probes = Probe::from_query_set(&set);
+            let n = a.pairs.min(probes.len());
+            if n < 2 {
+                bail!("stages need at least two queries; {} found", probes.len());
+            }
+            let pairs = make_pairs(&probes[..n], &Corruption::OtherQuery { seed: a.seed })?;
+            let cfg = StageConfig {
+                rr_fraction: a.rr_fraction,
+                cross_fraction: a.cross_fraction,
+            };
+            let r = stage_analysis(&gm, &probes, &pairs, &set, &cfg)?;
+            eprintln!(
+                "decoder stages (priming / bridging / interaction): {}",
+                r.split.describe()
+            );
+            write(r.evidence, &a.common.out, "stages", figures::stages_figure)?;
+            write(
+                r.paths,
+                &a.common.out,
+                "path_patching",
+                figures::path_patching_figure,
+            )?;
+            write(
+                r.circuit,
+                &a.common.out,
+                "minimal_circuit",
+                figures::ablation_figure,
+            )
         }
         InterpCommand::Heads(a) => {
             let (gm, set) = setup(&a.common, device)?;

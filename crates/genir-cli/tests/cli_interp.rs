@@ -67,10 +67,18 @@ fn every_analysis_writes_tables_and_figures() {
     let tmp = tempfile::tempdir().unwrap();
     let model = trained();
     let out = tmp.path().join("interp");
-    let runs: [(&[&str], &str); 5] = [
+    let runs: [(&[&str], &str); 7] = [
         (&["lens", "--probes", "8"], "logit_lens"),
         (&["contributions", "--probes", "8"], "contributions"),
         (&["patch", "--probes", "8", "--pairs", "4"], "patching"),
+        (
+            &["patch", "--probes", "8", "--pairs", "3", "--attribution"],
+            "attribution",
+        ),
+        (
+            &["stages", "--probes", "8", "--pairs", "4"],
+            "path_patching",
+        ),
         (
             &["heads", "--probes", "4", "--top-k", "3"],
             "head_projection",
@@ -102,6 +110,23 @@ fn every_analysis_writes_tables_and_figures() {
             );
         }
     }
+    for stem in ["stages", "minimal_circuit"] {
+        assert!(out.join(format!("{stem}.png")).exists(), "{stem}");
+    }
+    let stages = std::fs::read_to_string(out.join("stages.csv")).unwrap();
+    assert!(stages.starts_with("layer,stage,"), "{stages}");
+    let agreement = std::fs::read_to_string(out.join("attribution_agreement.csv")).unwrap();
+    assert!(
+        agreement.starts_with("target,n,pearson,mean_abs_diff") && agreement.contains("\nall,"),
+        "{agreement}"
+    );
+    let o = interp(
+        &["patch", "--attribution", "--metric", "reciprocal-rank"],
+        &model,
+        &out,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--attribution"));
     let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
     assert_eq!(
         csv.lines().count(),

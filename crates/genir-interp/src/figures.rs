@@ -481,6 +481,104 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
     })
 }
 
+/// Heatmap of a path-patching table ([`crate::stages::path_patching`]): the mean normalised effect of each
+/// sender (columns) on each receiver (rows).
+pub fn path_patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
+    let short = |s: &str| {
+        s.trim_start_matches("decoder.blocks.")
+            .replace(".hook_", " ")
+            .replace("_out", "")
+    };
+    let keys: Vec<(String, String)> = str_col(df, "receiver")?
+        .iter()
+        .zip(str_col(df, "sender")?)
+        .map(|(r, s)| (short(r), short(&s)))
+        .collect();
+    let means = group_mean(&keys, &f64_col(df, "value")?);
+    let (mut rows, mut cols): (Vec<String>, Vec<String>) = (vec![], vec![]);
+    for k in &keys {
+        if !rows.contains(&k.0) {
+            rows.push(k.0.clone());
+        }
+        if !cols.contains(&k.1) {
+            cols.push(k.1.clone());
+        }
+    }
+    if rows.is_empty() {
+        return Err(InterpError::Input(
+            "the path-patching table is empty".into(),
+        ));
+    }
+    let grid: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| {
+                    means
+                        .get(&(r.clone(), c.clone()))
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        })
+        .collect();
+    render(
+        path,
+        (1000, (160 + 40 * rows.len()).max(380) as u32),
+        1,
+        |areas| {
+            heatmap(
+                &areas[0],
+                "Path patching: sender (column) -> receiver (row), 0 = corrupted, 1 = clean",
+                &rows,
+                &cols,
+                &grid,
+                &diverging,
+            )
+        },
+    )
+}
+
+/// Line plot of a stage-evidence table ([`crate::stages::derive_stages`]): per decoder layer, the lens's
+/// reciprocal rank of the correct docid and the patching effect of each component, with the stage of each
+/// layer in the legend.
+pub fn stages_figure(df: &DataFrame, path: &Path) -> Result<()> {
+    let layer = i64_col(df, "layer")?;
+    let stage = str_col(df, "stage")?;
+    let mut bounds = String::new();
+    for (i, s) in stage.iter().enumerate() {
+        if i == 0 || stage[i - 1] != *s {
+            bounds.push_str(&format!(" {s} from layer {};", layer[i]));
+        }
+    }
+    let mut series = Vec::new();
+    for (name, c) in [
+        ("lens reciprocal rank (resid_post)", "lens_reciprocal_rank"),
+        ("self-attention patching", "self_attn_patch"),
+        ("cross-attention patching", "cross_attn_patch"),
+        ("MLP patching", "mlp_patch"),
+    ] {
+        let v = f64_col(df, c)?;
+        let pts: Vec<(f64, f64)> = layer
+            .iter()
+            .zip(v)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(&x, y)| (x as f64, y))
+            .collect();
+        series.push((name.to_string(), pts));
+    }
+    render(path, (900, 500), 1, |areas| {
+        lines(
+            &areas[0],
+            &format!("Decoder stages:{}", bounds.trim_end_matches(';')),
+            "decoder layer",
+            "value",
+            &series,
+            false,
+        )
+    })
+}
+
 /// Bar chart of an encoder-swap table ([`crate::swap::SwapEvaluation::to_frame`], several concatenated):
 /// Hits@1 and Hits@10 per label and subset.
 pub fn swap_figure(df: &DataFrame, path: &Path) -> Result<()> {

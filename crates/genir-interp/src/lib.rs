@@ -5,8 +5,12 @@
 //!   each component writes.
 //! - [`patching`]: activation patching of clean into corrupted runs (components, heads, encoder positions,
 //!   decoder positions), batched: one forward pass patches many variants, one batch row each.
+//! - [`attribution`]: attribution patching (the gradient estimate of every patching cell in one backward
+//!   pass) and its agreement with exact patching.
 //! - [`swap`]: one model's encoder under another model's decoder, evaluated with Hits@k.
 //! - [`ablation`]: zero / mean ablation of any hook points, measured by retrieval quality.
+//! - [`stages`]: the decoder's priming / bridging / interaction split derived from the lens and patching
+//!   tables, the minimal circuit on it, and path patching between components.
 //! - [`heads`]: vocabulary projection of each attention head's output.
 //! - [`figures`]: SVG figures of the tables.
 //!
@@ -37,6 +41,7 @@
 //! ```
 
 pub mod ablation;
+pub mod attribution;
 pub mod common;
 pub mod error;
 pub mod figures;
@@ -44,6 +49,7 @@ pub mod heads;
 pub mod lens;
 pub mod patching;
 pub mod png;
+pub mod stages;
 pub mod swap;
 
 pub use common::{correctly_retrieved, lens_logits, write_csv, write_table, Probe};

@@ -14,14 +14,14 @@ use genir_model::hooks::{
     Activation, ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention,
     Selection, Site, Stack,
 };
-use genir_model::t5::pad_batch;
+use genir_model::t5::{pad_batch, KvPair};
 use genir_train::bundle::GenirModel;
 use polars::prelude::*;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{col, docid_block, host, Probe};
+use crate::common::{cached3, col, docid_block, host, Probe};
 use crate::error::{InterpError, Result};
 
 /// How to build the corrupted query of each probe.
@@ -159,15 +159,20 @@ pub enum PatchTarget {
     /// Each decoder layer's `hook_resid_pre` (and the last `hook_resid_post`) one decoder position at a time;
     /// only when the decoder input has more than one position (`decoder_prefix > 0`).
     DecoderPositions,
+    /// The decoder's final norm output (`decoder.ln_final.hook_normalized`, all positions): the metric is a
+    /// linear function of it, so exact and attribution patching must agree there (a check row).
+    FinalNorm,
 }
 
 impl PatchTarget {
-    fn name(self) -> &'static str {
+    /// The name used in the `target` column.
+    pub fn name(self) -> &'static str {
         match self {
             PatchTarget::Components => "components",
             PatchTarget::Heads => "heads",
             PatchTarget::EncoderPositions => "encoder_positions",
             PatchTarget::DecoderPositions => "decoder_positions",
+            PatchTarget::FinalNorm => "final_norm",
         }
     }
 }
@@ -216,13 +221,13 @@ pub const PATCH_COMPONENTS: [(&str, Site); 5] = [
 
 /// One patched variant of a pair.
 #[derive(Clone, Debug)]
-struct Variant {
-    target: &'static str,
-    layer: i64,
-    component: String,
-    head: i64,
-    position: i64,
-    patch: Option<(HookPoint, Selection)>,
+pub(crate) struct Variant {
+    pub(crate) target: &'static str,
+    pub(crate) layer: i64,
+    pub(crate) component: String,
+    pub(crate) head: i64,
+    pub(crate) position: i64,
+    pub(crate) patch: Option<(HookPoint, Selection)>,
 }
 
 impl Variant {
@@ -238,7 +243,12 @@ impl Variant {
     }
 }
 
-fn decoder_variants(layers: usize, heads: usize, t: usize, cfg: &PatchConfig) -> Vec<Variant> {
+pub(crate) fn decoder_variants(
+    layers: usize,
+    heads: usize,
+    t: usize,
+    cfg: &PatchConfig,
+) -> Vec<Variant> {
     let mut v = vec![Variant::none()];
     for target in &cfg.targets {
         match target {
@@ -314,6 +324,17 @@ fn decoder_variants(layers: usize, heads: usize, t: usize, cfg: &PatchConfig) ->
             PatchTarget::DecoderPositions => {
                 tracing::debug!("decoder has one position: no per-position decoder patching");
             }
+            PatchTarget::FinalNorm => {
+                let point = HookPoint::final_norm(Stack::Decoder);
+                v.push(Variant {
+                    target: target.name(),
+                    layer: layers as i64,
+                    component: point.to_string(),
+                    head: -1,
+                    position: -1,
+                    patch: Some((point, Selection::all())),
+                });
+            }
             PatchTarget::EncoderPositions => {}
         }
     }
@@ -321,9 +342,9 @@ fn decoder_variants(layers: usize, heads: usize, t: usize, cfg: &PatchConfig) ->
 }
 
 /// One result row.
-struct Row {
-    variant: Variant,
-    raw: f64,
+pub(crate) struct Row {
+    pub(crate) variant: Variant,
+    pub(crate) raw: f64,
 }
 
 /// Repeats an activation `n` times along the batch axis.
@@ -334,113 +355,238 @@ fn repeat(act: &Activation, n: usize) -> Activation {
     }
 }
 
+fn repeat_kv(kv: &[KvPair], n: usize) -> Vec<KvPair> {
+    kv.iter()
+        .map(|p| KvPair {
+            k: p.k.clone().map(|t| t.repeat_dim(0, n)),
+            v: p.v.clone().map(|t| t.repeat_dim(0, n)),
+        })
+        .collect()
+}
+
+/// The layer a variant's patched run starts at: its hook point's decoder block, or past the last block
+/// (only the final norm runs) for the decoder's final norm and for the unpatched row.
+fn start_layer(v: &Variant, layers: usize) -> usize {
+    match &v.patch {
+        Some((p, _)) => p.layer.unwrap_or(layers),
+        None => layers,
+    }
+}
+
 /// Everything about one pair that the patched runs need.
-struct PairRun<'m> {
-    gm: &'m GenirModel,
-    enc_clean: Tensor<3>,
-    enc_base: Tensor<3>,
-    mask_base: Tensor<2, Int>,
-    dec_ids: Tensor<2, Int>,
-    cache: ActivationCache,
-    clean_tok: usize,
-    corrupt_tok: usize,
-    metric: PatchMetric,
+///
+/// The sweep reuses all it can: the encoder ran once for both queries; the cross-attention keys and values
+/// of every decoder layer are computed once per run and repeated along the batch; a variant patched at
+/// decoder layer `l` starts from the base run's cached residual stream at `l`; and the metric needs only the
+/// LM head's rows of the docid tokens (and of the two compared tokens), not the whole vocabulary.
+pub(crate) struct PairRun<'m> {
+    pub(crate) gm: &'m GenirModel,
+    pub(crate) enc_clean: Tensor<3>,
+    pub(crate) enc_base: Tensor<3>,
+    pub(crate) mask_base: Tensor<2, Int>,
+    pub(crate) dec_ids: Tensor<2, Int>,
+    /// Cache of the clean run (`decoder.*`): the patch sources.
+    pub(crate) cache: ActivationCache,
+    /// Cache of the run patched into (`decoder.*`): where patched runs resume.
+    pub(crate) base_cache: ActivationCache,
+    cross_clean: Vec<KvPair>,
+    cross_base: Vec<KvPair>,
+    self_bias: Tensor<4>,
+    enc_bias: Tensor<4>,
+    /// `[k, d_model]`: the LM head rows of `tokens`, with the output scaling folded in.
+    head_rows: Tensor<2>,
+    /// Docid-block tokens first (`block_len` of them), then the compared tokens outside it.
+    tokens: Vec<usize>,
+    block_len: usize,
+    pub(crate) clean_tok: usize,
+    pub(crate) corrupt_tok: usize,
+    pub(crate) metric: PatchMetric,
 }
 
 impl PairRun<'_> {
+    fn index_of(&self, tok: usize) -> usize {
+        self.tokens
+            .iter()
+            .position(|&t| t == tok)
+            .unwrap_or_default()
+    }
+
     fn metric_of(&self, row: &[f32]) -> f64 {
+        let c = row[self.index_of(self.clean_tok)];
         match self.metric {
             PatchMetric::LogitDiff => {
-                f64::from(row[self.clean_tok]) - f64::from(row[self.corrupt_tok])
+                f64::from(c) - f64::from(row[self.index_of(self.corrupt_tok)])
             }
             PatchMetric::ReciprocalRank => {
-                let t = row[self.clean_tok];
-                let block = docid_block(self.gm);
-                let better = row[block].iter().filter(|&&v| v > t).count();
+                let better = row[..self.block_len].iter().filter(|&&v| v > c).count();
                 1.0 / (1 + better) as f64
             }
         }
     }
 
-    /// Metric per row of logits `[n, t, vocab]` at the last position.
-    fn metrics(&self, logits: Tensor<3>) -> Result<Vec<f64>> {
-        let [n, t, v] = logits.dims();
-        let last = logits.slice([0..n, t - 1..t, 0..v]);
-        let values = host(last)?;
-        Ok((0..n)
-            .map(|i| self.metric_of(&values[i * v..(i + 1) * v]))
+    /// Logits of `tokens` at the last position of final-normed decoder states `[n, t, d] -> [n, k]`.
+    fn token_logits(&self, h: Tensor<3>) -> Result<(Vec<f32>, usize)> {
+        let [n, t, d] = h.dims();
+        let last = h.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
+        let k = self.tokens.len();
+        Ok((host(last.matmul(self.head_rows.clone().transpose()))?, k))
+    }
+
+    /// The logit difference (clean docid token minus corrupted docid token) at the last position of
+    /// final-normed decoder states `[1, t, d_model]`, as a tensor (differentiable when `h` is).
+    pub(crate) fn logit_diff(&self, h: Tensor<3>) -> Tensor<1> {
+        let [n, t, d] = h.dims();
+        let last = h.slice([0..n, t - 1..t, 0..d]).reshape([n, d]);
+        let logits = last.matmul(self.head_rows.clone().transpose());
+        let (c, x) = (
+            self.index_of(self.clean_tok),
+            self.index_of(self.corrupt_tok),
+        );
+        (logits.clone().slice([0..n, c..c + 1]) - logits.slice([0..n, x..x + 1])).sum()
+    }
+
+    /// Metric per row of final-normed decoder states `[n, t, d_model]` (last position).
+    pub(crate) fn metrics(&self, h: Tensor<3>) -> Result<Vec<f64>> {
+        let (values, k) = self.token_logits(h)?;
+        Ok(values.chunks(k).map(|row| self.metric_of(row)).collect())
+    }
+
+    /// The decoder from its first layer for `n` rows of the base run (`x0`: the base run's
+    /// `decoder.blocks.0.hook_resid_pre`), with `hooks`; final-normed states `[n, t, d_model]`.
+    pub(crate) fn decode_rows(
+        &self,
+        x0: Tensor<3>,
+        n: usize,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Tensor<3>> {
+        Ok(self.gm.model.decode_from_kv(
+            x0.repeat_dim(0, n),
+            0,
+            self.self_bias.clone(),
+            &repeat_kv(&self.cross_base, n),
+            self.enc_bias.clone(),
+            hooks,
+        )?)
+    }
+
+    /// Runs every variant; rows come back in the order of `variants`.
+    pub(crate) fn run_decoder(&self, variants: &[Variant], batch: usize) -> Result<Vec<Row>> {
+        let layers = self.gm.model.decoder.blocks.len();
+        let mut raw = vec![f64::NAN; variants.len()];
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        order.sort_by_key(|&i| start_layer(&variants[i], layers));
+        let mut i0 = 0;
+        while i0 < order.len() {
+            let start = start_layer(&variants[order[i0]], layers);
+            let mut i1 = i0;
+            while i1 < order.len() && start_layer(&variants[order[i1]], layers) == start {
+                i1 += 1;
+            }
+            let resume = if start < layers {
+                HookPoint::block(Stack::Decoder, start, Site::ResidPre)
+            } else {
+                HookPoint::block(Stack::Decoder, layers - 1, Site::ResidPost)
+            };
+            let x0 = cached3(&self.base_cache, resume)?;
+            for chunk in order[i0..i1].chunks(batch.max(1)) {
+                let n = chunk.len();
+                let mut hooks = Hooks::none();
+                let mut sources: std::collections::HashMap<HookPoint, Activation> =
+                    Default::default();
+                for (row, &vi) in chunk.iter().enumerate() {
+                    if let Some((point, sel)) = &variants[vi].patch {
+                        let source = match sources.get(point) {
+                            Some(s) => s.clone(),
+                            None => {
+                                let s = repeat(self.cache.require(point)?, n);
+                                sources.insert(*point, s.clone());
+                                s
+                            }
+                        };
+                        let selection = Selection {
+                            batch: Some(vec![row]),
+                            ..sel.clone()
+                        };
+                        hooks.add(*point, Intervention::Patch { source, selection });
+                    }
+                }
+                let h = self.gm.model.decode_from_kv(
+                    x0.clone().repeat_dim(0, n),
+                    start,
+                    self.self_bias.clone(),
+                    &repeat_kv(&self.cross_base, n),
+                    self.enc_bias.clone(),
+                    &mut hooks,
+                )?;
+                for (&vi, m) in chunk.iter().zip(self.metrics(h)?) {
+                    raw[vi] = m;
+                }
+            }
+            i0 = i1;
+        }
+        Ok(variants
+            .iter()
+            .zip(raw)
+            .map(|(v, raw)| Row {
+                variant: v.clone(),
+                raw,
+            })
             .collect())
     }
 
-    fn decode(&self, enc: &Tensor<3>, n: usize, hooks: &mut Hooks<'_>) -> Result<Vec<f64>> {
-        let logits = self.gm.model.decode(
-            enc,
-            self.mask_base.clone().repeat_dim(0, n),
-            self.dec_ids.clone().repeat_dim(0, n),
-            None,
-            hooks,
-        )?;
-        self.metrics(logits)
-    }
-
-    fn run_decoder(&self, variants: &[Variant], batch: usize) -> Result<Vec<Row>> {
-        let mut rows = Vec::with_capacity(variants.len());
-        for chunk in variants.chunks(batch.max(1)) {
-            let n = chunk.len();
-            let enc = self.enc_base.clone().repeat_dim(0, n);
-            let mut hooks = Hooks::none();
-            let mut sources: std::collections::HashMap<HookPoint, Activation> = Default::default();
-            for (i, v) in chunk.iter().enumerate() {
-                if let Some((point, sel)) = &v.patch {
-                    let source = match sources.get(point) {
-                        Some(s) => s.clone(),
-                        None => {
-                            let s = repeat(self.cache.require(point)?, n);
-                            sources.insert(*point, s.clone());
-                            s
-                        }
-                    };
-                    let selection = Selection {
-                        batch: Some(vec![i]),
-                        ..sel.clone()
-                    };
-                    hooks.add(*point, Intervention::Patch { source, selection });
-                }
-            }
-            let m = self.decode(&enc, n, &mut hooks)?;
-            rows.extend(chunk.iter().zip(m).map(|(v, raw)| Row {
-                variant: v.clone(),
-                raw,
-            }));
-        }
-        Ok(rows)
-    }
-
+    /// Patches the encoder output one source position at a time. The cross-attention keys and values are
+    /// linear in the encoder output row by row, so a patched position's keys/values are the clean run's at
+    /// that position and the base run's elsewhere: no projection is recomputed.
     fn run_encoder_positions(&self, batch: usize) -> Result<Vec<Row>> {
-        let src = self.enc_base.dims()[1];
+        let [_, src, _] = self.enc_base.dims();
+        let device = self.enc_base.device();
         let point = HookPoint::final_norm(Stack::Encoder);
+        let x0 = cached3(
+            &self.base_cache,
+            HookPoint::block(Stack::Decoder, 0, Site::ResidPre),
+        )?;
+        let diff: Vec<KvPair> = self
+            .cross_clean
+            .iter()
+            .zip(&self.cross_base)
+            .map(|(c, b)| KvPair {
+                k: c.k.clone().zip(b.k.clone()).map(|(c, b)| c - b),
+                v: c.v.clone().zip(b.v.clone()).map(|(c, b)| c - b),
+            })
+            .collect();
         let positions: Vec<usize> = (0..src).collect();
         let mut rows = Vec::with_capacity(src);
         for chunk in positions.chunks(batch.max(1)) {
             let n = chunk.len();
-            let source = Activation::Rank3(self.enc_clean.clone().repeat_dim(0, n));
-            let mut hooks = Hooks::none();
+            let mut onehot = vec![0f32; n * src];
             for (i, &p) in chunk.iter().enumerate() {
-                hooks.add(
-                    point,
-                    Intervention::Patch {
-                        source: source.clone(),
-                        selection: Selection {
-                            positions: Some(vec![p]),
-                            heads: None,
-                            batch: Some(vec![i]),
-                        },
-                    },
-                );
+                onehot[i * src + p] = 1.0;
             }
-            // The encoder ran once; its output is patched at its hook point directly.
-            let enc = hooks.apply3(point, self.enc_base.clone().repeat_dim(0, n))?;
-            let m = self.decode(&enc, n, &mut Hooks::none())?;
+            let sel: Tensor<4> =
+                Tensor::from_data(TensorData::new(onehot, [n, 1, src, 1]), &device);
+            let mix = |b: &Option<Tensor<4>>, d: &Option<Tensor<4>>| {
+                b.clone()
+                    .zip(d.clone())
+                    .map(|(b, d)| b.repeat_dim(0, n) + d.repeat_dim(0, n) * sel.clone())
+            };
+            let cross: Vec<KvPair> = self
+                .cross_base
+                .iter()
+                .zip(&diff)
+                .map(|(b, d)| KvPair {
+                    k: mix(&b.k, &d.k),
+                    v: mix(&b.v, &d.v),
+                })
+                .collect();
+            let h = self.gm.model.decode_from_kv(
+                x0.clone().repeat_dim(0, n),
+                0,
+                self.self_bias.clone(),
+                &cross,
+                self.enc_bias.clone(),
+                &mut Hooks::none(),
+            )?;
+            let m = self.metrics(h)?;
             rows.extend(chunk.iter().zip(m).map(|(&p, raw)| Row {
                 variant: Variant {
                     target: PatchTarget::EncoderPositions.name(),
@@ -457,9 +603,172 @@ impl PairRun<'_> {
     }
 }
 
+/// A pair prepared for patching: the run, its metric on the clean and corrupted runs, and the label of the
+/// corrupted docid.
+pub(crate) struct PreparedPair<'m> {
+    pub(crate) run: PairRun<'m>,
+    pub(crate) m_clean: f64,
+    pub(crate) m_corrupt: f64,
+    pub(crate) corrupt_label: String,
+    /// Decoder positions.
+    pub(crate) t: usize,
+}
+
+/// Encodes both queries of a pair once, runs and caches the clean and corrupted decoders, and resolves the
+/// compared docid tokens.
+pub(crate) fn prepare_pair<'m>(
+    gm: &'m GenirModel,
+    searcher: &genir_train::search::Searcher<'_>,
+    pair: &PatchPair,
+    cfg: &PatchConfig,
+) -> Result<PreparedPair<'m>> {
+    let model = &gm.model;
+    let device = model.shared.val().device();
+    let pad = model.config.pad_token_id as u32;
+    let start = model.config.decoder_start() as u32;
+    let block = docid_block(gm);
+    let ctx = |what: &str| format!(" ({what} of pair {})", pair.qid);
+    let clean_doc = gm.scheme.require(&pair.clean_docid, &ctx("clean docid"))?;
+    let clean_target = gm.scheme.target(clean_doc);
+    let prefix = cfg.decoder_prefix;
+    let clean_tok = *clean_target.get(prefix).ok_or_else(|| {
+        InterpError::Input(format!(
+            "decoder_prefix {prefix} is not shorter than the docid target of {} ({} tokens)",
+            pair.clean_docid,
+            clean_target.len()
+        ))
+    })? as usize;
+    let mut dec = vec![start];
+    dec.extend_from_slice(&clean_target[..prefix]);
+    let t = dec.len();
+    let dec_ids: Tensor<2, Int> = Tensor::from_data(
+        TensorData::new(
+            dec.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+            [1, t],
+        ),
+        &device,
+    );
+    let ids = searcher.encode_queries(&[pair.clean.clone(), pair.corrupt.clone()])?;
+    if ids[0].len() != ids[1].len() {
+        tracing::debug!(qid = %pair.qid, clean = ids[0].len(), corrupt = ids[1].len(),
+            "query lengths differ: the shorter is padded and masked");
+    }
+    // One encoder pass for both queries of the pair.
+    let (src, mask) = pad_batch(&ids, pad, &device)?;
+    let enc = model.encode(src, mask.clone(), &mut Hooks::none())?;
+    let [_, s, d] = enc.dims();
+    let enc_clean = enc.clone().slice([0..1, 0..s, 0..d]);
+    let enc_corrupt = enc.slice([1..2, 0..s, 0..d]);
+    let mask_clean = mask.clone().slice([0..1, 0..s]);
+    let mask_corrupt = mask.slice([1..2, 0..s]);
+    let filter = || HookFilter::parse("decoder.*");
+    let mut hooks = Hooks::caching(filter());
+    let clean_h = model.decode_hidden(
+        &enc_clean,
+        mask_clean.clone(),
+        dec_ids.clone(),
+        None,
+        &mut hooks,
+    )?;
+    let cache = hooks.take_cache();
+    let mut hooks = Hooks::caching(filter());
+    let corrupt_h = model.decode_hidden(
+        &enc_corrupt,
+        mask_corrupt.clone(),
+        dec_ids.clone(),
+        None,
+        &mut hooks,
+    )?;
+    let corrupt_cache = hooks.take_cache();
+    let mut tokens: Vec<usize> = block.clone().collect();
+    let block_len = tokens.len();
+    let add_token = |tok: usize, tokens: &mut Vec<usize>| {
+        if !tokens.contains(&tok) {
+            tokens.push(tok);
+        }
+    };
+    add_token(clean_tok, &mut tokens);
+    let explicit_corrupt = match &pair.corrupt_docid {
+        Some(docid) => {
+            let doc = gm.scheme.require(docid, &ctx("corrupted docid"))?;
+            let tok = *gm.scheme.target(doc).get(prefix).ok_or_else(|| {
+                InterpError::Input(format!(
+                    "decoder_prefix {prefix} is not shorter than the docid target of {docid}"
+                ))
+            })? as usize;
+            add_token(tok, &mut tokens);
+            Some((tok, docid.clone()))
+        }
+        None => None,
+    };
+    let rows = {
+        let unembed = model.unembed();
+        let idx: Tensor<1, Int> = Tensor::from_data(
+            TensorData::new(
+                tokens.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                [tokens.len()],
+            ),
+            &device,
+        );
+        let scale = model.output_scale();
+        let r = unembed.select(0, idx);
+        if scale != 1.0 {
+            r * scale
+        } else {
+            r
+        }
+    };
+    let (enc_base, mask_base, base_cache) = if cfg.into_clean {
+        (enc_clean.clone(), mask_clean, cache.clone())
+    } else {
+        (enc_corrupt, mask_corrupt, corrupt_cache)
+    };
+    let mut run = PairRun {
+        gm,
+        cross_clean: model.cross_kv(&enc_clean),
+        cross_base: model.cross_kv(&enc_base),
+        self_bias: model.decoder_self_bias(t, &device)?,
+        enc_bias: model.encoder_bias(mask_base.clone()),
+        enc_clean,
+        enc_base,
+        mask_base,
+        dec_ids,
+        cache,
+        base_cache,
+        head_rows: rows,
+        tokens,
+        block_len,
+        clean_tok,
+        corrupt_tok: clean_tok,
+        metric: cfg.metric,
+    };
+    let (corrupt_tok, corrupt_label) = match explicit_corrupt {
+        Some(x) => x,
+        None => {
+            let (row, _) = run.token_logits(corrupt_h.clone())?;
+            let tok = (0..run.block_len)
+                .filter(|&i| run.tokens[i] != clean_tok)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .map(|i| run.tokens[i])
+                .ok_or_else(|| InterpError::Input("the scheme has a single docid token".into()))?;
+            (tok, token_label(gm, tok))
+        }
+    };
+    run.corrupt_tok = corrupt_tok;
+    let m_clean = run.metrics(clean_h)?[0];
+    let m_corrupt = run.metrics(corrupt_h)?[0];
+    Ok(PreparedPair {
+        run,
+        m_clean,
+        m_corrupt,
+        corrupt_label,
+        t,
+    })
+}
+
 /// Columns of the patching table being built.
 #[derive(Default)]
-struct Table {
+pub(crate) struct Table {
     qid: Vec<String>,
     clean_docid: Vec<String>,
     corrupt_docid: Vec<String>,
@@ -473,6 +782,60 @@ struct Table {
     clean: Vec<f64>,
     corrupt: Vec<f64>,
     value: Vec<f64>,
+}
+
+impl Table {
+    /// Adds one row; `value` is normalised by the clean and corrupted metrics (NaN when they are equal).
+    pub(crate) fn push(
+        &mut self,
+        pair: &PatchPair,
+        corrupt_label: &str,
+        metric: &str,
+        r: Row,
+        m_clean: f64,
+        m_corrupt: f64,
+    ) {
+        let denom = m_clean - m_corrupt;
+        self.qid.push(pair.qid.clone());
+        self.clean_docid.push(pair.clean_docid.clone());
+        self.corrupt_docid.push(corrupt_label.to_string());
+        self.target.push(r.variant.target.to_string());
+        self.layer.push(r.variant.layer);
+        self.component.push(r.variant.component);
+        self.head.push(r.variant.head);
+        self.position.push(r.variant.position);
+        self.metric.push(metric.to_string());
+        self.raw.push(r.raw);
+        self.clean.push(m_clean);
+        self.corrupt.push(m_corrupt);
+        self.value.push(if denom.abs() < 1e-9 {
+            f64::NAN
+        } else {
+            (r.raw - m_corrupt) / denom
+        });
+    }
+
+    pub(crate) fn into_frame(self) -> Result<DataFrame> {
+        let h = self.qid.len();
+        Ok(DataFrame::new(
+            h,
+            vec![
+                col("qid", self.qid),
+                col("clean_docid", self.clean_docid),
+                col("corrupt_docid", self.corrupt_docid),
+                col("target", self.target),
+                col("layer", self.layer),
+                col("component", self.component),
+                col("head", self.head),
+                col("position", self.position),
+                col("metric", self.metric),
+                col("raw", self.raw),
+                col("clean", self.clean),
+                col("corrupt", self.corrupt),
+                col("value", self.value),
+            ],
+        )?)
+    }
 }
 
 /// Runs the patching sweep of [`PatchConfig::targets`] over every pair.
@@ -491,106 +854,18 @@ pub fn activation_patching(
         return Err(InterpError::Input("no query pairs to patch".into()));
     }
     let model = &gm.model;
-    let device = model.shared.val().device();
     let searcher = gm.searcher()?;
-    let pad = model.config.pad_token_id as u32;
-    let start = model.config.decoder_start() as u32;
     let layers = model.decoder.blocks.len();
     let heads = model.config.num_heads;
-    let block = docid_block(gm);
     let mut table = Table::default();
     for pair in pairs {
-        let ctx = |what: &str| format!(" ({what} of pair {})", pair.qid);
-        let clean_doc = gm.scheme.require(&pair.clean_docid, &ctx("clean docid"))?;
-        let clean_target = gm.scheme.target(clean_doc);
-        let prefix = cfg.decoder_prefix;
-        let clean_tok = *clean_target.get(prefix).ok_or_else(|| {
-            InterpError::Input(format!(
-                "decoder_prefix {prefix} is not shorter than the docid target of {} ({} tokens)",
-                pair.clean_docid,
-                clean_target.len()
-            ))
-        })? as usize;
-        let mut dec = vec![start];
-        dec.extend_from_slice(&clean_target[..prefix]);
-        let t = dec.len();
-        let dec_ids: Tensor<2, Int> = Tensor::from_data(
-            TensorData::new(
-                dec.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
-                [1, t],
-            ),
-            &device,
-        );
-        let ids = searcher.encode_queries(&[pair.clean.clone(), pair.corrupt.clone()])?;
-        if ids[0].len() != ids[1].len() {
-            tracing::debug!(qid = %pair.qid, clean = ids[0].len(), corrupt = ids[1].len(),
-                "query lengths differ: the shorter is padded and masked");
-        }
-        // One encoder pass for both queries of the pair.
-        let (src, mask) = pad_batch(&ids, pad, &device)?;
-        let enc = model.encode(src, mask.clone(), &mut Hooks::none())?;
-        let [_, s, d] = enc.dims();
-        let enc_clean = enc.clone().slice([0..1, 0..s, 0..d]);
-        let enc_corrupt = enc.slice([1..2, 0..s, 0..d]);
-        let mask_clean = mask.clone().slice([0..1, 0..s]);
-        let mask_corrupt = mask.slice([1..2, 0..s]);
-        let mut hooks = Hooks::caching(HookFilter::parse("decoder.*"));
-        let clean_logits = model.decode(
-            &enc_clean,
-            mask_clean.clone(),
-            dec_ids.clone(),
-            None,
-            &mut hooks,
-        )?;
-        let cache = hooks.take_cache();
-        let corrupt_logits = model.decode(
-            &enc_corrupt,
-            mask_corrupt.clone(),
-            dec_ids.clone(),
-            None,
-            &mut Hooks::none(),
-        )?;
-        let v = clean_logits.dims()[2];
-        let corrupt_row = host(corrupt_logits.clone().slice([0..1, t - 1..t, 0..v]))?;
-        let (corrupt_tok, corrupt_label) = match &pair.corrupt_docid {
-            Some(docid) => {
-                let doc = gm.scheme.require(docid, &ctx("corrupted docid"))?;
-                let tok = *gm.scheme.target(doc).get(prefix).ok_or_else(|| {
-                    InterpError::Input(format!(
-                        "decoder_prefix {prefix} is not shorter than the docid target of {docid}"
-                    ))
-                })? as usize;
-                (tok, docid.clone())
-            }
-            None => {
-                let tok = block
-                    .clone()
-                    .filter(|&id| id != clean_tok)
-                    .max_by(|&a, &b| corrupt_row[a].total_cmp(&corrupt_row[b]).then(b.cmp(&a)))
-                    .ok_or_else(|| {
-                        InterpError::Input("the scheme has a single docid token".into())
-                    })?;
-                (tok, token_label(gm, tok))
-            }
-        };
-        let (enc_base, mask_base) = if cfg.into_clean {
-            (enc_clean.clone(), mask_clean)
-        } else {
-            (enc_corrupt, mask_corrupt)
-        };
-        let run = PairRun {
-            gm,
-            enc_clean,
-            enc_base,
-            mask_base,
-            dec_ids,
-            cache,
-            clean_tok,
-            corrupt_tok,
-            metric: cfg.metric,
-        };
-        let m_clean = run.metrics(clean_logits)?[0];
-        let m_corrupt = run.metrics(corrupt_logits)?[0];
+        let PreparedPair {
+            run,
+            m_clean,
+            m_corrupt,
+            corrupt_label,
+            t,
+        } = prepare_pair(gm, &searcher, pair, cfg)?;
         let denom = m_clean - m_corrupt;
         if denom.abs() < 1e-9 {
             tracing::warn!(qid = %pair.qid, "clean and corrupted runs have the same metric: values are NaN");
@@ -601,45 +876,18 @@ pub fn activation_patching(
             rows.extend(run.run_encoder_positions(cfg.batch_size)?);
         }
         for r in rows {
-            table.qid.push(pair.qid.clone());
-            table.clean_docid.push(pair.clean_docid.clone());
-            table.corrupt_docid.push(corrupt_label.clone());
-            table.target.push(r.variant.target.to_string());
-            table.layer.push(r.variant.layer);
-            table.component.push(r.variant.component);
-            table.head.push(r.variant.head);
-            table.position.push(r.variant.position);
-            table.metric.push(cfg.metric.name().to_string());
-            table.raw.push(r.raw);
-            table.clean.push(m_clean);
-            table.corrupt.push(m_corrupt);
-            table.value.push(if denom.abs() < 1e-9 {
-                f64::NAN
-            } else {
-                (r.raw - m_corrupt) / denom
-            });
+            table.push(
+                pair,
+                &corrupt_label,
+                cfg.metric.name(),
+                r,
+                m_clean,
+                m_corrupt,
+            );
         }
         tracing::debug!(qid = %pair.qid, m_clean, m_corrupt, "patched pair");
     }
-    let h = table.qid.len();
-    Ok(DataFrame::new(
-        h,
-        vec![
-            col("qid", table.qid),
-            col("clean_docid", table.clean_docid),
-            col("corrupt_docid", table.corrupt_docid),
-            col("target", table.target),
-            col("layer", table.layer),
-            col("component", table.component),
-            col("head", table.head),
-            col("position", table.position),
-            col("metric", table.metric),
-            col("raw", table.raw),
-            col("clean", table.clean),
-            col("corrupt", table.corrupt),
-            col("value", table.value),
-        ],
-    )?)
+    table.into_frame()
 }
 
 /// The external docid an atomic docid token stands for, else the token's name.

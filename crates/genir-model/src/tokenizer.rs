@@ -57,6 +57,48 @@ impl TextTokenizer {
         Self { inner, path }
     }
 
+    /// A word-level tokenizer over the synthetic words `w3 .. w{text_vocab - 1}` (ids 3..), with `<pad>` = 0,
+    /// `</s>` = 1 (appended to every encoding), `<unk>` = 2, and `added` special tokens from id `text_vocab`
+    /// on: every word of a text is one known token, so benchmarks get exact sequence lengths.
+    pub fn synthetic_words(text_vocab: u32, added: &[String]) -> Result<Self, ModelError> {
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in ["<pad>", "</s>", "<unk>"].iter().enumerate() {
+            vocab.insert(t.to_string(), i.into());
+        }
+        for i in 3..text_vocab {
+            vocab.insert(format!("w{i}"), i.into());
+        }
+        let added: Vec<serde_json::Value> = added
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                serde_json::json!({"id": text_vocab as usize + i, "content": n, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+                "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        let path = PathBuf::from("<synthetic word-level tokenizer>");
+        let inner: tokenizers::Tokenizer =
+            json.to_string()
+                .parse()
+                .map_err(|e| ModelError::Tokenizer {
+                    path: path.clone(),
+                    message: format!("{e}"),
+                })?;
+        Ok(Self::from_tokenizer(inner, path))
+    }
+
     /// Errors if the tokenizer has ids the embedding table does not cover.
     pub fn check_vocab(&self, vocab_size: usize) -> Result<(), ModelError> {
         let n = self.inner.get_vocab_size(true);

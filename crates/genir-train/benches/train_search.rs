@@ -30,29 +30,7 @@ fn model(device: &Device) -> T5Model {
 
 /// A word-level tokenizer over `w3 .. w8999` so queries are 16 known tokens.
 fn tokenizer(scheme: &DocidScheme) -> TextTokenizer {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<pad>", "</s>", "<unk>"].iter().enumerate() {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for i in 3..TEXT {
-        vocab.insert(format!("w{i}"), i.into());
-    }
-    let json = serde_json::json!({
-        "version": "1.0",
-        "added_tokens": scheme.token_names.iter().enumerate().map(|(i, n)| serde_json::json!({
-            "id": TEXT as usize + i, "content": n, "single_word": false, "lstrip": false, "rstrip": false,
-            "normalized": false, "special": true})).collect::<Vec<_>>(),
-        "normalizer": null,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": {"type": "TemplateProcessing",
-            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    let inner: tokenizers::Tokenizer = json.to_string().parse().expect("tokenizer json");
-    TextTokenizer::from_tokenizer(inner, "<bench tokenizer>".into())
+    TextTokenizer::synthetic_words(TEXT, &scheme.token_names).expect("tokenizer")
 }
 
 fn queries() -> Vec<String> {

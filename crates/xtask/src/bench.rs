@@ -20,7 +20,7 @@ pub struct BenchTarget {
 }
 
 /// The workspace's benchmarks.
-pub const TARGETS: [BenchTarget; 3] = [
+pub const TARGETS: [BenchTarget; 4] = [
     BenchTarget {
         package: "genir-model",
         bench: "forward",
@@ -36,6 +36,18 @@ pub const TARGETS: [BenchTarget; 3] = [
         bench: "patching",
         quick: false,
     },
+    BenchTarget {
+        package: "genir-interp",
+        bench: "sweep",
+        quick: false,
+    },
+];
+
+/// The PyTorch baseline script of each benchmark that has one (`tools/reference/`).
+pub const BASELINES: [(&str, &str); 3] = [
+    ("forward", "bench_t5_forward.py"),
+    ("train_search", "bench_train_search.py"),
+    ("sweep", "bench_patching_sweep.py"),
 ];
 
 /// Options of `cargo xtask bench`.
@@ -188,7 +200,7 @@ pub fn section(
     let mut s = format!(
         "## Latest `cargo xtask bench` run\n\n{when}{}. Median per iteration with criterion's 95% interval; \
          throughput from criterion's element count (FLOP for the forward pass, examples for a training step, \
-         queries for search).\n\n| group | benchmark | median | 95% CI | throughput |\n|---|---|---|---|---|\n",
+         queries for search, patched cells for the sweep).\n\n| group | benchmark | median | 95% CI | throughput |\n|---|---|---|---|---|\n",
         if quick {
             " (quick mode: few samples, for CI; not for citing)"
         } else {
@@ -241,6 +253,31 @@ pub fn section(
                 ));
             }
         }
+        if script.contains("patching_sweep") {
+            let g = "interp_sweep_p8_s64_117cells";
+            if let Some(t) = v["median_ms"].as_f64() {
+                for (f, label) in [
+                    ("/sweep", "activation-patching sweep, 8 pairs x 117 cells"),
+                    (
+                        "/naive_full_forward_per_patch",
+                        "the same cells, one full forward per cell (TransformerLens style)",
+                    ),
+                    (
+                        "/attribution",
+                        "attribution patching of the same cells (estimate, vs the exact PyTorch sweep)",
+                    ),
+                ] {
+                    if let Some(m) = find(g, f) {
+                        s.push_str(&format!(
+                            "| {label} ({}) | {t:.1} ms | {} | {:.2}x |\n",
+                            m.function,
+                            ms(m.median_ns),
+                            t * 1e6 / m.median_ns
+                        ));
+                    }
+                }
+            }
+        }
         if script.contains("train_search") {
             let rows = [
                 (
@@ -280,13 +317,14 @@ pub fn section(
 /// Runs the benchmarks and writes the section; returns the measured rows.
 pub fn run(opts: &BenchOptions) -> Result<Vec<Measured>> {
     let _ = std::fs::remove_dir_all(&opts.criterion_home);
+    let targets: Vec<&BenchTarget> = TARGETS
+        .iter()
+        .filter(|t| !opts.quick || t.quick)
+        .filter(|t| opts.only.is_empty() || opts.only.iter().any(|o| o == t.bench))
+        .collect();
     for backend in &opts.backends {
         let b: genir_model::device::Backend = backend.parse()?;
-        for t in TARGETS
-            .iter()
-            .filter(|t| !opts.quick || t.quick)
-            .filter(|t| opts.only.is_empty() || opts.only.iter().any(|o| o == t.bench))
-        {
+        for t in &targets {
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.current_dir(&opts.root)
                 // --workspace (not -p): the features unify as in `cargo test --workspace`, so the test build
@@ -322,7 +360,10 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Measured>> {
     let measured = read_criterion(&opts.criterion_home)?;
     let mut torch = Vec::new();
     if let Some(py) = &opts.python {
-        for script in ["bench_t5_forward.py", "bench_train_search.py"] {
+        for (_, script) in BASELINES
+            .iter()
+            .filter(|(bench, _)| targets.iter().any(|t| t.bench == *bench))
+        {
             let path = opts.root.join("tools/reference").join(script);
             tracing::info!("PyTorch baseline {script}");
             torch.push((script.to_string(), python_json(py, &path)?));

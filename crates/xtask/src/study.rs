@@ -9,9 +9,11 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use genir_data::Collection;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
+use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
 use genir_interp::patching::{activation_patching, make_pairs, Corruption, PatchConfig};
+use genir_interp::stages::{stage_analysis, StageConfig};
 use genir_interp::swap::EncoderSwap;
 use genir_interp::{figures, Probe};
 use genir_mechir::plot::{block_panels, head_panels, heatmap};
@@ -290,6 +292,79 @@ pub struct AblationRow {
     pub lost_percent: f64,
 }
 
+/// One decoder layer's stage and evidence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageLayerRow {
+    /// Decoder layer.
+    pub layer: usize,
+    /// priming / bridging / interaction.
+    pub stage: String,
+    /// Mean reciprocal rank of the correct docid (lens at resid_post).
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub lens_reciprocal_rank: f64,
+    /// Mean patching effect of the self-attention output.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub self_attn_patch: f64,
+    /// Mean patching effect of the cross-attention output.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub cross_attn_patch: f64,
+    /// Mean patching effect of the MLP output.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mlp_patch: f64,
+}
+
+/// One path-patching edge, averaged over pairs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PathRow {
+    /// Upstream component.
+    pub sender: String,
+    /// Downstream component.
+    pub receiver: String,
+    /// Mean normalised effect.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub value: f64,
+}
+
+/// Agreement of attribution with exact patching for one target.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgreementRow {
+    /// Patch target (or `all`).
+    pub target: String,
+    /// Matched cells.
+    pub n: i64,
+    /// Pearson correlation of the normalised values.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub pearson: f64,
+    /// Mean absolute difference.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mean_abs_diff: f64,
+}
+
+/// The stage analysis of the base model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StagesResult {
+    /// `"0-1 / 2-3 / 4-5"`.
+    pub split: String,
+    /// Decoder layers.
+    pub layers: usize,
+    /// First bridging layer.
+    pub bridging_start: usize,
+    /// First interaction layer.
+    pub interaction_start: usize,
+    /// Hits@1 of the full model on the probes.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub full_hits_at_1: f64,
+    /// Hits@1 of the minimal circuit.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub circuit_hits_at_1: f64,
+    /// Per-layer evidence.
+    pub evidence: Vec<StageLayerRow>,
+    /// The ten strongest path-patching edges.
+    pub top_paths: Vec<PathRow>,
+    /// Attribution vs exact patching.
+    pub attribution: Vec<AgreementRow>,
+}
+
 /// One MechIR sweep.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MechirRow {
@@ -369,6 +444,8 @@ pub struct Study {
     pub heads: Vec<HeadRow>,
     /// Ablations.
     pub ablation: Vec<AblationRow>,
+    /// Stages derived from the data, path patching, the minimal circuit and attribution patching.
+    pub stages: StagesResult,
     /// MechIR sweeps.
     pub mechir: Vec<MechirRow>,
     /// MechIR models skipped, with the reason.
@@ -836,10 +913,11 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         caption: "Cross-attention heads projected through the LM head: rank of the correct docid among docid tokens per layer and head.".into(),
     });
 
-    let ablation: Vec<AblationRow> = steps.run("ablation", pkey, |dir, _| {
+    // v2: the minimal circuit moved to the stages step (on the derived split)
+    let ablation_key = Key::of(&"ablation-v2", &[pkey])?;
+    let ablation: Vec<AblationRow> = steps.run("ablation", ablation_key, |dir, _| {
         let reference: Vec<String> = probe_set.queries.iter().map(|q| q.text.clone()).collect();
         let layers = gm.model.decoder.blocks.len();
-        let stage1 = layers.div_ceil(2);
         let mut abl = Vec::new();
         for mode in [AblationMode::Zero, AblationMode::Mean] {
             let m = match mode {
@@ -867,21 +945,6 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
                 )?);
             }
         }
-        // the paper's minimal circuit, with the first half of the layers as "stage I" (mean-ablated)
-        let first: Vec<String> = (0..stage1)
-            .flat_map(|l| {
-                [
-                    format!("decoder.blocks.{l}.hook_cross_attn_out"),
-                    format!("decoder.blocks.{l}.hook_mlp_out"),
-                ]
-            })
-            .collect();
-        abl.push(Ablation::parse(
-            &gm,
-            "minimal circuit analogue (mean)",
-            &format!("decoder.blocks.*.hook_self_attn_out,{}", first.join(",")),
-            AblationMode::Mean,
-        )?);
         let df = save(
             ablation_study(
                 &gm,
@@ -911,6 +974,91 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         stem: "ablation".into(),
         caption: "Ablation: Hits@1 on the correctly retrieved training queries with components zeroed or mean-ablated.".into(),
     });
+
+    // ---- stages derived from the data, path patching, minimal circuit, attribution patching
+    let stages_key = Key::of(&(n_pairs, "stages-v1"), &[pkey])?;
+    let stages: StagesResult = steps.run("stages", stages_key, |dir, _| {
+        let r = stage_analysis(&gm, &probes, &pairs, &probe_set, &StageConfig::default())?;
+        let evidence = save(r.evidence, dir, "stages", figures::stages_figure)?;
+        let paths = save(r.paths, dir, "path_patching", figures::path_patching_figure)?;
+        let circuit = save(r.circuit, dir, "minimal_circuit", figures::ablation_figure)?;
+        let exact = activation_patching(&gm, &pairs, &PatchConfig::default())?;
+        let attr = save(
+            attribution_patching(&gm, &pairs, &PatchConfig::default())?,
+            dir,
+            "attribution",
+            figures::patching_figure,
+        )?;
+        let mut ag = agreement(&exact, &attr)?;
+        genir_interp::write_table(&mut ag, &dir.join("attribution_agreement"))?;
+        let h1 = f64s(&circuit, "hits_at_1")?;
+        let ev_stage = strs(&evidence, "stage")?;
+        let (rr, sa, ca, mlp) = (
+            f64s(&evidence, "lens_reciprocal_rank")?,
+            f64s(&evidence, "self_attn_patch")?,
+            f64s(&evidence, "cross_attn_patch")?,
+            f64s(&evidence, "mlp_patch")?,
+        );
+        let keys: Vec<(String, String)> = strs(&paths, "sender")?
+            .into_iter()
+            .zip(strs(&paths, "receiver")?)
+            .collect();
+        let g = group(&keys, &f64s(&paths, "value")?);
+        let mut top: Vec<PathRow> = g
+            .iter()
+            .map(|(k, v)| PathRow {
+                sender: k.0.clone(),
+                receiver: k.1.clone(),
+                value: mean(v),
+            })
+            .collect();
+        top.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+        top.truncate(10);
+        let (t, n, r_, mad) = (
+            strs(&ag, "target")?,
+            i64s(&ag, "n")?,
+            f64s(&ag, "pearson")?,
+            f64s(&ag, "mean_abs_diff")?,
+        );
+        Ok(StagesResult {
+            split: r.split.describe(),
+            layers: r.split.layers,
+            bridging_start: r.split.bridging_start,
+            interaction_start: r.split.interaction_start,
+            full_hits_at_1: h1.first().copied().unwrap_or(f64::NAN),
+            circuit_hits_at_1: h1.get(1).copied().unwrap_or(f64::NAN),
+            evidence: (0..evidence.height())
+                .map(|l| StageLayerRow {
+                    layer: l,
+                    stage: ev_stage[l].clone(),
+                    lens_reciprocal_rank: rr[l],
+                    self_attn_patch: sa[l],
+                    cross_attn_patch: ca[l],
+                    mlp_patch: mlp[l],
+                })
+                .collect(),
+            top_paths: top,
+            attribution: (0..t.len())
+                .map(|i| AgreementRow {
+                    target: t[i].clone(),
+                    n: n[i],
+                    pearson: r_[i],
+                    mean_abs_diff: mad[i],
+                })
+                .collect(),
+        })
+    })?;
+    for (stem, caption) in [
+        ("stages", "Decoder stages derived from the data: per layer, the logit lens's reciprocal rank of the correct docid (resid_post) and the mean patching effect of each component; the legend gives where each stage starts."),
+        ("path_patching", "Path patching: mean normalised effect of each upstream component (sender) on the cross-attention of the bridging and interaction layers and the MLPs of the interaction layers (receivers), along the direct residual path only."),
+        ("minimal_circuit", "The minimal circuit on the derived split (every self-attention, priming cross-attention and priming + bridging MLP outputs mean-ablated) against the full model."),
+        ("attribution", "Attribution patching (gradient estimate, one backward pass per pair) of the same cells as the activation-patching figure."),
+    ] {
+        figs.push(Figure {
+            stem: stem.into(),
+            caption: caption.into(),
+        });
+    }
 
     // ---- MechIR: bi-encoder and cross-encoder under TFC1 and TDC
     let mut mechir = Vec::new();
@@ -1043,6 +1191,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         patch_pairs: n_pairs,
         heads,
         ablation,
+        stages,
         mechir,
         mechir_skipped,
         edits: Some(edits),

@@ -111,6 +111,7 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         "patching",
         "head_projection",
         "ablation",
+        "stages",
         "edits",
     ] {
         assert!(
@@ -140,6 +141,11 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         "head_projection",
         "ablation",
         "encoder_swap",
+        "stages",
+        "path_patching",
+        "minimal_circuit",
+        "attribution",
+        "attribution_agreement",
         "edits",
     ] {
         for ext in ["parquet", "csv"] {
@@ -168,10 +174,16 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         .find(|r| r.layer == last && r.component == "resid_post")
         .unwrap();
     assert_eq!(lens_last.top1, 1.0);
-    assert!(s
-        .ablation
-        .iter()
-        .any(|r| r.label.contains("minimal circuit")));
+    // the stage split is derived from the data and the minimal circuit evaluated on it
+    let st = &s.stages;
+    assert_eq!(st.layers, s.params.arch.layers);
+    assert!(st.bridging_start <= st.interaction_start && st.interaction_start <= st.layers);
+    assert_eq!(st.evidence.len(), st.layers);
+    assert!(st.full_hits_at_1 > 0.99, "probes are retrieved at rank 1");
+    assert!((0.0..=1.0).contains(&st.circuit_hits_at_1));
+    assert!(!st.top_paths.is_empty());
+    let all = st.attribution.iter().find(|r| r.target == "all").unwrap();
+    assert!(all.n > 0 && (all.pearson.is_nan() || all.pearson.abs() <= 1.0 + 1e-9));
     assert!(s.edits.as_ref().unwrap().report.rows.len() >= 3);
     if bi.join("config.json").exists() {
         assert_eq!(

@@ -179,6 +179,17 @@ impl T5Attention {
         linear(x, &w.val()).reshape([b, s, self.n_heads, self.d_kv])
     }
 
+    /// Keys and values of `src: [batch, len, d_model]` as this attention computes them (`[batch, head, len,
+    /// d_head]`), e.g. cross-attention keys/values over an encoder output reused across many decoder runs.
+    pub fn project_kv(&self, src: Tensor<3>) -> KvPair {
+        let k = self.heads(src.clone(), &self.k).swap_dims(1, 2);
+        let v = self.heads(src, &self.v).swap_dims(1, 2);
+        KvPair {
+            k: Some(k),
+            v: Some(v),
+        }
+    }
+
     /// Attention of `x: [batch, q, d_model]` over `kv_input` (itself when `None`), with an additive
     /// `bias` broadcastable to `[batch, head, q, k]`. With `cache`, new self-attention keys/values are
     /// appended to it, and cross-attention keys/values are computed once and reused.

@@ -756,6 +756,86 @@ impl T5Model {
         hooks.apply3(HookPoint::final_norm(Stack::Decoder), h)
     }
 
+    /// Cross-attention keys and values of every decoder layer over `encoder_out` (`[batch, src, d_model]`),
+    /// for [`T5Model::decode_from_kv`]: computing them once and repeating them along the batch is what lets a
+    /// patching sweep run many decoder variants of one encoder output cheaply.
+    pub fn cross_kv(&self, encoder_out: &Tensor<3>) -> Vec<KvPair> {
+        self.decoder
+            .blocks
+            .iter()
+            .map(|b| {
+                b.cross_attn
+                    .as_ref()
+                    .map(|a| a.project_kv(encoder_out.clone()))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Additive self-attention bias of a decoder over `t` positions (relative positions + causal mask),
+    /// `[1, head, t, t]`, as [`T5Model::decode_hidden`] builds it for unpadded rows.
+    pub fn decoder_self_bias(&self, t: usize, device: &Device) -> Result<Tensor<4>, ModelError> {
+        Ok(position_bias(
+            &self.decoder.table()?,
+            0,
+            t,
+            t,
+            false,
+            self.config.relative_attention_max_distance,
+        ) + causal_bias(0, t, None, 1, device))
+    }
+
+    /// Additive encoder mask `[batch, 1, 1, src]` from an attention mask (1 = token).
+    pub fn encoder_bias(&self, attention_mask: Tensor<2, Int>) -> Tensor<4> {
+        mask_bias(attention_mask)
+    }
+
+    /// Like [`T5Model::decode_from`] (decoder blocks `start..` on the residual stream `x`, then the final
+    /// norm), with the cross-attention keys/values of every layer given (from [`T5Model::cross_kv`], batch
+    /// equal to `x`'s). The cross-attention `hook_k` / `hook_v` points do not fire (nothing computes them).
+    pub fn decode_from_kv(
+        &self,
+        mut x: Tensor<3>,
+        start: usize,
+        self_bias: Tensor<4>,
+        cross: &[KvPair],
+        encoder_bias: Tensor<4>,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
+        self.check_hooks(hooks)?;
+        let layers = self.decoder.blocks.len();
+        if cross.len() != layers || start > layers {
+            return Err(ModelError::Input(format!(
+                "decode_from_kv: {} cross-attention key/value sets and start layer {start} for a decoder of {layers} layers",
+                cross.len()
+            )));
+        }
+        let Some(enc) = cross.first().and_then(|kv| kv.k.clone()) else {
+            return Err(ModelError::Input(
+                "decode_from_kv: no cross-attention keys (use T5Model::cross_kv)".into(),
+            ));
+        };
+        // Stands in for the encoder output in the block inputs; never read since keys/values are given.
+        let [b, h, s, dk] = enc.dims();
+        if x.dims()[0] != b {
+            return Err(ModelError::Input(format!(
+                "decode_from_kv: residual stream batch {} but cross-attention keys batch {b}",
+                x.dims()[0]
+            )));
+        }
+        let placeholder = enc.reshape([b, h * s, dk]);
+        let inputs = BlockInputs {
+            self_bias,
+            cross: Some((&placeholder, encoder_bias)),
+        };
+        for (l, block) in self.decoder.blocks.iter().enumerate().skip(start) {
+            let mut kv = (KvPair::default(), cross[l].clone());
+            x = block.forward(x, &inputs, Some(&mut kv), hooks, Stack::Decoder, l)?;
+        }
+        let h = self.decoder.final_norm.forward(x);
+        hooks.apply3(HookPoint::final_norm(Stack::Decoder), h)
+    }
+
     /// The LM head's input scaling: `d_model^-0.5` when the model scales decoder outputs, else 1.
     pub fn output_scale(&self) -> f32 {
         if self.config.scales_decoder_output() {
