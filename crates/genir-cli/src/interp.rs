@@ -48,7 +48,7 @@ pub struct InterpArgs {
 #[derive(Subcommand, Debug)]
 pub enum InterpCommand {
     /// Logit lens of the decoder residual stream and of each component's output.
-    Lens(Common),
+    Lens(LensArgs),
     /// Each component's share of the residual change and its cosine with the layer output.
     Contributions(Common),
     /// Activation patching: components, heads, encoder positions (clean into corrupted runs).
@@ -61,6 +61,17 @@ pub enum InterpCommand {
     Swap(SwapArgs),
     /// Decoder stages from the data (lens + patching), path patching into them, and the minimal circuit.
     Stages(StagesArgs),
+}
+
+/// Arguments of `genir interp lens`.
+#[derive(Args, Debug)]
+pub struct LensArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Decoding step read (multi-token docids): the decoder is fed the first STEP tokens of the correct
+    /// docid and read where it predicts the next one.
+    #[arg(long, default_value_t = 0)]
+    pub step: usize,
 }
 
 /// Arguments of `genir interp stages`.
@@ -212,10 +223,14 @@ pub struct SwapArgs {
 
 pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
     match args.command {
-        InterpCommand::Lens(c) => {
-            let (gm, set) = setup(&c, device)?;
-            let df = logit_lens(&gm, &Probe::from_query_set(&set), &LensConfig::default())?;
-            write(df, &c.out, "logit_lens", figures::logit_lens_figure)
+        InterpCommand::Lens(a) => {
+            let (gm, set) = setup(&a.common, device)?;
+            let cfg = LensConfig {
+                step: a.step,
+                ..LensConfig::default()
+            };
+            let df = logit_lens(&gm, &Probe::from_query_set(&set), &cfg)?;
+            write(df, &a.common.out, "logit_lens", figures::logit_lens_figure)
         }
         InterpCommand::Contributions(c) => {
             let (gm, set) = setup(&c, device)?;

@@ -46,8 +46,9 @@ impl Probe {
     }
 }
 
-/// The queries of `set` that `gm` retrieves at rank 1 (at most `max`, in set order), with their judgments: the
-/// set the paper analyses ("correct queries"). An empty result is an error.
+/// The queries of `set` that `gm` retrieves at rank 1 (at most `max`, in set order), each with the judgment of
+/// the relevant document it retrieves: the set the paper analyses ("correct queries"). An empty result is an
+/// error.
 pub fn correctly_retrieved(gm: &GenirModel, set: &QuerySet, max: usize) -> Result<QuerySet> {
     let run = gm.searcher()?.run(&set.queries, 1, 64, "probe")?;
     let e = genir_train::metrics::evaluate(&run, &set.qrels, None);
@@ -69,8 +70,18 @@ pub fn correctly_retrieved(gm: &GenirModel, set: &QuerySet, max: usize) -> Resul
             "the model retrieves none of these queries at rank 1: nothing to analyse".into(),
         ));
     }
+    // keep only the judgment of the document retrieved at rank 1, so that a probe built from this set
+    // ([`Probe::from_query_set`]) names the document the model actually retrieves (queries may have several)
+    let top: std::collections::BTreeSet<(&str, &str)> = run
+        .entries
+        .iter()
+        .filter(|r| r.rank == 1)
+        .map(|r| (r.qid.as_str(), r.docid.as_str()))
+        .collect();
     let keep: std::collections::BTreeSet<&str> = queries.iter().map(|q| q.qid.as_str()).collect();
-    let qrels = set.qrels.filter(|r| keep.contains(r.qid.as_str()));
+    let qrels = set.qrels.filter(|r| {
+        keep.contains(r.qid.as_str()) && top.contains(&(r.qid.as_str(), r.docid.as_str()))
+    });
     Ok(QuerySet {
         queries: genir_data::Queries::new(queries),
         qrels,
@@ -121,22 +132,51 @@ pub fn lens_logits(model: &T5Model, resid: Tensor<3>) -> Tensor<3> {
     model.lm_logits(model.decoder.final_norm.forward(resid))
 }
 
-/// The first decoding step of a batch of probes (decoder input: the start token), recording the points that
-/// `filter` selects. Returns logits `[batch, 1, vocab]` and the cache.
+/// Decoding step `step` of a batch of probes, teacher-forced: the decoder input is the start token and the
+/// first `step` tokens of each probe's docid target (0: the first decoding step), recording the points that
+/// `filter` selects. Returns logits `[batch, step + 1, vocab]` and the cache; readings belong at position
+/// `step`, where the model predicts target token `step`. A target with no token `step` is an error.
 pub(crate) fn first_step(
     gm: &GenirModel,
     batch: &[Prepared],
+    step: usize,
     filter: HookFilter,
 ) -> Result<(Tensor<3>, genir_model::hooks::ActivationCache)> {
     let model = &gm.model;
     let device = model.shared.val().device();
     let start = model.config.decoder_start() as u32;
     let sources: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
-    let dec: Vec<Vec<u32>> = batch.iter().map(|_| vec![start]).collect();
+    let dec = batch
+        .iter()
+        .map(|p| {
+            if p.target.len() <= step {
+                return Err(InterpError::Input(format!(
+                    "decoding step {step}: the docid target of {} (query {}) has {} tokens",
+                    p.docid,
+                    p.qid,
+                    p.target.len()
+                )));
+            }
+            let mut d = vec![start];
+            d.extend_from_slice(&p.target[..step]);
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let input = Seq2SeqInput::from_ids(&sources, &dec, model.config.pad_token_id as u32, &device)?;
     let mut hooks = Hooks::caching(filter);
     let logits = model.forward(&input, &mut hooks)?;
     Ok((logits, hooks.take_cache()))
+}
+
+/// Position `pos` of a cached rank-3 activation, `[batch, 1, d]`.
+pub(crate) fn cached3_at(
+    cache: &genir_model::hooks::ActivationCache,
+    point: HookPoint,
+    pos: usize,
+) -> Result<Tensor<3>> {
+    let t = cached3(cache, point)?;
+    let [b, _, d] = t.dims();
+    Ok(t.slice([0..b, pos..pos + 1, 0..d]))
 }
 
 /// A cached rank-3 activation.

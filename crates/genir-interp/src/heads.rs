@@ -93,7 +93,7 @@ pub fn head_vocab_projection(
         Vec::<f64>::new(),
     );
     for batch in prepared.chunks(cfg.batch_size.max(1)) {
-        let (_, cache) = first_step(gm, batch, HookFilter::points(&points))?;
+        let (_, cache) = first_step(gm, batch, 0, HookFilter::points(&points))?;
         for (l, p) in points.iter().enumerate() {
             let z = cache.require(p)?.rank4(p)?;
             let per_head = head_contributions(&gm.model, l, cfg.kind, z)?; // [b, 1, h, d]

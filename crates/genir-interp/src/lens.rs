@@ -1,9 +1,9 @@
 //! Logit lens over the decoder's residual stream and its components, and the share of the residual change
 //! that each component writes (paper section "the residual stream").
 //!
-//! Everything is read at the first decoding position (decoder input: the start token), where an atomic
-//! docid model emits its docid. For multi-token docid schemes the "correct docid token" is the first token of
-//! the document's code.
+//! Everything is read at one decoding step ([`LensConfig::step`]): by default the first (decoder input: the
+//! start token), where an atomic docid model emits its docid; for multi-token docids, step `k` teacher-forces
+//! the first `k` tokens of the correct docid and reads the prediction of token `k`.
 
 use burn::prelude::*;
 use genir_model::hooks::{HookFilter, HookPoint, Site, Stack};
@@ -11,8 +11,8 @@ use genir_train::bundle::GenirModel;
 use polars::prelude::*;
 
 use crate::common::{
-    cached3, col, docid_block, first_step, host, lens_logits, prepare, prob, row_ranks, Prepared,
-    Probe,
+    cached3_at, col, docid_block, first_step, host, lens_logits, prepare, prob, row_ranks,
+    Prepared, Probe,
 };
 use crate::error::Result;
 
@@ -23,6 +23,10 @@ pub struct LensConfig {
     pub batch_size: usize,
     /// Also compute the mean rank of every docid / non-docid token (a full sort of the vocabulary per row).
     pub mean_ranks: bool,
+    /// Decoding step read (multi-token docids): the decoder is teacher-forced with the first `step` tokens
+    /// of the correct docid and read where it predicts token `step`, the "correct docid token". 0: the first
+    /// step (atomic docids).
+    pub step: usize,
 }
 
 impl Default for LensConfig {
@@ -30,6 +34,7 @@ impl Default for LensConfig {
         Self {
             batch_size: 32,
             mean_ranks: true,
+            step: 0,
         }
     }
 }
@@ -83,17 +88,17 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
     let (mut rank, mut rank_d, mut mean_d, mut mean_n, mut logit, mut pr) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for batch in batches(&prepared, cfg) {
-        let (_, cache) = first_step(gm, batch, filter.clone())?;
+        let (_, cache) = first_step(gm, batch, cfg.step, filter.clone())?;
         let stacked = points
             .iter()
-            .map(|&(_, _, p)| cached3(&cache, p))
+            .map(|&(_, _, p)| cached3_at(&cache, p, cfg.step))
             .collect::<Result<Vec<_>>>()?;
         let x = Tensor::cat(stacked, 1); // [b, n_points, d]
         let logits = lens_logits(&gm.model, x);
         let [b, n, v] = logits.dims();
         let values = host(logits)?;
         for (i, p) in batch.iter().enumerate() {
-            let target = p.target[0] as usize;
+            let target = p.target[cfg.step] as usize;
             for (j, &(l, name, _)) in points.iter().enumerate() {
                 let row = &values[(i * n + j) * v..(i * n + j + 1) * v];
                 let r = row_ranks(row, target, block.clone(), cfg.mean_ranks);
@@ -188,10 +193,14 @@ pub fn component_contributions(
         vec![],
     );
     for batch in batches(&prepared, cfg) {
-        let (_, cache) = first_step(gm, batch, filter.clone())?;
+        let (_, cache) = first_step(gm, batch, cfg.step, filter.clone())?;
         for l in 0..layers {
             let get = |s: Site| -> Result<Vec<f32>> {
-                host(cached3(&cache, HookPoint::block(Stack::Decoder, l, s))?)
+                host(cached3_at(
+                    &cache,
+                    HookPoint::block(Stack::Decoder, l, s),
+                    cfg.step,
+                )?)
             };
             let [pre, attn, cross, mlp, post] = [
                 get(sites[0])?,

@@ -99,6 +99,58 @@ fn lens_at_the_last_resid_post_is_the_models_output() {
 }
 
 #[test]
+fn lens_reads_later_decoding_steps_of_multi_token_docids() {
+    let gm = naive();
+    let probes = probes();
+    let model = &gm.model;
+    for step in [1usize, 2] {
+        let cfg = LensConfig {
+            step,
+            ..LensConfig::default()
+        };
+        let df = logit_lens(&gm, &probes, &cfg).unwrap();
+        let (comp, qid) = (strs(&df, "component"), strs(&df, "qid"));
+        let logit = f64s(&df, "logit");
+        // at the last resid_post the lens logit of the correct token is the model's own logit at step `step`,
+        // teacher-forced with the first `step` docid tokens
+        let s = gm.searcher().unwrap();
+        for (i, p) in probes.iter().enumerate().take(3) {
+            let doc = gm.scheme.require(&p.docid, "").unwrap();
+            let target = gm.scheme.target(doc);
+            let mut dec = vec![model.config.decoder_start() as u32];
+            dec.extend_from_slice(&target[..step]);
+            let ids = s.encode_queries(std::slice::from_ref(&p.text)).unwrap();
+            let input = Seq2SeqInput::from_ids(&ids, &[dec], 0, &device()).unwrap();
+            let logits = model
+                .forward(&input, &mut genir_model::hooks::Hooks::none())
+                .unwrap();
+            let v: Vec<f32> = logits.into_data().convert::<f32>().try_to_vec().unwrap();
+            let vocab = v.len() / (step + 1);
+            let want = f64::from(v[step * vocab + target[step] as usize]);
+            let row = (0..df.height())
+                .find(|&r| qid[r] == p.qid && comp[r] == "resid_post" && i64s(&df, "layer")[r] == 0)
+                .unwrap();
+            assert!(
+                (logit[row] - want).abs() < 1e-4,
+                "step {step} query {i}: {} vs {want}",
+                logit[row]
+            );
+        }
+    }
+    // a step past the end of a docid is a clear error
+    let err = logit_lens(
+        &gm,
+        &probes,
+        &LensConfig {
+            step: 50,
+            ..LensConfig::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("decoding step 50"), "{err}");
+}
+
+#[test]
 fn contributions_sum_to_the_residual_change() {
     let gm = atomic();
     let df = component_contributions(&gm, &probes(), &LensConfig::default()).unwrap();
@@ -625,6 +677,19 @@ fn correctly_retrieved_keeps_the_queries_found_at_rank_one() {
             q.qid
         );
     }
+    // a query with two relevant documents: the probe names the one the model retrieves, not the first
+    // judged (so the lens's "correct docid" is the retrieved one)
+    let q0 = set.queries.iter().next().unwrap().clone();
+    let two = QuerySet {
+        queries: Queries::new(vec![q0.clone()]),
+        qrels: genir_data::Qrels::new(vec![
+            genir_data::Qrel::new(&q0.qid, "107", 1),
+            genir_data::Qrel::new(&q0.qid, "100", 1),
+        ]),
+    };
+    let probes = Probe::from_query_set(&genir_interp::correctly_retrieved(&gm, &two, 10).unwrap());
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].docid, "100");
     let first = genir_interp::correctly_retrieved(&gm, &set, 1).unwrap();
     assert_eq!(first.queries.len(), 1);
     assert_eq!(first.queries.iter().next(), ok.queries.iter().next());

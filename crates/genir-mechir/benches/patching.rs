@@ -77,10 +77,24 @@ fn bench(c: &mut Criterion) {
     let dot = Dot::from_pretrained(&dir, &device).expect("all-MiniLM-L6-v2");
     let heads = pairs(&inputs, "heads_16x112");
     let blocks = pairs(&inputs, "blocks_4x64");
+    // one plain forward pass of the 16 original documents (112 tokens each): the unit MechIR repeats per cell
+    let docs: Vec<String> = inputs["heads_16x112"]
+        .as_array()
+        .expect("case in inputs.json")
+        .iter()
+        .map(|p| p["document"].as_str().expect("document").to_string())
+        .collect();
+    let doc_refs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let mut g = c.benchmark_group("mechir_minilm_dot_tfc1");
     g.sample_size(10);
     g.warm_up_time(Duration::from_millis(1));
     g.measurement_time(Duration::from_secs(1));
+    g.bench_function(format!("{backend}/forward_16x112"), |b| {
+        b.iter(|| {
+            dot.embed(&doc_refs, &mut genir_model::hooks::Hooks::none())
+                .expect("forward")
+        })
+    });
     g.bench_function(format!("{backend}/heads_16x112"), |b| {
         b.iter(|| sweep_heads(&dot, &heads, None, &config(112)).expect("heads"))
     });
