@@ -163,6 +163,39 @@ fn diverging(v: f64) -> RGBColor {
     }
 }
 
+/// Rows and columns (in order of first appearance) of `(row, column)` keys and the grid of mean values (NaN
+/// where no entry).
+#[allow(clippy::type_complexity)]
+fn mean_grid(
+    keys: &[(String, String)],
+    values: &[f64],
+) -> (Vec<String>, Vec<String>, Vec<Vec<f64>>) {
+    let means = group_mean(keys, values);
+    let (mut rows, mut cols): (Vec<String>, Vec<String>) = (vec![], vec![]);
+    for k in keys {
+        if !rows.contains(&k.0) {
+            rows.push(k.0.clone());
+        }
+        if !cols.contains(&k.1) {
+            cols.push(k.1.clone());
+        }
+    }
+    let grid = rows
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| {
+                    means
+                        .get(&(r.clone(), c.clone()))
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        })
+        .collect();
+    (rows, cols, grid)
+}
+
 /// A heatmap: `values[row][col]`, coloured by `colour`, each cell labelled with its value.
 fn heatmap(
     area: &Area<'_>,
@@ -434,30 +467,7 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
         };
         let keys: Vec<(String, String)> = idx.iter().map(|&i| key(i)).collect();
         let vals: Vec<f64> = idx.iter().map(|&i| value[i]).collect();
-        let means = group_mean(&keys, &vals);
-        let mut rows: Vec<String> = Vec::new();
-        let mut cols: Vec<String> = Vec::new();
-        for k in &keys {
-            if !rows.contains(&k.0) {
-                rows.push(k.0.clone());
-            }
-            if !cols.contains(&k.1) {
-                cols.push(k.1.clone());
-            }
-        }
-        let grid = rows
-            .iter()
-            .map(|r| {
-                cols.iter()
-                    .map(|c| {
-                        means
-                            .get(&(r.clone(), c.clone()))
-                            .copied()
-                            .unwrap_or(f64::NAN)
-                    })
-                    .collect()
-            })
-            .collect();
+        let (rows, cols, grid) = mean_grid(&keys, &vals);
         panels.push((t.replace('_', " "), rows, cols, grid));
     }
     if panels.is_empty() {
@@ -494,34 +504,12 @@ pub fn path_patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
         .zip(str_col(df, "sender")?)
         .map(|(r, s)| (short(r), short(&s)))
         .collect();
-    let means = group_mean(&keys, &f64_col(df, "value")?);
-    let (mut rows, mut cols): (Vec<String>, Vec<String>) = (vec![], vec![]);
-    for k in &keys {
-        if !rows.contains(&k.0) {
-            rows.push(k.0.clone());
-        }
-        if !cols.contains(&k.1) {
-            cols.push(k.1.clone());
-        }
-    }
+    let (rows, cols, grid) = mean_grid(&keys, &f64_col(df, "value")?);
     if rows.is_empty() {
         return Err(InterpError::Input(
             "the path-patching table is empty".into(),
         ));
     }
-    let grid: Vec<Vec<f64>> = rows
-        .iter()
-        .map(|r| {
-            cols.iter()
-                .map(|c| {
-                    means
-                        .get(&(r.clone(), c.clone()))
-                        .copied()
-                        .unwrap_or(f64::NAN)
-                })
-                .collect()
-        })
-        .collect();
     render(
         path,
         (1000, (160 + 40 * rows.len()).max(380) as u32),
