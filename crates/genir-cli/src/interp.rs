@@ -196,6 +196,10 @@ pub struct AblateArgs {
     /// Zero or mean ablation.
     #[arg(long, value_enum, default_value = "mean")]
     pub mode: ModeArg,
+    /// Also save the model with every component of --points removed (zero mode, whole
+    /// hook_self_attn_out / hook_cross_attn_out / hook_mlp_out only): it skips them and loads anywhere.
+    #[arg(long)]
+    pub save_removed: Option<PathBuf>,
 }
 
 /// Arguments of `genir interp swap`.
@@ -341,6 +345,9 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 ModeArg::Zero => AblationMode::Zero,
                 ModeArg::Mean => AblationMode::Mean,
             };
+            if a.save_removed.is_some() && mode != AblationMode::Zero {
+                bail!("--save-removed needs --mode zero: a mean ablation is a constant, not a removal");
+            }
             let ablations = a
                 .points
                 .iter()
@@ -354,7 +361,21 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 Some(&reference),
                 &AblationConfig::default(),
             )?;
-            write(df, &a.common.out, "ablation", figures::ablation_figure)
+            write(df, &a.common.out, "ablation", figures::ablation_figure)?;
+            if let Some(dir) = &a.save_removed {
+                let all = Ablation {
+                    label: "removed".into(),
+                    points: ablations.iter().flat_map(|x| x.points.clone()).collect(),
+                    mode,
+                };
+                all.prune(&gm)?.save(dir)?;
+                eprintln!(
+                    "saved the model with {} components removed to {}",
+                    all.points.len(),
+                    dir.display()
+                );
+            }
+            Ok(())
         }
         InterpCommand::Swap(a) => {
             let enc = load(&a.encoder, device)?;

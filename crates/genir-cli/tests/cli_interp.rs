@@ -115,6 +115,43 @@ fn every_analysis_writes_tables_and_figures() {
     }
     let stages = std::fs::read_to_string(out.join("stages.csv")).unwrap();
     assert!(stages.starts_with("layer,stage,"), "{stages}");
+    // a zero ablation saved as a model with the components removed (own output folder: the ablation table
+    // of the runs above is checked below)
+    let pruned = tmp.path().join("pruned");
+    let out_pruned = tmp.path().join("interp-pruned");
+    let log = ok(&interp(
+        &[
+            "ablate",
+            "--probes",
+            "4",
+            "--points",
+            "decoder.blocks.*.hook_self_attn_out",
+            "--mode",
+            "zero",
+            "--save-removed",
+            pruned.to_str().unwrap(),
+        ],
+        &model,
+        &out_pruned,
+    ));
+    assert!(log.contains("components removed"), "{log}");
+    let config = std::fs::read_to_string(pruned.join("config.json")).unwrap();
+    assert!(config.contains("genir_removed_components"), "{config}");
+    let o = interp(
+        &[
+            "ablate",
+            "--points",
+            "decoder.blocks.0.hook_mlp_out",
+            "--save-removed",
+            pruned.to_str().unwrap(),
+        ],
+        &model,
+        &out,
+    );
+    assert!(
+        !o.status.success(),
+        "mean ablation cannot be saved as a removal"
+    );
     let agreement = std::fs::read_to_string(out.join("attribution_agreement.csv")).unwrap();
     assert!(
         agreement.starts_with("target,n,pearson,mean_abs_diff") && agreement.contains("\nall,"),

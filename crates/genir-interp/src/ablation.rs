@@ -66,6 +66,26 @@ impl Ablation {
         })
     }
 
+    /// The model with these components removed for good ([`T5Model::remove_components`]): it skips them
+    /// (faster) and can be saved (Hugging Face layout; the removed outputs' projections are zero). Only zero
+    /// ablations of whole components (`hook_self_attn_out`, `hook_cross_attn_out`, `hook_mlp_out`) can be
+    /// removed this way; anything else is an error.
+    ///
+    /// [`T5Model::remove_components`]: genir_model::t5::T5Model::remove_components
+    pub fn prune(&self, gm: &GenirModel) -> Result<GenirModel> {
+        if self.mode != AblationMode::Zero {
+            return Err(InterpError::Input(format!(
+                "{}: only a zero ablation removes components (a mean ablation is a constant, not a removal)",
+                self.label
+            )));
+        }
+        Ok(GenirModel {
+            model: gm.model.clone().remove_components(&self.points)?,
+            tok: gm.tok.clone(),
+            scheme: gm.scheme.clone(),
+        })
+    }
+
     /// Every decoder layer's self-attention output (the paper's "remove self-attention").
     pub fn decoder_self_attention(gm: &GenirModel, mode: AblationMode) -> Result<Self> {
         Self::parse(

@@ -699,3 +699,77 @@ fn correctly_retrieved_keeps_the_queries_found_at_rank_one() {
     };
     assert!(genir_interp::correctly_retrieved(&gm, &none, 10).is_err());
 }
+
+#[test]
+fn removed_components_equal_zero_ablation_and_survive_saving() {
+    use genir_model::hooks::{Hooks, Intervention, Selection};
+    let gm = atomic();
+    let patterns = "decoder.blocks.*.hook_self_attn_out,decoder.blocks.0.hook_mlp_out,encoder.blocks.1.hook_self_attn_out";
+    let abl = Ablation::parse(&gm, "removed", patterns, AblationMode::Zero).unwrap();
+    let pruned = abl.prune(&gm).unwrap();
+    let texts: Vec<String> = train_set().queries.iter().map(|q| q.text.clone()).collect();
+    let ids = gm.searcher().unwrap().encode_queries(&texts).unwrap();
+    let start = gm.model.config.decoder_start() as u32;
+    let dec: Vec<Vec<u32>> = ids.iter().map(|_| vec![start]).collect();
+    let input = Seq2SeqInput::from_ids(&ids, &dec, 0, &device()).unwrap();
+    let mut hooks = Hooks::none();
+    for p in &abl.points {
+        hooks.add(*p, Intervention::Zero(Selection::all()));
+    }
+    let ablated = gm.model.forward(&input, &mut hooks).unwrap();
+    let removed = pruned.model.forward(&input, &mut Hooks::none()).unwrap();
+    let diff: f32 = (ablated.clone() - removed.clone())
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(diff <= 1e-5, "removed vs zero-ablated: {diff}");
+    assert!(pruned
+        .model
+        .decoder
+        .blocks
+        .iter()
+        .all(|b| b.removed.self_attn));
+    assert!(
+        pruned.model.decoder.blocks[0].removed.mlp && !pruned.model.decoder.blocks[1].removed.mlp
+    );
+    assert!(
+        pruned.model.encoder.blocks[1].removed.self_attn
+            && !pruned.model.encoder.blocks[0].removed.self_attn
+    );
+    // saved and reloaded, the components stay removed and the outputs are the same
+    let dir = tempfile::tempdir().unwrap();
+    pruned.save(dir.path()).unwrap();
+    let back = GenirModel::load(dir.path(), &device()).unwrap();
+    assert_eq!(
+        back.model.removed_components(),
+        pruned.model.removed_components()
+    );
+    assert_eq!(back.model.removed_components().len(), 4);
+    assert!(back
+        .model
+        .decoder
+        .blocks
+        .iter()
+        .all(|b| b.removed.self_attn));
+    let again = back.model.forward(&input, &mut Hooks::none()).unwrap();
+    let diff: f32 = (again - removed).abs().max().into_scalar();
+    assert!(diff <= 1e-6, "reloaded: {diff}");
+    // only zero ablations of whole components can be removed
+    let mean = Ablation::parse(
+        &gm,
+        "m",
+        "decoder.blocks.0.hook_mlp_out",
+        AblationMode::Mean,
+    )
+    .unwrap();
+    assert!(matches!(mean.prune(&gm), Err(InterpError::Input(_))));
+    let resid = Ablation::parse(
+        &gm,
+        "r",
+        "decoder.blocks.0.hook_resid_post",
+        AblationMode::Zero,
+    )
+    .unwrap();
+    let err = resid.prune(&gm).unwrap_err().to_string();
+    assert!(err.contains("hook_resid_post"), "{err}");
+}

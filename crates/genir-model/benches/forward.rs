@@ -1,6 +1,8 @@
 //! Forward pass of the T5 from the model issue (d_model 256, d_ff 1024, 4+4 layers, 4 heads, vocabulary
 //! 9,000) on a batch of 32 sources of 64 tokens and one decoder step, on `flex`; with no hooks, with the hook
-//! machinery active (a no-op hook on one point), and caching every point. Compare with
+//! machinery active (a no-op hook on one point), caching every point, and with every self-attention removed
+//! (`T5Model::remove_components`: skipped, so it runs faster; throughput still counts the full model's FLOP).
+//! Compare with
 //! `tools/reference/bench_t5_forward.py` (PyTorch, same shapes); `cargo xtask`-free: `cargo bench -p genir-model`.
 
 use burn::prelude::*;
@@ -59,6 +61,18 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(cache.len());
             sync(logits)
         })
+    });
+    let all_self: Vec<HookPoint> = ["encoder", "decoder"]
+        .iter()
+        .flat_map(|s| (0..4).map(move |l| format!("{s}.blocks.{l}.hook_self_attn_out")))
+        .map(|n| n.parse().expect("name"))
+        .collect();
+    let pruned = model
+        .clone()
+        .remove_components(&all_self)
+        .expect("remove self-attention");
+    g.bench_function(format!("{backend}/self_attention_removed"), |b| {
+        b.iter(|| sync(pruned.forward(&input, &mut Hooks::none()).expect("forward")))
     });
     g.finish();
 }

@@ -10,5 +10,8 @@ pub use layers::{
     linear, position_bias, relative_position_bucket, AttnAt, FeedForward, KvPair, RmsNorm,
     T5Attention, MASK_VALUE,
 };
-pub use model::{pad_batch, BlockInputs, DecoderState, Seq2SeqInput, T5Block, T5Model, T5Stack};
+pub use model::{
+    pad_batch, BlockInputs, DecoderState, Removed, Seq2SeqInput, T5Block, T5Model, T5Stack,
+    REMOVED_KEY,
+};
 pub use monot5::MonoT5;

@@ -35,7 +35,24 @@ pub struct T5Block {
     pub ln_ff: RmsNorm,
     /// Feed-forward block (`DenseReluDense`).
     pub ff: FeedForward,
+    /// Components removed from this block ([`T5Model::remove_components`]): skipped, their output is zero.
+    #[module(skip)]
+    pub removed: Removed,
 }
+
+/// The whole components a block skips: their output is exactly zero and nothing of them is computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Self-attention.
+    pub self_attn: bool,
+    /// Cross-attention (decoder blocks).
+    pub cross_attn: bool,
+    /// Feed-forward block.
+    pub mlp: bool,
+}
+
+/// `config.json` key listing the removed components (hook point names of their outputs).
+pub const REMOVED_KEY: &str = "genir_removed_components";
 
 /// What a block attends with: biases and, for the decoder, the encoder output.
 pub struct BlockInputs<'t> {
@@ -67,14 +84,18 @@ impl T5Block {
             layer,
             kind: AttnKind::SelfAttn,
         };
-        let a = self.self_attn.forward(
-            self.ln_self.forward(x.clone()),
-            None,
-            inputs.self_bias.clone(),
-            self_kv,
-            hooks,
-            at,
-        )?;
+        let a = if self.removed.self_attn {
+            x.zeros_like()
+        } else {
+            self.self_attn.forward(
+                self.ln_self.forward(x.clone()),
+                None,
+                inputs.self_bias.clone(),
+                self_kv,
+                hooks,
+                at,
+            )?
+        };
         let a = hooks.apply3(p(Site::SelfAttnOut), a)?;
         let mut x = hooks.apply3(p(Site::ResidMid), x + a)?;
         if let (Some(attn), Some(ln), Some((enc, mask))) =
@@ -85,20 +106,27 @@ impl T5Block {
                 layer,
                 kind: AttnKind::CrossAttn,
             };
-            let c = attn.forward(
-                ln.forward(x.clone()),
-                Some(enc),
-                mask.clone(),
-                cross_kv,
-                hooks,
-                at,
-            )?;
+            let c = if self.removed.cross_attn {
+                x.zeros_like()
+            } else {
+                attn.forward(
+                    ln.forward(x.clone()),
+                    Some(enc),
+                    mask.clone(),
+                    cross_kv,
+                    hooks,
+                    at,
+                )?
+            };
             let c = hooks.apply3(p(Site::CrossAttnOut), c)?;
             x = hooks.apply3(p(Site::ResidMidCross), x + c)?;
         }
-        let m = self
-            .ff
-            .forward(self.ln_ff.forward(x.clone()), hooks, stack, layer)?;
+        let m = if self.removed.mlp {
+            x.zeros_like()
+        } else {
+            self.ff
+                .forward(self.ln_ff.forward(x.clone()), hooks, stack, layer)?
+        };
         let m = hooks.apply3(p(Site::MlpOut), m)?;
         hooks.apply3(p(Site::ResidPost), x + m)
     }
@@ -356,6 +384,7 @@ impl T5Model {
                 cross_attn: None,
                 ln_ff: norm(w, &format!("{pre}.1.layer_norm.weight"))?,
                 ff: ffn(w, &format!("{pre}.1.DenseReluDense"))?,
+                removed: Removed::default(),
             });
         }
         let mut dec_blocks = Vec::new();
@@ -368,6 +397,7 @@ impl T5Model {
                 cross_attn: Some(attn(w, &format!("{pre}.1.EncDecAttention"), false)?),
                 ln_ff: norm(w, &format!("{pre}.2.layer_norm.weight"))?,
                 ff: ffn(w, &format!("{pre}.2.DenseReluDense"))?,
+                removed: Removed::default(),
             });
         }
         let encoder = T5Stack {
@@ -397,14 +427,96 @@ impl T5Model {
         if !unused.is_empty() {
             tracing::warn!(file = %w.path().display(), ?unused, "tensors not used by the T5 model");
         }
-        let model = Self {
+        let mut model = Self {
             shared: param2(shared, device),
             encoder,
             decoder,
             lm_head,
             config,
         };
+        // components removed before saving stay removed (their output weights were saved as zeros)
+        if let Some(list) = model.config.extra.get(REMOVED_KEY).cloned() {
+            let names: Vec<String> = serde_json::from_value(list).map_err(|e| {
+                ModelError::Input(format!(
+                    "config.json field {REMOVED_KEY}: expected a list of hook point names: {e}"
+                ))
+            })?;
+            let points = names
+                .iter()
+                .map(|n| n.parse::<HookPoint>())
+                .collect::<Result<Vec<_>, _>>()?;
+            model = model.remove_components(&points)?;
+        }
         Ok(model.with_stable_param_ids())
+    }
+
+    /// Removes whole components, given by their output hook points (`{encoder,decoder}.blocks.{l}.hook_
+    /// {self_attn,cross_attn,mlp}_out`): the blocks skip them (less work per forward pass), their output
+    /// projections are set to zero (so the saved model, also loaded by Hugging Face, computes the same), and
+    /// the list is kept in `config.json` ([`REMOVED_KEY`]) so that a reload keeps them removed. Equal to
+    /// zero-ablating those points.
+    pub fn remove_components(mut self, points: &[HookPoint]) -> Result<Self, ModelError> {
+        let bad = |p: &HookPoint| {
+            ModelError::Input(format!(
+                "cannot remove {p}: only a block's hook_self_attn_out, hook_cross_attn_out or hook_mlp_out names a removable component"
+            ))
+        };
+        for p in points {
+            let l = p.layer.ok_or_else(|| bad(p))?;
+            let stack = match p.stack {
+                Stack::Encoder => &mut self.encoder,
+                Stack::Decoder => &mut self.decoder,
+            };
+            let n = stack.blocks.len();
+            let block = stack.blocks.get_mut(l).ok_or_else(|| {
+                ModelError::Input(format!("cannot remove {p}: the stack has {n} blocks"))
+            })?;
+            let zero = |w: &Param<Tensor<2>>| {
+                let v = w.val();
+                Param::initialized(w.id, v.zeros_like())
+            };
+            match p.site {
+                Site::SelfAttnOut => {
+                    block.self_attn.o = zero(&block.self_attn.o);
+                    block.removed.self_attn = true;
+                }
+                Site::CrossAttnOut => {
+                    let a = block.cross_attn.as_mut().ok_or_else(|| bad(p))?;
+                    a.o = zero(&a.o);
+                    block.removed.cross_attn = true;
+                }
+                Site::MlpOut => {
+                    block.ff.wo = zero(&block.ff.wo);
+                    block.removed.mlp = true;
+                }
+                _ => return Err(bad(p)),
+            }
+        }
+        let mut names: Vec<String> = self
+            .config
+            .extra
+            .get(REMOVED_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        for p in points {
+            let n = p.to_string();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        self.config
+            .extra
+            .insert(REMOVED_KEY.into(), serde_json::Value::from(names));
+        Ok(self)
+    }
+
+    /// The removed components (output hook points), in the order they were removed.
+    pub fn removed_components(&self) -> Vec<String> {
+        self.config
+            .extra
+            .get(REMOVED_KEY)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
     }
 
     /// Numbers the parameters `1..` in module order, so that two loads of the same architecture give
