@@ -25,20 +25,15 @@ use crate::patching::{
     Row, Table, Variant,
 };
 
-/// Gradient-times-difference over the selected slice of one activation (batch row 0).
-fn selected_dot(
-    point: &HookPoint,
-    dims: &[usize],
-    delta: &[f32],
-    grad: &[f32],
-    sel: &Selection,
-) -> f64 {
+/// Sum of per-element gradient-times-difference products over the selected slice of one activation (batch
+/// row 0).
+fn selected_sum(point: &HookPoint, dims: &[usize], prod: &[f64], sel: &Selection) -> f64 {
     let layout = point.layout();
     let strides: Vec<usize> = (0..dims.len())
         .map(|i| dims[i + 1..].iter().product())
         .collect();
     let mut sum = 0f64;
-    for (flat, (&d, &g)) in delta.iter().zip(grad).enumerate() {
+    for (flat, &x) in prod.iter().enumerate() {
         let at = |axis: usize| (flat / strides[axis]) % dims[axis];
         if let Some(p) = &sel.positions {
             if !p.contains(&at(layout.pos)) {
@@ -50,7 +45,7 @@ fn selected_dot(
                 continue;
             }
         }
-        sum += f64::from(d) * f64::from(g);
+        sum += x;
     }
     sum
 }
@@ -152,27 +147,33 @@ pub fn attribution_patching(
         drop(hooks);
         let grads = run.logit_diff(h).backward();
 
-        let mut grad_of: HashMap<HookPoint, (Vec<usize>, Vec<f32>)> = HashMap::new();
+        // per point, once: (a_clean - a_base) * grad, element by element (variants only select slices)
+        let mut grad_of: HashMap<HookPoint, (Vec<usize>, Vec<f64>)> = HashMap::new();
         for (p, z) in leaves.borrow().iter() {
             let dims = z.dims();
             let g = grad_host(z, &grads)?.unwrap_or_else(|| {
                 tracing::debug!(point = %p, "no gradient reaches this point: attribution 0");
                 vec![0.0; dims.iter().product()]
             });
-            grad_of.insert(*p, (dims, g));
+            let (_, clean) = activation_host(run.cache.require(p)?)?;
+            let (_, base) = activation_host(run.base_cache.require(p)?)?;
+            let prod: Vec<f64> = clean
+                .iter()
+                .zip(&base)
+                .zip(&g)
+                .map(|((c, b), g)| f64::from(c - b) * f64::from(*g))
+                .collect();
+            grad_of.insert(*p, (dims, prod));
         }
         let mut rows = Vec::with_capacity(variants.len());
         for v in variants {
             let attr = match &v.patch {
                 None => 0.0,
                 Some((p, sel)) => {
-                    let (dims, g) = grad_of.get(p).ok_or_else(|| {
+                    let (dims, prod) = grad_of.get(p).ok_or_else(|| {
                         InterpError::Input(format!("the hook point {p} never fired"))
                     })?;
-                    let (_, clean) = activation_host(run.cache.require(p)?)?;
-                    let (_, base) = activation_host(run.base_cache.require(p)?)?;
-                    let delta: Vec<f32> = clean.iter().zip(&base).map(|(c, b)| c - b).collect();
-                    selected_dot(p, dims, &delta, g, sel)
+                    selected_sum(p, dims, prod, sel)
                 }
             };
             rows.push(Row {
