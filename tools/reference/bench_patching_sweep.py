@@ -20,10 +20,13 @@ one full forward each; the 12 patched forwards only, no caching run), the subset
 Prints progress lines, then one JSON line (last line; parsed like the other tools/reference/bench_*.py) with the
 medians over --repeat runs (after one warm-up sweep), the FLOP of one forward and of the sweep, and GFLOP/s.
 
+GENIR_TORCH_DEVICE=cuda runs it on the GPU instead (synchronised before each clock read).
+
 Usage (from the repository root, on an otherwise idle machine):
   HF_HUB_OFFLINE=1 /work/venv-ref/bin/python tools/reference/bench_patching_sweep.py [--repeat N]
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,13 +46,15 @@ torch.set_num_threads(2)
 cfg = T5Config(vocab_size=VOCAB, d_model=D, d_kv=DKV, d_ff=DFF, num_layers=LAYERS, num_decoder_layers=LAYERS,
                num_heads=HEADS, feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=True,
                decoder_start_token_id=0)
-model = T5ForConditionalGeneration(cfg).eval()
+dev = torch.device(os.environ.get("GENIR_TORCH_DEVICE", "cpu"))
+sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+model = T5ForConditionalGeneration(cfg).eval().to(dev)
 gen = torch.Generator().manual_seed(1234)
-clean_ids = torch.randint(100, 8900, (B, S), generator=gen)
-corr_ids = torch.randint(100, 8900, (B, S), generator=gen)
+clean_ids = torch.randint(100, 8900, (B, S), generator=gen).to(dev)
+corr_ids = torch.randint(100, 8900, (B, S), generator=gen).to(dev)
 mask = torch.ones_like(clean_ids)
-dec = torch.zeros(B, T, dtype=torch.long)
-rows = torch.arange(B)
+dec = torch.zeros(B, T, dtype=torch.long, device=dev)
+rows = torch.arange(B, device=dev)
 clean_tok = 8950 + rows
 corr_tok = 8900 + rows
 dec_blocks = model.decoder.block
@@ -202,9 +207,11 @@ with torch.inference_mode():
     for r in range(repeat):
         t0 = time.perf_counter()
         result, _ = sweep()
+        sync()
         sweep_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()  # the 12 patched forwards only (clean cache and baseline from the sanity runs)
         comp, comp_names = patch_cells(cache, ld_clean, ld_corr, only=COMPONENTS12)
+        sync()
         comp_t.append(time.perf_counter() - t0)
         print(f"run {r + 1}/{repeat}: sweep of {len(names)} cells {1000 * sweep_t[-1]:.1f} ms, "
               f"12 decoder components {1000 * comp_t[-1]:.1f} ms", flush=True)
@@ -216,7 +223,7 @@ forwards = len(names) + 2
 med = statistics.median(sweep_t)
 comp_forwards = 12
 comp_med = statistics.median(comp_t)
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "repeat": repeat,
+print(json.dumps({"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(), "repeat": repeat,
                   "pairs": B, "src_len": S, "cells": len(names), "forwards": forwards,
                   "median_ms": 1000 * med, "mean_ms": 1000 * statistics.mean(sweep_t), "min_ms": 1000 * min(sweep_t),
                   "per_forward_ms": 1000 * med / forwards,

@@ -11,7 +11,9 @@
 
 Run by hand in the reference venv (prints one JSON line):
   /path/to/venv/bin/python tools/reference/bench_train_search.py
+GENIR_TORCH_DEVICE=cuda runs it on the GPU instead (synchronised before each clock read).
 """
+import os
 import json
 import statistics
 import time
@@ -24,10 +26,12 @@ TEXT, DOCS, B, S = 9000, 2000, 32, 64
 cfg = T5Config(vocab_size=TEXT + DOCS, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4,
                num_heads=4, feed_forward_proj="relu", dropout_rate=0.0, tie_word_embeddings=True,
                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-model = T5ForConditionalGeneration(cfg)
-ids = (torch.arange(B * S) * 7919 % 8990 + 3).reshape(B, S)
+dev = torch.device(os.environ.get("GENIR_TORCH_DEVICE", "cpu"))
+sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+model = T5ForConditionalGeneration(cfg).to(dev)
+ids = (torch.arange(B * S) * 7919 % 8990 + 3).reshape(B, S).to(dev)
 mask = torch.ones_like(ids)
-labels = (TEXT + torch.arange(B) * 61 % DOCS).reshape(B, 1)
+labels = (TEXT + torch.arange(B) * 61 % DOCS).reshape(B, 1).to(dev)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 model.train()
 times = []
@@ -38,13 +42,14 @@ for i in range(12):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    sync()
     if i >= 2:
         times.append(time.perf_counter() - t0)
 train_eps = B / statistics.median(times)
 
 model.eval()
 Q, QL = 64, 16
-q = (torch.arange(Q * QL) * 104729 % 8990 + 3).reshape(Q, QL)
+q = (torch.arange(Q * QL) * 104729 % 8990 + 3).reshape(Q, QL).to(dev)
 qm = torch.ones_like(q)
 docid_tokens = list(range(TEXT, TEXT + DOCS))
 
@@ -56,6 +61,7 @@ def timed(fn, reps=3):
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -83,6 +89,6 @@ with torch.inference_mode():
     multi_s = timed(lambda: model.generate(input_ids=q, attention_mask=qm, num_beams=10, num_return_sequences=10,
                                            max_new_tokens=5, prefix_allowed_tokens_fn=trie_allowed,
                                            do_sample=False, early_stopping=True), reps=2)
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+print(json.dumps({"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
                   "train_examples_per_s": train_eps, "train_step_ms": 1000 * statistics.median(times),
                   "atomic_search_queries_per_s": Q / atomic_s, "multi_search_queries_per_s": Q / multi_s}))
