@@ -92,6 +92,11 @@ pub struct TrainArgs {
     /// From scratch: WordPiece vocabulary size learned from the corpus.
     #[arg(long, default_value_t = 8000)]
     pub text_vocab: usize,
+    /// From scratch: use this tokenizer.json (e.g. the BERT one of all-MiniLM-L6-v2,
+    /// models/all-MiniLM-L6-v2/tokenizer.json) instead of learning one from the corpus; --text-vocab is
+    /// then ignored. Its id 0 must be the padding token.
+    #[arg(long, conflicts_with = "pretrained")]
+    pub tokenizer: Option<PathBuf>,
     /// Passes over the training examples.
     #[arg(long, default_value_t = 8)]
     pub epochs: usize,
@@ -147,15 +152,20 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
-        let init = match &self.pretrained {
-            Some(p) => Init::Pretrained(p.clone()),
-            None => Init::Scratch(Architecture {
-                d_model: self.d_model,
-                d_ff: self.d_ff,
-                layers: self.layers,
-                heads: self.heads,
-                text_vocab: self.text_vocab,
-            }),
+        let arch = Architecture {
+            d_model: self.d_model,
+            d_ff: self.d_ff,
+            layers: self.layers,
+            heads: self.heads,
+            text_vocab: self.text_vocab,
+        };
+        let init = match (&self.pretrained, &self.tokenizer) {
+            (Some(p), _) => Init::Pretrained(p.clone()),
+            (None, Some(t)) => Init::ScratchWithTokenizer {
+                arch,
+                tokenizer: t.clone(),
+            },
+            (None, None) => Init::Scratch(arch),
         };
         Ok(TrainConfig {
             init,

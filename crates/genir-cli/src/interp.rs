@@ -13,7 +13,8 @@ use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchTarget,
+    activation_patching, make_pairs, prefix_pairs, Corruption, PatchConfig, PatchMetric,
+    PatchTarget,
 };
 use genir_interp::stages::{stage_analysis, StageConfig};
 use genir_interp::swap::EncoderSwap;
@@ -125,6 +126,9 @@ pub enum CorruptionArg {
     OtherQuery,
     /// The query's words shuffled.
     Shuffle,
+    /// Multi-token docids: the same query, with another analysed document's docid prefix fed to the
+    /// decoder (needs `--decoder-prefix` >= 1): what the decoder carries from the earlier docid tokens.
+    Prefix,
 }
 
 /// Metrics of `genir interp patch`.
@@ -252,11 +256,20 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                     probes.len()
                 );
             }
-            let corruption = match a.corruption {
-                CorruptionArg::OtherQuery => Corruption::OtherQuery { seed: a.seed },
-                CorruptionArg::Shuffle => Corruption::Shuffle { seed: a.seed },
+            let pairs = match a.corruption {
+                CorruptionArg::OtherQuery => {
+                    make_pairs(&probes[..n], &Corruption::OtherQuery { seed: a.seed })?
+                }
+                CorruptionArg::Shuffle => {
+                    make_pairs(&probes[..n], &Corruption::Shuffle { seed: a.seed })?
+                }
+                CorruptionArg::Prefix => {
+                    if a.decoder_prefix == 0 {
+                        bail!("--corruption prefix needs --decoder-prefix 1 or more (multi-token docids)");
+                    }
+                    prefix_pairs(&gm, &probes[..n], a.decoder_prefix, a.seed)?
+                }
             };
-            let pairs = make_pairs(&probes[..n], &corruption)?;
             let cfg = PatchConfig {
                 metric: match a.metric {
                     MetricArg::LogitDiff => PatchMetric::LogitDiff,
@@ -269,6 +282,7 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                     PatchTarget::DecoderPositions,
                 ],
                 decoder_prefix: a.decoder_prefix,
+                corrupt_prefix: a.corruption == CorruptionArg::Prefix,
                 ..PatchConfig::default()
             };
             if a.attribution && cfg.metric != PatchMetric::LogitDiff {

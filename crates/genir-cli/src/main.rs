@@ -54,6 +54,16 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let backend: genir_model::device::Backend = cli.backend.parse()?;
     let device = backend.device()?;
+    if matches!(cli.command, Command::Train(_))
+        && backend != genir_model::device::Backend::Flex
+        && std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none()
+    {
+        // seen on an H100: autotuning picks matmul kernels by timing, and they sum in different orders
+        tracing::warn!(
+            "training on {backend}: runs are bit-for-bit reproducible (same seed, --resume) only with \
+             CUBECL_AUTOTUNE_LEVEL=minimal (docs/backends.md)"
+        );
+    }
     match cli.command {
         Command::Cache(args) => cache::run(args, &device),
         Command::Train(args) => dsi::train(*args, &device),

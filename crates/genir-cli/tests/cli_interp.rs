@@ -183,6 +183,9 @@ fn every_analysis_writes_tables_and_figures() {
     assert!(out.join("encoder_swap.png").exists());
 
     // clear errors
+    let o = interp(&["patch", "--corruption", "prefix"], &model, &out);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--decoder-prefix"));
     let o = interp(&["lens", "--probes", "0"], &model, &out);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--probes"));

@@ -154,3 +154,60 @@ fn bad_arguments_are_clear_errors() {
     let h = String::from_utf8_lossy(&o.stdout);
     assert!(h.contains("Examples:") && h.contains("--resume"), "{h}");
 }
+
+/// `genir train --tokenizer` with the BERT tokenizer of all-MiniLM-L6-v2 (installed by
+/// tools/models/install_reference_models.sh; skipped with a printed reason when absent): the run keeps its
+/// 30,522 text tokens, puts the docid tokens after them, and `genir search` answers with valid docids.
+#[test]
+fn training_on_the_minilm_bert_tokenizer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tok = std::env::var("GENIR_MINILM_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("models/all-MiniLM-L6-v2"))
+        .join("tokenizer.json");
+    if !tok.exists() {
+        println!(
+            "SKIP training_on_the_minilm_bert_tokenizer: no {} (run tools/models/install_reference_models.sh)",
+            tok.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bert-tok");
+    ok(&train(
+        &out,
+        &["--epochs", "1", "--tokenizer", tok.to_str().unwrap()],
+    ));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let vocab = saved["model"]["vocab"].as_object().unwrap().len();
+    assert_eq!(vocab, 30522);
+    assert!(saved["padding"].is_null() && saved["truncation"].is_null());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"].as_u64().unwrap(), 30522 + 179);
+    let log = ok(&genir()
+        .args(["search", "--model"])
+        .arg(&out)
+        .args(["--k", "3", "volcano eruption"])
+        .output()
+        .unwrap());
+    let ranks: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<usize>().is_ok())
+        .collect();
+    assert_eq!(ranks, ["1", "2", "3"], "{log}");
+    let o = train(
+        &tmp.path().join("both"),
+        &[
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "--pretrained",
+            "/nowhere",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--pretrained"));
+}

@@ -127,6 +127,69 @@ pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<Patch
     }
 }
 
+/// Pairs for the second multi-token experiment (use with [`PatchConfig::corrupt_prefix`]): each probe's
+/// query is both the clean and the corrupted query, and the corrupted docid is another probe's whose first
+/// `prefix` docid tokens differ from the clean docid's (drawn with a seeded RNG), so the two runs differ only
+/// in the docid prefix fed to the decoder.
+pub fn prefix_pairs(
+    gm: &GenirModel,
+    probes: &[Probe],
+    prefix: usize,
+    seed: u64,
+) -> Result<Vec<PatchPair>> {
+    if prefix == 0 {
+        return Err(InterpError::Input(
+            "prefix pairs need a docid prefix of at least one token (decoder_prefix >= 1)".into(),
+        ));
+    }
+    if probes.is_empty() {
+        return Err(InterpError::Input("no queries to pair".into()));
+    }
+    let head = |docid: &str, qid: &str| -> Result<Vec<u32>> {
+        let doc = gm
+            .scheme
+            .require(docid, &format!(" (document of query {qid})"))?;
+        let target = gm.scheme.target(doc);
+        if target.len() <= prefix {
+            return Err(InterpError::Input(format!(
+                "query {qid}: docid {docid} has {} tokens, not more than the prefix of {prefix}",
+                target.len()
+            )));
+        }
+        Ok(target[..prefix].to_vec())
+    };
+    let heads: Vec<Vec<u32>> = probes
+        .iter()
+        .map(|p| head(&p.docid, &p.qid))
+        .collect::<Result<_>>()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    probes
+        .iter()
+        .zip(&heads)
+        .map(|(p, h)| {
+            let others: Vec<&Probe> = probes
+                .iter()
+                .zip(&heads)
+                .filter(|(_, oh)| *oh != h)
+                .map(|(o, _)| o)
+                .collect();
+            let o = others.choose(&mut rng).ok_or_else(|| {
+                InterpError::Input(format!(
+                    "query {}: no other query's docid starts with different {prefix} token(s)",
+                    p.qid
+                ))
+            })?;
+            Ok(PatchPair::new(
+                &p.qid,
+                &p.text,
+                &p.docid,
+                &p.text,
+                Some(o.docid.clone()),
+            ))
+        })
+        .collect()
+}
+
 /// The patching metric.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PatchMetric {
@@ -191,6 +254,11 @@ pub struct PatchConfig {
     pub batch_size: usize,
     /// Patch into the clean run instead of the corrupted one (a sanity check: every value must be 1).
     pub into_clean: bool,
+    /// Feed the corrupted run the first `decoder_prefix` tokens of the pair's corrupted docid instead of the
+    /// clean docid's (every pair must name its `corrupt_docid`). With the query held fixed ([`prefix_pairs`])
+    /// this is the second multi-token experiment: what the decoder carries from the earlier docid tokens,
+    /// as opposed to what it reads from the query (clean prefix, corrupted query).
+    pub corrupt_prefix: bool,
 }
 
 impl Default for PatchConfig {
@@ -206,6 +274,7 @@ impl Default for PatchConfig {
             decoder_prefix: 0,
             batch_size: 64,
             into_clean: false,
+            corrupt_prefix: false,
         }
     }
 }
@@ -638,16 +707,33 @@ pub(crate) fn prepare_pair<'m>(
             clean_target.len()
         ))
     })? as usize;
-    let mut dec = vec![start];
-    dec.extend_from_slice(&clean_target[..prefix]);
-    let t = dec.len();
-    let dec_ids: Tensor<2, Int> = Tensor::from_data(
-        TensorData::new(
-            dec.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
-            [1, t],
-        ),
-        &device,
-    );
+    let dec_tensor = |target: &[u32]| -> Tensor<2, Int> {
+        let mut dec = vec![i64::from(start)];
+        dec.extend(target[..prefix].iter().map(|&x| i64::from(x)));
+        let t = dec.len();
+        Tensor::from_data(TensorData::new(dec, [1, t]), &device)
+    };
+    let t = prefix + 1;
+    let dec_ids = dec_tensor(&clean_target);
+    let corrupt_dec_ids = if cfg.corrupt_prefix {
+        let docid = pair.corrupt_docid.as_ref().ok_or_else(|| {
+            InterpError::Input(format!(
+                "pair {}: patching with the corrupted docid's prefix needs the pair's corrupted docid",
+                pair.qid
+            ))
+        })?;
+        let doc = gm.scheme.require(docid, &ctx("corrupted docid"))?;
+        let target = gm.scheme.target(doc);
+        if target.len() <= prefix {
+            return Err(InterpError::Input(format!(
+                "decoder_prefix {prefix} is not shorter than the docid target of {docid} ({} tokens)",
+                target.len()
+            )));
+        }
+        dec_tensor(&target)
+    } else {
+        dec_ids.clone()
+    };
     let ids = searcher.encode_queries(&[pair.clean.clone(), pair.corrupt.clone()])?;
     if ids[0].len() != ids[1].len() {
         tracing::debug!(qid = %pair.qid, clean = ids[0].len(), corrupt = ids[1].len(),
@@ -675,7 +761,7 @@ pub(crate) fn prepare_pair<'m>(
     let corrupt_h = model.decode_hidden(
         &enc_corrupt,
         mask_corrupt.clone(),
-        dec_ids.clone(),
+        corrupt_dec_ids.clone(),
         None,
         &mut hooks,
     )?;
@@ -718,10 +804,10 @@ pub(crate) fn prepare_pair<'m>(
             r
         }
     };
-    let (enc_base, mask_base, base_cache) = if cfg.into_clean {
-        (enc_clean.clone(), mask_clean, cache.clone())
+    let (enc_base, mask_base, base_cache, base_dec_ids) = if cfg.into_clean {
+        (enc_clean.clone(), mask_clean, cache.clone(), dec_ids)
     } else {
-        (enc_corrupt, mask_corrupt, corrupt_cache)
+        (enc_corrupt, mask_corrupt, corrupt_cache, corrupt_dec_ids)
     };
     let mut run = PairRun {
         gm,
@@ -732,7 +818,7 @@ pub(crate) fn prepare_pair<'m>(
         enc_clean,
         enc_base,
         mask_base,
-        dec_ids,
+        dec_ids: base_dec_ids,
         cache,
         base_cache,
         head_rows: rows,

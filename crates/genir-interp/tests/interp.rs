@@ -9,7 +9,8 @@ use genir_interp::figures;
 use genir_interp::heads::{head_contributions, head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchPair, PatchTarget,
+    activation_patching, make_pairs, prefix_pairs, Corruption, PatchConfig, PatchMetric, PatchPair,
+    PatchTarget, PATCH_COMPONENTS,
 };
 use genir_interp::swap::EncoderSwap;
 use genir_interp::{lens_logits, write_table, InterpError, Probe};
@@ -351,6 +352,162 @@ fn decoder_positions_are_patched_for_multi_token_docids() {
                 assert!(v[i].abs() < 1e-4, "{}", v[i]);
             }
         }
+    }
+}
+
+/// The second multi-token experiment: the query is held fixed and only the docid prefix fed to the decoder
+/// differs. The encoder output is then the same in both runs (patching it changes nothing), the decoder's
+/// first residual stream at every position restores the clean run, and every cell equals a full forward
+/// pass of the corrupted prefix with the same patch through plain hooks.
+#[test]
+fn prefix_patching_holds_the_query_and_swaps_the_docid_prefix() {
+    let gm = naive();
+    let probes = probes();
+    let prefix = 2;
+    let pairs = prefix_pairs(&gm, &probes[..4], prefix, 5).unwrap();
+    let head = |d: &str| gm.scheme.target(gm.scheme.require(d, "").unwrap())[..prefix].to_vec();
+    for p in &pairs {
+        assert_eq!(p.clean, p.corrupt);
+        assert_ne!(
+            head(&p.clean_docid),
+            head(p.corrupt_docid.as_deref().unwrap())
+        );
+    }
+    assert_eq!(pairs, prefix_pairs(&gm, &probes[..4], prefix, 5).unwrap());
+    assert!(matches!(
+        prefix_pairs(&gm, &probes[..4], 0, 5),
+        Err(InterpError::Input(_))
+    ));
+    assert!(matches!(
+        prefix_pairs(&gm, &probes[..4], 9, 5),
+        Err(InterpError::Input(_))
+    ));
+    let cfg = PatchConfig {
+        decoder_prefix: prefix,
+        corrupt_prefix: true,
+        targets: vec![
+            PatchTarget::Components,
+            PatchTarget::DecoderPositions,
+            PatchTarget::EncoderPositions,
+        ],
+        ..patch_cfg(false)
+    };
+    let unnamed = make_pairs(&probes[..3], &Corruption::Shuffle { seed: 1 }).unwrap();
+    let err = activation_patching(&gm, &unnamed, &cfg).unwrap_err();
+    assert!(err.to_string().contains("corrupted docid"), "{err}");
+
+    let df = activation_patching(&gm, &pairs, &cfg).unwrap();
+    let (qid, target, comp) = (
+        strs(&df, "qid"),
+        strs(&df, "target"),
+        strs(&df, "component"),
+    );
+    let (layer, pos) = (i64s(&df, "layer"), i64s(&df, "position"));
+    let (value, raw) = (f64s(&df, "value"), f64s(&df, "raw"));
+    let layers = gm.model.decoder.blocks.len() as i64;
+    let device = device();
+    let searcher = gm.searcher().unwrap();
+    let start = gm.model.config.decoder_start() as u32;
+    let pad = gm.model.config.pad_token_id as u32;
+    let mut checked = 0;
+    for pair in &pairs {
+        let ids = searcher
+            .encode_queries(std::slice::from_ref(&pair.clean))
+            .unwrap();
+        let target_of = |d: &str| gm.scheme.target(gm.scheme.require(d, "").unwrap());
+        let (ct, xt) = (
+            target_of(&pair.clean_docid),
+            target_of(pair.corrupt_docid.as_deref().unwrap()),
+        );
+        let dec = |t: &[u32]| {
+            let mut v = vec![start];
+            v.extend_from_slice(&t[..prefix]);
+            v
+        };
+        let clean = Seq2SeqInput::from_ids(&ids, &[dec(&ct)], pad, &device).unwrap();
+        let corrupt = Seq2SeqInput::from_ids(&ids, &[dec(&xt)], pad, &device).unwrap();
+        let (_, cache) = gm.model.run_with_cache(&clean, HookFilter::all()).unwrap();
+        let metric = |hooks: &mut genir_model::hooks::Hooks<'_>| {
+            let logits = gm.model.forward(&corrupt, hooks).unwrap();
+            let [_, t, v] = logits.dims();
+            let last: Vec<f32> = logits
+                .slice([0..1, t - 1..t, 0..v])
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec()
+                .unwrap();
+            f64::from(last[ct[prefix] as usize]) - f64::from(last[xt[prefix] as usize])
+        };
+        for i in (0..df.height()).filter(|&i| qid[i] == pair.qid) {
+            let v = value[i];
+            match target[i].as_str() {
+                // same query: the encoder output is the same in both runs
+                "encoder_positions" => assert!(v.abs() < 1e-3, "encoder position: {v}"),
+                "components" if comp[i] == "resid_pre" && layer[i] == 0 => {
+                    assert!((v - 1.0).abs() < 1e-4, "layer-0 residual stream: {v}")
+                }
+                "decoder_positions" if comp[i] == "resid_pre" && layer[i] == 0 && pos[i] == 0 => {
+                    assert!(v.abs() < 1e-4, "start token: {v}")
+                }
+                "decoder_positions" if comp[i] == "resid_post" && pos[i] == prefix as i64 => {
+                    assert!(
+                        (v - 1.0).abs() < 1e-4,
+                        "last position after the last layer: {v}"
+                    )
+                }
+                _ => {}
+            }
+            let expected = match target[i].as_str() {
+                "none" | "encoder_positions" => metric(&mut genir_model::hooks::Hooks::none()),
+                "components" => {
+                    let site = PATCH_COMPONENTS
+                        .iter()
+                        .find(|(n, _)| *n == comp[i])
+                        .map(|(_, s)| *s)
+                        .unwrap();
+                    let point = HookPoint::block(Stack::Decoder, layer[i] as usize, site);
+                    let mut hooks = genir_model::hooks::Hooks::none()
+                        .patch_from(&cache, point, genir_model::hooks::Selection::all())
+                        .unwrap();
+                    metric(&mut hooks)
+                }
+                "decoder_positions" => {
+                    let (l, site) = if comp[i] == "resid_post" {
+                        (layers as usize - 1, Site::ResidPost)
+                    } else {
+                        (layer[i] as usize, Site::ResidPre)
+                    };
+                    let point = HookPoint::block(Stack::Decoder, l, site);
+                    let sel = genir_model::hooks::Selection::positions(vec![pos[i] as usize]);
+                    let mut hooks = genir_model::hooks::Hooks::none()
+                        .patch_from(&cache, point, sel)
+                        .unwrap();
+                    metric(&mut hooks)
+                }
+                _ => continue,
+            };
+            assert!(
+                (raw[i] - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                "{} {} layer {} {} pos {}: sweep {} vs full forward {}",
+                qid[i],
+                target[i],
+                layer[i],
+                comp[i],
+                pos[i],
+                raw[i],
+                expected
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= pairs.len() * 4, "{checked} cells checked");
+    let clean_cfg = PatchConfig {
+        into_clean: true,
+        ..cfg.clone()
+    };
+    let df = activation_patching(&gm, &pairs, &clean_cfg).unwrap();
+    for v in f64s(&df, "value").into_iter().filter(|v| v.is_finite()) {
+        assert!((v - 1.0).abs() < 1e-4, "{v}");
     }
 }
 

@@ -61,6 +61,44 @@ pub enum Init {
     Scratch(Architecture),
     /// A Hugging Face T5 folder; its vocabulary is extended with the docid tokens.
     Pretrained(PathBuf),
+    /// Random initialisation with an existing `tokenizer.json` (e.g. the BERT WordPiece tokenizer shipped
+    /// with all-MiniLM-L6-v2) instead of one learned from the corpus; the architecture's `text_vocab` is
+    /// ignored. Its id 0 must be the padding token (genir's T5 pads and starts decoding with id 0); id 1 ends
+    /// multi-token docids. The file's own padding and truncation are dropped (genir truncates sources).
+    ScratchWithTokenizer {
+        /// The network's sizes.
+        arch: Architecture,
+        /// The `tokenizer.json`.
+        tokenizer: PathBuf,
+    },
+}
+
+/// Loads a `tokenizer.json` for [`Init::ScratchWithTokenizer`]: id 0 must be a padding token; the file's
+/// padding and truncation are switched off.
+pub fn load_text_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let mut tok = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", path.display())))?;
+    match tok.id_to_token(0).as_deref() {
+        Some("[PAD]" | "<pad>") => {}
+        other => {
+            return Err(TrainError::Tokenizer(format!(
+                "{}: id 0 is {other:?}, not a padding token ([PAD] or <pad>); genir's T5 pads and starts \
+                 decoding with id 0",
+                path.display()
+            )))
+        }
+    }
+    if tok.get_vocab_size(true) < 2 {
+        return Err(TrainError::Tokenizer(format!(
+            "{}: a vocabulary of {} token(s) is too small",
+            path.display(),
+            tok.get_vocab_size(true)
+        )));
+    }
+    tok.with_padding(None);
+    tok.with_truncation(None)
+        .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", path.display())))?;
+    Ok(tok)
 }
 
 /// Everything that determines a training run. Resuming requires the same configuration.
@@ -451,8 +489,16 @@ fn initial_parts(
     let docids: Vec<String> = collection.corpus.iter().map(|d| d.docid.clone()).collect();
     let texts: Vec<String> = collection.corpus.iter().map(|d| d.full_text()).collect();
     match &config.init {
-        Init::Scratch(a) => {
-            let mut tok = vocab::train_wordpiece(&texts, a.text_vocab)?;
+        Init::Scratch(a) | Init::ScratchWithTokenizer { arch: a, .. } => {
+            let (mut tok, source) = match &config.init {
+                Init::ScratchWithTokenizer { tokenizer, .. } => {
+                    (load_text_tokenizer(tokenizer)?, tokenizer.clone())
+                }
+                _ => (
+                    vocab::train_wordpiece(&texts, a.text_vocab)?,
+                    PathBuf::from("<trained tokenizer.json>"),
+                ),
+            };
             let offset = tok.get_vocab_size(true) as u32;
             let embeddings = semantic_embeddings(config, &texts, device)?;
             let scheme = DocidScheme::build(
@@ -466,7 +512,7 @@ fn initial_parts(
             vocab::add_docid_tokens(&mut tok, &scheme)?;
             let t5 = T5Config::small(scheme.vocab_size(), a.d_model, a.d_ff, a.layers, a.heads);
             let model = T5Model::init(t5, config.seed, device)?;
-            let tok = TextTokenizer::from_tokenizer(tok, "<trained tokenizer.json>".into());
+            let tok = TextTokenizer::from_tokenizer(tok, source);
             GenirModel::new(model, tok, scheme)
         }
         Init::Pretrained(dir) => {

@@ -427,3 +427,115 @@ fn semantic_docids_from_a_bi_encoder() {
     let bad: Result<genir_train::embed::EmbedderSpec, _> = "word2vec:x".parse();
     assert!(bad.is_err());
 }
+
+/// A BERT-style `tokenizer.json` (WordPiece, `[PAD]` = 0, `[unused0]` = 1, `[CLS] ... [SEP]` template,
+/// padding and truncation set as in sentence-transformers' files) over the tiny collection's words.
+fn bert_style_tokenizer(path: &Path, pad_first: bool) -> usize {
+    let mut vocab = serde_json::Map::new();
+    let mut names: Vec<String> = if pad_first {
+        ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]"]
+    } else {
+        ["[UNK]", "[PAD]", "[unused0]", "[CLS]", "[SEP]"]
+    }
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut words: Vec<String> = TOPICS
+        .iter()
+        .flat_map(|t| t.split(' '))
+        .chain([
+            "the", "is", "about", "and", "many", "people", "study", "with", ".",
+        ])
+        .map(str::to_string)
+        .collect();
+    words.sort();
+    words.dedup();
+    names.extend(words);
+    for (i, n) in names.iter().enumerate() {
+        vocab.insert(n.clone(), serde_json::json!(i));
+    }
+    let id = |n: &str| names.iter().position(|x| x == n).unwrap();
+    let spec = serde_json::json!({
+        "version": "1.0",
+        "truncation": {"max_length": 8, "strategy": "LongestFirst", "stride": 0, "direction": "Right"},
+        "padding": {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": null,
+                    "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"},
+        "added_tokens": [],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [id("[CLS]")], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [id("[SEP]")], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab}
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    names.len()
+}
+
+/// `Init::ScratchWithTokenizer` (`genir train --tokenizer`): a model trained from scratch on a given BERT
+/// WordPiece tokenizer learns, keeps that tokenizer (with the docid tokens after its vocabulary and without
+/// the file's fixed padding and truncation), and a tokenizer whose id 0 is not padding is a clear error.
+#[test]
+fn a_given_bert_tokenizer_replaces_the_learned_one() {
+    let c = tiny_collection();
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tmp.path().join("tokenizer.json");
+    let text_tokens = bert_style_tokenizer(&tok, true);
+    let mut cfg = config(DocidKind::Atomic, 40);
+    let Init::Scratch(arch) = cfg.init.clone() else {
+        unreachable!()
+    };
+    cfg.init = Init::ScratchWithTokenizer {
+        arch: arch.clone(),
+        tokenizer: tok.clone(),
+    };
+    let dir = tmp.path().join("run");
+    Trainer::new(cfg.clone(), device())
+        .train(&c, &dir, false, &mut LogProgress)
+        .unwrap();
+    let (h1, _) = train_split_hits(&dir, &c, "train");
+    assert!(h1 >= 0.9, "training queries Hits@1 {h1}");
+    let m = GenirModel::load(&dir, &device()).unwrap();
+    assert_eq!(m.scheme.token_offset as usize, text_tokens);
+    assert_eq!(m.model.config.vocab_size, text_tokens + c.corpus.len());
+    // [CLS] volcano lava eruption magma and more [SEP]: no truncation to 8, no padding to 16
+    let ids = m
+        .tok
+        .encode("volcano lava eruption magma violin orchestra symphony concert glacier")
+        .unwrap();
+    assert_eq!(ids.len(), 11, "{ids:?}");
+    assert_eq!((ids[0], ids[10]), (3, 4), "{ids:?}");
+
+    let bad = tmp.path().join("bad.json");
+    bert_style_tokenizer(&bad, false);
+    cfg.init = Init::ScratchWithTokenizer {
+        arch: arch.clone(),
+        tokenizer: bad.clone(),
+    };
+    let err = Trainer::new(cfg.clone(), device())
+        .train(&c, &tmp.path().join("bad-run"), false, &mut LogProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad.json") && err.contains("padding"), "{err}");
+    cfg.init = Init::ScratchWithTokenizer {
+        arch: arch.clone(),
+        tokenizer: tmp.path().join("missing.json"),
+    };
+    let err = Trainer::new(cfg, device())
+        .train(&c, &tmp.path().join("missing-run"), false, &mut LogProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.json"), "{err}");
+}
