@@ -411,6 +411,72 @@ fn sections(s: &Study) -> Vec<Section> {
     sec.figure(s, "attribution");
     out.push(sec);
 
+    let mt = &s.multi_token;
+    let mut sec = Section::new("7c. Multi-token docids: logit lens and patching per decoding step");
+    match &mt.trained {
+        None => {
+            sec.text("Not run (a study cached before this step existed).");
+        }
+        Some(t) => {
+            sec.text(format!(
+                "A second model with naive docids (each digit of the docid a token, then `</s>`; the paper's multi-token setting) is trained from scratch on the shipped mini corpus (179 passages, the smoke architecture, {} steps): training-query Hits@1 {}, {} training queries retrieved at rank 1 are the probes. Step k reads where the decoder, fed the start token and the correct docid's first k tokens, predicts token k; at each step the probes are those whose docid has a digit there (not the closing `</s>`).",
+                t.steps,
+                f3(mt.train_hits_at_1),
+                mt.probes
+            ));
+            sec.text("Logit lens (residual stream after each decoder layer): share of probes with the correct token at rank 1, and its median rank.");
+            sec.table(
+                &["step", "layer", "probes", "top-1 share", "median rank"],
+                mt.lens
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.step.to_string(),
+                            r.layer.to_string(),
+                            r.probes.to_string(),
+                            f3(r.top1),
+                            f1(r.median_rank),
+                        ]
+                    })
+                    .collect(),
+            );
+            sec.figure(s, "mt_logit_lens_step1");
+            sec.text("Two patching experiments per step (normalised logit difference of the token read, 0 = corrupted run, 1 = clean run; median over pairs, since a pair whose clean and corrupted runs score the token read almost alike has huge normalised values; every cell is in the step's Parquet/CSV table). **query**: the query is corrupted (another probe's query) and both runs are fed the clean docid's prefix, so patching shows where the decoder reads the query. **prefix**: the query is the same and the corrupted run is fed another document's prefix, so patching shows what the decoder carries from the earlier docid tokens (the encoder output is identical in both runs). Columns: a component's output patched at every position; the layer's residual stream (resid_pre) patched at the earlier positions only, or at the position read only.");
+            sec.table(
+                &[
+                    "experiment",
+                    "step",
+                    "pairs",
+                    "layer",
+                    "self-attn",
+                    "cross-attn",
+                    "MLP",
+                    "resid, earlier positions",
+                    "resid, position read",
+                ],
+                mt.patching
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.experiment.clone(),
+                            r.step.to_string(),
+                            r.pairs.to_string(),
+                            r.layer.to_string(),
+                            f3(r.self_attn),
+                            f3(r.cross_attn),
+                            f3(r.mlp),
+                            f3(r.earlier_positions),
+                            f3(r.read_position),
+                        ]
+                    })
+                    .collect(),
+            );
+            sec.figure(s, "mt_patching_query_step1");
+            sec.figure(s, "mt_patching_prefix_step1");
+        }
+    }
+    out.push(sec);
+
     let mut sec =
         Section::new("8. MechIR: patching a bi-encoder and a cross-encoder under TFC1 / TDC");
     if s.mechir.is_empty() {

@@ -12,7 +12,9 @@ use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationM
 use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
-use genir_interp::patching::{activation_patching, make_pairs, Corruption, PatchConfig};
+use genir_interp::patching::{
+    activation_patching, make_pairs, Corruption, PatchConfig, PatchTarget,
+};
 use genir_interp::stages::{stage_analysis, StageConfig};
 use genir_interp::swap::EncoderSwap;
 use genir_interp::{figures, Probe};
@@ -365,6 +367,213 @@ pub struct StagesResult {
     pub attribution: Vec<AgreementRow>,
 }
 
+/// Epochs of the multi-token (naive docid) model of the study.
+const MT_EPOCHS: usize = 30;
+
+/// Multi-token docids: a naive-docid model of the mini corpus, its per-step logit lens and the two
+/// patching experiments (corrupted query with the clean docid prefix; the query held with another
+/// document's prefix).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MultiTokenResult {
+    /// The model.
+    pub trained: Option<Trained>,
+    /// Hits@1 on its training queries.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub train_hits_at_1: f64,
+    /// Training queries retrieved at rank 1 (probes).
+    pub probes: usize,
+    /// Logit lens at each decoding step, residual stream after each layer.
+    pub lens: Vec<MtLensRow>,
+    /// Patching per experiment, step and layer.
+    pub patching: Vec<MtPatchRow>,
+}
+
+/// One (step, layer) of the multi-token logit lens (`resid_post`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MtLensRow {
+    /// Decoding step (0: the first docid token).
+    pub step: usize,
+    /// Decoder layer.
+    pub layer: i64,
+    /// Probes whose docid has a token at this step.
+    pub probes: usize,
+    /// Share with the correct token at rank 1.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub top1: f64,
+    /// Median rank of the correct token.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub median_rank: f64,
+}
+
+/// One (experiment, step, layer) of the multi-token patching: median normalised effects over pairs (and
+/// positions).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MtPatchRow {
+    /// `query` (corrupted query, clean prefix) or `prefix` (same query, another docid prefix).
+    pub experiment: String,
+    /// Decoding step read.
+    pub step: usize,
+    /// Pairs.
+    pub pairs: usize,
+    /// Decoder layer.
+    pub layer: i64,
+    /// Self-attention output patched (all positions).
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub self_attn: f64,
+    /// Cross-attention output patched.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub cross_attn: f64,
+    /// MLP output patched.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub mlp: f64,
+    /// The layer's residual stream (`resid_pre`) patched at the earlier docid positions only (start token
+    /// and the fed docid tokens, not the position read).
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub earlier_positions: f64,
+    /// The layer's residual stream patched at the position read only.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub read_position: f64,
+}
+
+fn multi_token_study(
+    trained: &Trained,
+    c: &Collection,
+    max_pairs: usize,
+    dir: &Path,
+    device: &Device,
+) -> Result<MultiTokenResult> {
+    let gm = GenirModel::load(&trained.dir, device)?;
+    let train = c
+        .split("train")
+        .context("the mini collection has no train split")?;
+    let all = Probe::from_query_set(&genir_interp::correctly_retrieved(&gm, train, usize::MAX)?);
+    let run = gm.searcher()?.run(&train.queries, 1, 10, "mt")?;
+    let train_hits_at_1 = genir_train::metrics::evaluate(&run, &train.qrels, None).hits_at_1;
+    let len_of = |p: &Probe| -> Result<usize> {
+        Ok(gm.scheme.target(gm.scheme.require(&p.docid, "")?).len())
+    };
+    let mut lens = Vec::new();
+    let mut patching = Vec::new();
+    for step in 0..3usize {
+        // the token read is a digit, not the closing `</s>` (docids of every length are spread by a seeded
+        // shuffle: the first probes are the one-digit docids)
+        let mut probes: Vec<Probe> = all
+            .iter()
+            .filter(|p| len_of(p).is_ok_and(|n| n > step + 1))
+            .cloned()
+            .collect();
+        probes.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(step as u64));
+        if probes.len() < 2 {
+            continue;
+        }
+        let df = save(
+            logit_lens(
+                &gm,
+                &probes,
+                &LensConfig {
+                    step,
+                    ..LensConfig::default()
+                },
+            )?,
+            dir,
+            &format!("mt_logit_lens_step{step}"),
+            figures::logit_lens_figure,
+        )?;
+        let keys = layer_component(&df)?;
+        for (k, r) in group(&keys, &f64s(&df, "rank")?) {
+            if k.1 == "resid_post" {
+                lens.push(MtLensRow {
+                    step,
+                    layer: k.0,
+                    probes: r.len(),
+                    top1: r.iter().filter(|x| **x <= 1.0).count() as f64 / r.len().max(1) as f64,
+                    median_rank: median(&r),
+                });
+            }
+        }
+        if step == 0 {
+            continue;
+        }
+        let n = max_pairs.min(probes.len());
+        let query_pairs = make_pairs(&probes[..n], &Corruption::OtherQuery { seed: 0 })?;
+        let prefix_pairs = match genir_interp::patching::prefix_pairs(&gm, &probes[..n], step, 0) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("multi-token prefix pairs at step {step}: {e}");
+                Vec::new()
+            }
+        };
+        for (experiment, pairs, corrupt_prefix) in [
+            ("query", query_pairs, false),
+            ("prefix", prefix_pairs, true),
+        ] {
+            if pairs.is_empty() {
+                continue;
+            }
+            let cfg = PatchConfig {
+                targets: vec![PatchTarget::Components, PatchTarget::DecoderPositions],
+                decoder_prefix: step,
+                corrupt_prefix,
+                ..PatchConfig::default()
+            };
+            let df = save(
+                activation_patching(&gm, &pairs, &cfg)?,
+                dir,
+                &format!("mt_patching_{experiment}_step{step}"),
+                figures::patching_figure,
+            )?;
+            let (target, layer, comp, pos, value) = (
+                strs(&df, "target")?,
+                i64s(&df, "layer")?,
+                strs(&df, "component")?,
+                i64s(&df, "position")?,
+                f64s(&df, "value")?,
+            );
+            let layers = gm.model.decoder.blocks.len() as i64;
+            for l in 0..layers {
+                let pick = |f: &dyn Fn(usize) -> bool| {
+                    let v: Vec<f64> = (0..df.height())
+                        .filter(|&i| layer[i] == l && f(i) && value[i].is_finite())
+                        .map(|i| value[i])
+                        .collect();
+                    // median: a pair whose clean and corrupted metrics are close has huge normalised values
+                    median(&v)
+                };
+                let (target, comp) = (&target, &comp);
+                let comp_is = |name: &'static str| {
+                    move |i: usize| target[i] == "components" && comp[i] == name
+                };
+                patching.push(MtPatchRow {
+                    experiment: experiment.into(),
+                    step,
+                    pairs: pairs.len(),
+                    layer: l,
+                    self_attn: pick(&comp_is("self_attn_out")),
+                    cross_attn: pick(&comp_is("cross_attn_out")),
+                    mlp: pick(&comp_is("mlp_out")),
+                    earlier_positions: pick(&|i| {
+                        target[i] == "decoder_positions"
+                            && comp[i] == "resid_pre"
+                            && pos[i] < step as i64
+                    }),
+                    read_position: pick(&|i| {
+                        target[i] == "decoder_positions"
+                            && comp[i] == "resid_pre"
+                            && pos[i] == step as i64
+                    }),
+                });
+            }
+        }
+    }
+    Ok(MultiTokenResult {
+        trained: Some(trained.clone()),
+        train_hits_at_1,
+        probes: all.len(),
+        lens,
+        patching,
+    })
+}
+
 /// One MechIR sweep.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MechirRow {
@@ -446,6 +655,9 @@ pub struct Study {
     pub ablation: Vec<AblationRow>,
     /// Stages derived from the data, path patching, the minimal circuit and attribution patching.
     pub stages: StagesResult,
+    /// Multi-token docids: per-step lens and the two patching experiments.
+    #[serde(default)]
+    pub multi_token: MultiTokenResult,
     /// MechIR sweeps.
     pub mechir: Vec<MechirRow>,
     /// MechIR models skipped, with the reason.
@@ -1060,6 +1272,45 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         });
     }
 
+    // ---- multi-token docids: per-step logit lens and the two patching experiments, on a naive-docid model
+    // of the mini corpus (small enough for every scale's time budget)
+    let mt_corpus = genir_data::shipped::load_name_or_dir("wiki-genir-mini")
+        .context("the shipped wiki-genir-mini collection")?;
+    let mt_cfg = TrainConfig {
+        init: Init::Scratch(Scale::Smoke.params().arch),
+        docids: DocidKind::Naive,
+        examples: ExampleConfig::default(),
+        epochs: MT_EPOCHS,
+        checkpoint_every: 100_000,
+        ..TrainConfig::default()
+    };
+    let mt_key = Key::of(
+        &(&mt_cfg, params.patch_pairs, "multi-token-v2"),
+        &[collection_key(&mt_corpus)?],
+    )?;
+    let multi_token: MultiTokenResult = steps.run("multi_token", mt_key, |dir, resume| {
+        let trained = train_model(
+            "multi-token",
+            &mt_cfg,
+            &mt_corpus,
+            dir,
+            resume,
+            &device,
+            progress,
+        )?;
+        multi_token_study(&trained, &mt_corpus, params.patch_pairs, dir, &device)
+    })?;
+    for (stem, caption) in [
+        ("mt_logit_lens_step1", "Multi-token docids, logit lens at the second decoding step (the decoder fed the start token and the correct docid's first token): rank of the correct second token per layer and component."),
+        ("mt_patching_query_step1", "Multi-token docids, experiment 1 (what comes from the query): the query corrupted, both runs fed the clean docid's first token; normalised logit difference of the second token per component and decoder position."),
+        ("mt_patching_prefix_step1", "Multi-token docids, experiment 2 (what comes from the earlier docid tokens): the query held, the corrupted run fed another document's first docid token; normalised logit difference per component and decoder position."),
+    ] {
+        figs.push(Figure {
+            stem: stem.into(),
+            caption: caption.into(),
+        });
+    }
+
     // ---- MechIR: bi-encoder and cross-encoder under TFC1 and TDC
     let mut mechir = Vec::new();
     let mut mechir_skipped = Vec::new();
@@ -1192,6 +1443,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         heads,
         ablation,
         stages,
+        multi_token,
         mechir,
         mechir_skipped,
         edits: Some(edits),

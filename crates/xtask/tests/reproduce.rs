@@ -112,6 +112,7 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         "head_projection",
         "ablation",
         "stages",
+        "multi_token",
         "edits",
     ] {
         assert!(
@@ -121,6 +122,20 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
     }
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     let md = std::fs::read_to_string(report.join("README.md")).unwrap();
+    // multi-token docids: the lens per step and both patching experiments
+    let mt = &s.multi_token;
+    assert!(mt.trained.is_some() && mt.probes >= 2, "{mt:?}");
+    assert!(mt.lens.iter().any(|r| r.step == 1), "{:?}", mt.lens);
+    for e in ["query", "prefix"] {
+        assert!(
+            mt.patching
+                .iter()
+                .any(|r| r.experiment == e && r.step == 1 && r.self_attn.is_finite()),
+            "{e}: {:?}",
+            mt.patching
+        );
+    }
+    assert!(md.contains("7c. Multi-token docids"));
     assert!(s.figures.len() >= 6);
     for f in &s.figures {
         for ext in ["svg", "png"] {
