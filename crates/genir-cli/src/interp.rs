@@ -200,8 +200,9 @@ pub struct AblateArgs {
     /// Zero or mean ablation.
     #[arg(long, value_enum, default_value = "mean")]
     pub mode: ModeArg,
-    /// Also save the model with every component of --points removed (zero mode, whole
-    /// hook_self_attn_out / hook_cross_attn_out / hook_mlp_out only): it skips them and loads anywhere.
+    /// Also save the model with every component of --points removed (whole hook_self_attn_out /
+    /// hook_cross_attn_out / hook_mlp_out only): it skips them. Zero mode loads anywhere (Hugging Face
+    /// included); mean mode bakes each output's mean over the split's queries into config.json (genir only).
     #[arg(long)]
     pub save_removed: Option<PathBuf>,
 }
@@ -359,9 +360,6 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 ModeArg::Zero => AblationMode::Zero,
                 ModeArg::Mean => AblationMode::Mean,
             };
-            if a.save_removed.is_some() && mode != AblationMode::Zero {
-                bail!("--save-removed needs --mode zero: a mean ablation is a constant, not a removal");
-            }
             let ablations = a
                 .points
                 .iter()
@@ -382,7 +380,7 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                     points: ablations.iter().flat_map(|x| x.points.clone()).collect(),
                     mode,
                 };
-                all.prune(&gm)?.save(dir)?;
+                all.prune(&gm, &reference)?.save(dir)?;
                 eprintln!(
                     "saved the model with {} components removed to {}",
                     all.points.len(),

@@ -137,21 +137,37 @@ fn every_analysis_writes_tables_and_figures() {
     assert!(log.contains("components removed"), "{log}");
     let config = std::fs::read_to_string(pruned.join("config.json")).unwrap();
     assert!(config.contains("genir_removed_components"), "{config}");
+    // a mean ablation saved: the means go into config.json
+    let pruned_mean = tmp.path().join("pruned-mean");
+    let log = ok(&interp(
+        &[
+            "ablate",
+            "--probes",
+            "4",
+            "--points",
+            "decoder.blocks.0.hook_mlp_out",
+            "--save-removed",
+            pruned_mean.to_str().unwrap(),
+        ],
+        &model,
+        &out_pruned,
+    ));
+    assert!(log.contains("components removed"), "{log}");
+    let config = std::fs::read_to_string(pruned_mean.join("config.json")).unwrap();
+    assert!(config.contains("genir_removed_means"), "{config}");
     let o = interp(
         &[
             "ablate",
             "--points",
-            "decoder.blocks.0.hook_mlp_out",
+            "decoder.blocks.0.hook_resid_post",
             "--save-removed",
-            pruned.to_str().unwrap(),
+            pruned_mean.to_str().unwrap(),
         ],
         &model,
-        &out,
+        &out_pruned,
     );
-    assert!(
-        !o.status.success(),
-        "mean ablation cannot be saved as a removal"
-    );
+    assert!(!o.status.success(), "a residual stream is not a component");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("hook_resid_post"));
     let agreement = std::fs::read_to_string(out.join("attribution_agreement.csv")).unwrap();
     assert!(
         agreement.starts_with("target,n,pearson,mean_abs_diff") && agreement.contains("\nall,"),

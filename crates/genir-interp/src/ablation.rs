@@ -66,21 +66,40 @@ impl Ablation {
         })
     }
 
-    /// The model with these components removed for good ([`T5Model::remove_components`]): it skips them
-    /// (faster) and can be saved (Hugging Face layout; the removed outputs' projections are zero). Only zero
-    /// ablations of whole components (`hook_self_attn_out`, `hook_cross_attn_out`, `hook_mlp_out`) can be
-    /// removed this way; anything else is an error.
+    /// The model with these components removed for good: it skips them (faster) and can be saved. A zero
+    /// ablation ([`T5Model::remove_components`]) keeps the Hugging Face layout exact (the removed outputs'
+    /// projections are zero); a mean ablation ([`T5Model::replace_components_with_means`]) makes each
+    /// output its mean over the `reference` queries (as [`mean_activations`]), kept in `config.json` for
+    /// genir. Only whole components (`hook_self_attn_out`, `hook_cross_attn_out`, `hook_mlp_out`) can be
+    /// removed; anything else is an error, as is a mean ablation without reference queries.
     ///
     /// [`T5Model::remove_components`]: genir_model::t5::T5Model::remove_components
-    pub fn prune(&self, gm: &GenirModel) -> Result<GenirModel> {
-        if self.mode != AblationMode::Zero {
-            return Err(InterpError::Input(format!(
-                "{}: only a zero ablation removes components (a mean ablation is a constant, not a removal)",
-                self.label
-            )));
-        }
+    /// [`T5Model::replace_components_with_means`]: genir_model::t5::T5Model::replace_components_with_means
+    pub fn prune(&self, gm: &GenirModel, reference: &[String]) -> Result<GenirModel> {
+        let model = match self.mode {
+            AblationMode::Zero => gm.model.clone().remove_components(&self.points)?,
+            AblationMode::Mean => {
+                if let Some(p) = self.points.iter().find(|p| {
+                    !matches!(
+                        p.site,
+                        Site::SelfAttnOut | Site::CrossAttnOut | Site::MlpOut
+                    ) || p.layer.is_none()
+                }) {
+                    return Err(InterpError::Input(format!(
+                        "{}: cannot remove {p}: only a block's hook_self_attn_out, hook_cross_attn_out or \
+                         hook_mlp_out names a removable component",
+                        self.label
+                    )));
+                }
+                let means = mean_activations(gm, reference, &self.points, 64)?
+                    .into_iter()
+                    .map(|(p, a)| Ok((p, a.to_vec()?)))
+                    .collect::<Result<Vec<_>>>()?;
+                gm.model.clone().replace_components_with_means(&means)?
+            }
+        };
         Ok(GenirModel {
-            model: gm.model.clone().remove_components(&self.points)?,
+            model,
             tok: gm.tok.clone(),
             scheme: gm.scheme.clone(),
         })

@@ -863,8 +863,8 @@ fn removed_components_equal_zero_ablation_and_survive_saving() {
     let gm = atomic();
     let patterns = "decoder.blocks.*.hook_self_attn_out,decoder.blocks.0.hook_mlp_out,encoder.blocks.1.hook_self_attn_out";
     let abl = Ablation::parse(&gm, "removed", patterns, AblationMode::Zero).unwrap();
-    let pruned = abl.prune(&gm).unwrap();
     let texts: Vec<String> = train_set().queries.iter().map(|q| q.text.clone()).collect();
+    let pruned = abl.prune(&gm, &texts).unwrap();
     let ids = gm.searcher().unwrap().encode_queries(&texts).unwrap();
     let start = gm.model.config.decoder_start() as u32;
     let dec: Vec<Vec<u32>> = ids.iter().map(|_| vec![start]).collect();
@@ -911,22 +911,47 @@ fn removed_components_equal_zero_ablation_and_survive_saving() {
     let again = back.model.forward(&input, &mut Hooks::none()).unwrap();
     let diff: f32 = (again - removed).abs().max().into_scalar();
     assert!(diff <= 1e-6, "reloaded: {diff}");
-    // only zero ablations of whole components can be removed
-    let mean = Ablation::parse(
-        &gm,
-        "m",
-        "decoder.blocks.0.hook_mlp_out",
-        AblationMode::Mean,
-    )
-    .unwrap();
-    assert!(matches!(mean.prune(&gm), Err(InterpError::Input(_))));
-    let resid = Ablation::parse(
-        &gm,
-        "r",
-        "decoder.blocks.0.hook_resid_post",
-        AblationMode::Zero,
-    )
-    .unwrap();
-    let err = resid.prune(&gm).unwrap_err().to_string();
-    assert!(err.contains("hook_resid_post"), "{err}");
+    // a mean ablation baked in: each removed output is its mean over the reference queries, equal to mean
+    // ablation through hooks, kept through saving (config.json)
+    let mean_patterns = "decoder.blocks.0.hook_mlp_out,decoder.blocks.1.hook_cross_attn_out,encoder.blocks.0.hook_self_attn_out";
+    let mean = Ablation::parse(&gm, "m", mean_patterns, AblationMode::Mean).unwrap();
+    let reference = &texts[..5];
+    let mean_pruned = mean.prune(&gm, reference).unwrap();
+    let mut hooks = Hooks::none();
+    for (p, m) in
+        genir_interp::ablation::mean_activations(&gm, reference, &mean.points, 64).unwrap()
+    {
+        hooks.add(
+            p,
+            Intervention::Mean {
+                mean: m,
+                selection: Selection::all(),
+            },
+        );
+    }
+    let ablated = gm.model.forward(&input, &mut hooks).unwrap();
+    let removed = mean_pruned
+        .model
+        .forward(&input, &mut Hooks::none())
+        .unwrap();
+    let diff: f32 = (ablated - removed.clone()).abs().max().into_scalar();
+    assert!(diff <= 1e-5, "mean-removed vs mean-ablated: {diff}");
+    let plain = gm.model.forward(&input, &mut Hooks::none()).unwrap();
+    let moved: f32 = (plain - removed.clone()).abs().max().into_scalar();
+    assert!(moved > 1e-3, "the mean ablation changes the output");
+    assert!(mean_pruned.model.decoder.blocks[1].removed.cross_attn);
+    assert!(mean_pruned.model.decoder.blocks[1].removed.means[1].is_some());
+    let dir = tempfile::tempdir().unwrap();
+    mean_pruned.save(dir.path()).unwrap();
+    let back = GenirModel::load(dir.path(), &device()).unwrap();
+    let again = back.model.forward(&input, &mut Hooks::none()).unwrap();
+    let diff: f32 = (again - removed).abs().max().into_scalar();
+    assert!(diff <= 1e-6, "mean-removed, reloaded: {diff}");
+    // only whole components can be removed, and a mean needs reference queries
+    assert!(matches!(mean.prune(&gm, &[]), Err(InterpError::Input(_))));
+    for mode in [AblationMode::Zero, AblationMode::Mean] {
+        let resid = Ablation::parse(&gm, "r", "decoder.blocks.0.hook_resid_post", mode).unwrap();
+        let err = resid.prune(&gm, &texts).unwrap_err().to_string();
+        assert!(err.contains("hook_resid_post"), "{err}");
+    }
 }

@@ -12,6 +12,6 @@ pub use layers::{
 };
 pub use model::{
     pad_batch, BlockInputs, DecoderState, Removed, Seq2SeqInput, T5Block, T5Model, T5Stack,
-    REMOVED_KEY,
+    REMOVED_KEY, REMOVED_MEANS_KEY,
 };
 pub use monot5::MonoT5;

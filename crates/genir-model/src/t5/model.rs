@@ -40,8 +40,9 @@ pub struct T5Block {
     pub removed: Removed,
 }
 
-/// The whole components a block skips: their output is exactly zero and nothing of them is computed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The whole components a block skips: nothing of them is computed, and their output is exactly zero or,
+/// for a mean ablation baked into the model ([`T5Model::replace_components_with_means`]), a constant vector.
+#[derive(Clone, Debug, Default)]
 pub struct Removed {
     /// Self-attention.
     pub self_attn: bool,
@@ -49,10 +50,30 @@ pub struct Removed {
     pub cross_attn: bool,
     /// Feed-forward block.
     pub mlp: bool,
+    /// Constant outputs `[d_model]` of removed components (self-attention, cross-attention, MLP); `None`:
+    /// zero.
+    pub means: [Option<Tensor<1>>; 3],
+}
+
+impl Removed {
+    /// The output of a removed component shaped like the residual stream `x`: zero, or its constant mean.
+    fn output(&self, which: usize, x: &Tensor<3>) -> Tensor<3> {
+        match &self.means[which] {
+            None => x.zeros_like(),
+            Some(m) => {
+                let [b, t, d] = x.dims();
+                m.clone().reshape([1, 1, d]).expand([b, t, d])
+            }
+        }
+    }
 }
 
 /// `config.json` key listing the removed components (hook point names of their outputs).
 pub const REMOVED_KEY: &str = "genir_removed_components";
+
+/// `config.json` key with the constant outputs of mean-ablated removed components (hook point name ->
+/// `d_model` floats). Only genir reads it: Hugging Face sees those components' outputs as zero.
+pub const REMOVED_MEANS_KEY: &str = "genir_removed_means";
 
 /// What a block attends with: biases and, for the decoder, the encoder output.
 pub struct BlockInputs<'t> {
@@ -85,7 +106,7 @@ impl T5Block {
             kind: AttnKind::SelfAttn,
         };
         let a = if self.removed.self_attn {
-            x.zeros_like()
+            self.removed.output(0, &x)
         } else {
             self.self_attn.forward(
                 self.ln_self.forward(x.clone()),
@@ -107,7 +128,7 @@ impl T5Block {
                 kind: AttnKind::CrossAttn,
             };
             let c = if self.removed.cross_attn {
-                x.zeros_like()
+                self.removed.output(1, &x)
             } else {
                 attn.forward(
                     ln.forward(x.clone()),
@@ -122,7 +143,7 @@ impl T5Block {
             x = hooks.apply3(p(Site::ResidMidCross), x + c)?;
         }
         let m = if self.removed.mlp {
-            x.zeros_like()
+            self.removed.output(2, &x)
         } else {
             self.ff
                 .forward(self.ln_ff.forward(x.clone()), hooks, stack, layer)?
@@ -447,7 +468,67 @@ impl T5Model {
                 .collect::<Result<Vec<_>, _>>()?;
             model = model.remove_components(&points)?;
         }
+        if let Some(map) = model.config.extra.get(REMOVED_MEANS_KEY).cloned() {
+            let means: std::collections::BTreeMap<String, Vec<f32>> = serde_json::from_value(map)
+                .map_err(|e| {
+                    ModelError::Input(format!(
+                        "config.json field {REMOVED_MEANS_KEY}: expected hook point names with d_model floats: {e}"
+                    ))
+                })?;
+            let means = means
+                .into_iter()
+                .map(|(n, v)| Ok((n.parse::<HookPoint>()?, v)))
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            model = model.replace_components_with_means(&means)?;
+        }
         Ok(model.with_stable_param_ids())
+    }
+
+    /// Mean ablation baked into the model: removes the components (as [`Self::remove_components`]) and makes
+    /// each one's output the given constant vector (`d_model` floats, e.g. its mean output over reference
+    /// queries). The vectors are kept in `config.json` ([`REMOVED_MEANS_KEY`]), so a reload in genir computes
+    /// the same; Hugging Face, which does not read that field, sees zero outputs there.
+    pub fn replace_components_with_means(
+        self,
+        means: &[(HookPoint, Vec<f32>)],
+    ) -> Result<Self, ModelError> {
+        let d = self.config.d_model;
+        if let Some((p, v)) = means.iter().find(|(_, v)| v.len() != d) {
+            return Err(ModelError::Input(format!(
+                "mean output of {p}: {} values, but d_model is {d}",
+                v.len()
+            )));
+        }
+        let points: Vec<HookPoint> = means.iter().map(|(p, _)| *p).collect();
+        let mut model = self.remove_components(&points)?;
+        let device = model.shared.val().device();
+        let mut saved: serde_json::Map<String, serde_json::Value> = model
+            .config
+            .extra
+            .get(REMOVED_MEANS_KEY)
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        for (p, v) in means {
+            let stack = match p.stack {
+                Stack::Encoder => &mut model.encoder,
+                Stack::Decoder => &mut model.decoder,
+            };
+            // remove_components checked the layer and the site
+            let block = &mut stack.blocks[p.layer.unwrap_or_default()];
+            let which = match p.site {
+                Site::SelfAttnOut => 0,
+                Site::CrossAttnOut => 1,
+                _ => 2,
+            };
+            block.removed.means[which] =
+                Some(Tensor::from_data(TensorData::new(v.clone(), [d]), &device));
+            saved.insert(p.to_string(), serde_json::Value::from(v.clone()));
+        }
+        model
+            .config
+            .extra
+            .insert(REMOVED_MEANS_KEY.into(), serde_json::Value::Object(saved));
+        Ok(model)
     }
 
     /// Removes whole components, given by their output hook points (`{encoder,decoder}.blocks.{l}.hook_
