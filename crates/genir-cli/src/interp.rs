@@ -11,7 +11,7 @@ use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationM
 use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
-use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
+use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
     activation_patching, make_pairs, prefix_pairs, Corruption, PatchConfig, PatchMetric,
     PatchTarget,
@@ -73,6 +73,10 @@ pub struct LensArgs {
     /// docid and read where it predicts the next one.
     #[arg(long, default_value_t = 0)]
     pub step: usize,
+    /// Also read the encoder's residual stream through the decoder's head (mean-pooled and per position;
+    /// writes encoder_lens.*).
+    #[arg(long)]
+    pub encoder: bool,
 }
 
 /// Arguments of `genir interp stages`.
@@ -238,8 +242,19 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 step: a.step,
                 ..LensConfig::default()
             };
-            let df = logit_lens(&gm, &Probe::from_query_set(&set), &cfg)?;
-            write(df, &a.common.out, "logit_lens", figures::logit_lens_figure)
+            let probes = Probe::from_query_set(&set);
+            let df = logit_lens(&gm, &probes, &cfg)?;
+            write(df, &a.common.out, "logit_lens", figures::logit_lens_figure)?;
+            if a.encoder {
+                let df = encoder_lens(&gm, &probes, &cfg)?;
+                write(
+                    df,
+                    &a.common.out,
+                    "encoder_lens",
+                    figures::logit_lens_figure,
+                )?;
+            }
+            Ok(())
         }
         InterpCommand::Contributions(c) => {
             let (gm, set) = setup(&c, device)?;

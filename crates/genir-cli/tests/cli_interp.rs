@@ -68,7 +68,7 @@ fn every_analysis_writes_tables_and_figures() {
     let model = trained();
     let out = tmp.path().join("interp");
     let runs: [(&[&str], &str); 7] = [
-        (&["lens", "--probes", "8"], "logit_lens"),
+        (&["lens", "--probes", "8", "--encoder"], "encoder_lens"),
         (&["contributions", "--probes", "8"], "contributions"),
         (&["patch", "--probes", "8", "--pairs", "4"], "patching"),
         (
@@ -110,7 +110,7 @@ fn every_analysis_writes_tables_and_figures() {
             );
         }
     }
-    for stem in ["stages", "minimal_circuit"] {
+    for stem in ["stages", "minimal_circuit", "logit_lens"] {
         assert!(out.join(format!("{stem}.png")).exists(), "{stem}");
     }
     let stages = std::fs::read_to_string(out.join("stages.csv")).unwrap();

@@ -135,6 +135,95 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
     )?)
 }
 
+/// Logit lens on the encoder, through the decoder's head: the encoder's residual stream before its first
+/// layer (the embeddings, `resid_pre` of layer 0), after every layer (`resid_post`) and its final norm
+/// output (`final_norm`, at the last layer), passed through the decoder's final norm, the output scale and the
+/// LM head, both mean-pooled over the query's positions and at each position. The encoder never predicts a
+/// docid; this asks how early, and where, the query's representation already points at its document in the
+/// output vocabulary (the correct token is the docid's first token).
+///
+/// One row per query x layer x component: `qid, docid, layer, component, rank` (mean-pooled; 1 = top of
+/// the vocabulary), `rank_in_docids`, `mean_rank_docids`, `mean_rank_non_docids` (mean-pooled), `best_rank`
+/// (best over positions) and `best_position`.
+pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<DataFrame> {
+    let prepared = prepare(gm, probes)?;
+    let model = &gm.model;
+    let device = model.shared.val().device();
+    let layers = model.encoder.blocks.len();
+    let mut points = vec![(
+        0usize,
+        "resid_pre",
+        HookPoint::block(Stack::Encoder, 0, Site::ResidPre),
+    )];
+    points.extend((0..layers).map(|l| {
+        (
+            l,
+            "resid_post",
+            HookPoint::block(Stack::Encoder, l, Site::ResidPost),
+        )
+    }));
+    points.push((
+        layers.saturating_sub(1),
+        "final_norm",
+        HookPoint::final_norm(Stack::Encoder),
+    ));
+    let filter = HookFilter::points(&points.iter().map(|p| p.2).collect::<Vec<_>>());
+    let block = docid_block(gm);
+    let pad = model.config.pad_token_id as u32;
+    let (mut qid, mut docid, mut layer, mut comp) = (vec![], vec![], vec![], vec![]);
+    let (mut rank, mut rank_d, mut mean_d, mut mean_n, mut best, mut best_pos) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for p in &prepared {
+        let (src, mask) = genir_model::t5::pad_batch(std::slice::from_ref(&p.ids), pad, &device)?;
+        let mut hooks = genir_model::hooks::Hooks::caching(filter.clone());
+        model.encode(src, mask, &mut hooks)?;
+        let cache = hooks.take_cache();
+        let target = p.target[0] as usize;
+        for &(l, name, point) in &points {
+            let a = crate::common::cached3(&cache, point)?; // [1, s, d]
+            let s = a.dims()[1];
+            let pooled = a.clone().mean_dim(1); // [1, 1, d]
+            let logits = crate::common::lens_logits(model, Tensor::cat(vec![pooled, a], 1));
+            let v = logits.dims()[2];
+            let values = host(logits)?;
+            let r = row_ranks(&values[..v], target, block.clone(), cfg.mean_ranks);
+            let (bp, br) = (0..s)
+                .map(|j| {
+                    let row = &values[(1 + j) * v..(2 + j) * v];
+                    (j, row_ranks(row, target, block.clone(), false).rank)
+                })
+                .min_by_key(|&(j, r)| (r, j))
+                .unwrap_or((0, usize::MAX));
+            qid.push(p.qid.clone());
+            docid.push(p.docid.clone());
+            layer.push(l as i64);
+            comp.push(name.to_string());
+            rank.push(r.rank as i64);
+            rank_d.push(r.rank_in_docids as i64);
+            mean_d.push(r.mean_docid);
+            mean_n.push(r.mean_non_docid);
+            best.push(br as i64);
+            best_pos.push(bp as i64);
+        }
+    }
+    let h = qid.len();
+    Ok(DataFrame::new(
+        h,
+        vec![
+            col("qid", qid),
+            col("docid", docid),
+            col("layer", layer),
+            col("component", comp),
+            col("rank", rank),
+            col("rank_in_docids", rank_d),
+            col("mean_rank_docids", mean_d),
+            col("mean_rank_non_docids", mean_n),
+            col("best_rank", best),
+            col("best_position", best_pos),
+        ],
+    )?)
+}
+
 fn norm(v: &[f32]) -> f64 {
     v.iter()
         .map(|&x| f64::from(x) * f64::from(x))

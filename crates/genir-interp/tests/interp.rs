@@ -7,7 +7,7 @@ use genir_data::{Queries, QuerySet};
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use genir_interp::figures;
 use genir_interp::heads::{head_contributions, head_vocab_projection, HeadProjectionConfig};
-use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
+use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
     activation_patching, make_pairs, prefix_pairs, Corruption, PatchConfig, PatchMetric, PatchPair,
     PatchTarget, PATCH_COMPONENTS,
@@ -149,6 +149,58 @@ fn lens_reads_later_decoding_steps_of_multi_token_docids() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("decoding step 50"), "{err}");
+}
+
+/// The encoder lens reads every encoder layer (and the final norm) through the decoder's head; one cell
+/// recomputed by hand from a cached forward pass: the encoder output mean-pooled over the query's positions,
+/// the decoder's final norm, the LM head, the rank of the docid token.
+#[test]
+fn encoder_lens_reads_the_encoder_through_the_decoder_head() {
+    let gm = atomic();
+    let probes = probes();
+    let df = encoder_lens(&gm, &probes[..4], &LensConfig::default()).unwrap();
+    let (e, _) = gm.model.depth();
+    assert_eq!(df.height(), 4 * (e + 2));
+    let (qid, comp, rank, best) = (
+        strs(&df, "qid"),
+        strs(&df, "component"),
+        i64s(&df, "rank"),
+        i64s(&df, "best_rank"),
+    );
+    let best_pos = i64s(&df, "best_position");
+    let searcher = gm.searcher().unwrap();
+    for p in &probes[..4] {
+        let ids = searcher
+            .encode_queries(std::slice::from_ref(&p.text))
+            .unwrap();
+        let s = ids[0].len();
+        let start = gm.model.config.decoder_start() as u32;
+        let input = Seq2SeqInput::from_ids(&ids, &[vec![start]], 0, &device()).unwrap();
+        let point = HookPoint::final_norm(Stack::Encoder);
+        let (_, cache) = gm
+            .model
+            .run_with_cache(&input, HookFilter::points(&[point]))
+            .unwrap();
+        let a = match cache.require(&point).unwrap() {
+            genir_model::hooks::Activation::Rank3(t) => t.clone(),
+            _ => panic!("rank 3"),
+        };
+        let logits = gm
+            .model
+            .lm_logits(gm.model.decoder.final_norm.forward(a.mean_dim(1)));
+        let row: Vec<f32> = logits.into_data().convert::<f32>().try_to_vec().unwrap();
+        let doc = gm.scheme.require(&p.docid, "").unwrap();
+        let t = gm.scheme.target(doc)[0] as usize;
+        let expected = 1 + row.iter().filter(|&&v| v > row[t]).count() as i64;
+        let i = (0..df.height())
+            .find(|&i| qid[i] == p.qid && comp[i] == "final_norm")
+            .unwrap();
+        assert_eq!(rank[i], expected, "{}", p.qid);
+        for i in (0..df.height()).filter(|&i| qid[i] == p.qid) {
+            assert!(best[i] >= 1 && (best_pos[i] as usize) < s);
+        }
+    }
+    assert!(encoder_lens(&gm, &[], &LensConfig::default()).is_err());
 }
 
 #[test]

@@ -229,6 +229,31 @@ fn sections(s: &Study) -> Vec<Section> {
     );
     sec.text("Paper: docid and non-docid tokens separate early; the correct docid improves gradually and reaches rank 1 only at the last layer; MLP outputs follow that trend, cross-attention outputs show no clear trend (alone they put every relevant document below rank 100).");
     sec.figure(s, "logit_lens");
+    if !s.encoder_lens.is_empty() {
+        sec.text("The encoder's residual stream read through the decoder's final norm and LM head (the paper's lens \"through the decoder's head where it makes sense\"): mean-pooled over the query's positions, and the best single position.");
+        sec.table(
+            &[
+                "encoder layer",
+                "point",
+                "median rank (mean-pooled)",
+                "median best rank (any position)",
+                "rank 1 at some position",
+            ],
+            s.encoder_lens
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.layer.to_string(),
+                        r.component.clone(),
+                        f1(r.median_rank),
+                        f1(r.median_best_rank),
+                        f3(r.top1_any_position),
+                    ]
+                })
+                .collect(),
+        );
+        sec.figure(s, "encoder_lens");
+    }
     out.push(sec);
 
     let mut sec = Section::new("4. Component contribution (paper Fig. 3)");

@@ -11,7 +11,7 @@ use genir_data::Collection;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
-use genir_interp::lens::{component_contributions, logit_lens, LensConfig};
+use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
     activation_patching, make_pairs, Corruption, PatchConfig, PatchTarget,
 };
@@ -574,6 +574,24 @@ fn multi_token_study(
     })
 }
 
+/// One (layer, component) of the encoder lens (the encoder's residual stream through the decoder's head).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EncoderLensRow {
+    /// Encoder layer.
+    pub layer: i64,
+    /// `resid_pre` (embeddings), `resid_post` or `final_norm`.
+    pub component: String,
+    /// Median rank of the correct docid, mean-pooled over the query's positions.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub median_rank: f64,
+    /// Median over probes of the best rank at any single position.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub median_best_rank: f64,
+    /// Share of probes with the correct docid at rank 1 at some position.
+    #[serde(deserialize_with = "crate::frames::nan_f64")]
+    pub top1_any_position: f64,
+}
+
 /// One MechIR sweep.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MechirRow {
@@ -643,6 +661,9 @@ pub struct Study {
     pub probes: usize,
     /// Logit lens.
     pub lens: Vec<LensRow>,
+    /// The encoder's residual stream through the decoder's head.
+    #[serde(default)]
+    pub encoder_lens: Vec<EncoderLensRow>,
     /// Contributions.
     pub contrib: Vec<ContribRow>,
     /// Patching (components and top heads).
@@ -983,6 +1004,42 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     figs.push(Figure {
         stem: "logit_lens".into(),
         caption: "Logit lens: rank of the correct docid (and mean rank of docid / non-docid tokens) read from the residual stream and each component's output at every decoder layer.".into(),
+    });
+
+    let encoder_lens_key = Key::of(&"encoder-lens-v1", &[pkey])?;
+    let encoder_lens_rows: Vec<EncoderLensRow> =
+        steps.run("encoder_lens", encoder_lens_key, |dir, _| {
+            let df = save(
+                encoder_lens(&gm, &probes, &LensConfig::default())?,
+                dir,
+                "encoder_lens",
+                figures::logit_lens_figure,
+            )?;
+            let keys = layer_component(&df)?;
+            let rank = group(&keys, &f64s(&df, "rank")?);
+            let best = group(&keys, &f64s(&df, "best_rank")?);
+            let order = |c: &str| {
+                ["resid_pre", "resid_post", "final_norm"]
+                    .iter()
+                    .position(|x| *x == c)
+            };
+            let mut rank: Vec<_> = rank.into_iter().collect();
+            rank.sort_by_key(|(k, _)| (k.0, order(&k.1)));
+            Ok(rank
+                .iter()
+                .map(|(k, r)| EncoderLensRow {
+                    layer: k.0,
+                    component: k.1.clone(),
+                    median_rank: median(r),
+                    median_best_rank: median(&best[k]),
+                    top1_any_position: best[k].iter().filter(|x| **x <= 1.0).count() as f64
+                        / best[k].len().max(1) as f64,
+                })
+                .collect())
+        })?;
+    figs.push(Figure {
+        stem: "encoder_lens".into(),
+        caption: "Logit lens on the encoder: the encoder's residual stream (embeddings, after each layer, final norm) mean-pooled over the query and read through the decoder's final norm and LM head: rank of the correct docid.".into(),
     });
 
     let contrib: Vec<ContribRow> = steps.run("contributions", pkey, |dir, _| {
@@ -1437,6 +1494,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         swap,
         probes: probes.len(),
         lens,
+        encoder_lens: encoder_lens_rows,
         contrib,
         patching,
         patch_pairs: n_pairs,

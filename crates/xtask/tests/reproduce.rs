@@ -107,6 +107,7 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         "evaluate",
         "swap",
         "logit_lens",
+        "encoder_lens",
         "contributions",
         "patching",
         "head_projection",
