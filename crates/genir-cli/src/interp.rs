@@ -13,8 +13,8 @@ use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, prefix_pairs, Corruption, PatchConfig, PatchMetric,
-    PatchTarget,
+    activation_patching, make_pairs, prefix_pairs, relevant_term_pairs, Corruption, PatchConfig,
+    PatchMetric, PatchTarget,
 };
 use genir_interp::stages::{stage_analysis, StageConfig};
 use genir_interp::swap::EncoderSwap;
@@ -130,6 +130,8 @@ pub enum CorruptionArg {
     OtherQuery,
     /// The query's words shuffled.
     Shuffle,
+    /// The query's words found in its relevant document replaced by other queries' words found in neither.
+    RelevantTerms,
     /// Multi-token docids: the same query, with another analysed document's docid prefix fed to the
     /// decoder (needs `--decoder-prefix` >= 1): what the decoder carries from the earlier docid tokens.
     Prefix,
@@ -278,6 +280,11 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 }
                 CorruptionArg::Shuffle => {
                     make_pairs(&probes[..n], &Corruption::Shuffle { seed: a.seed })?
+                }
+                CorruptionArg::RelevantTerms => {
+                    let c =
+                        load_collection(&corpus_of(&a.common.model, a.common.corpus.as_deref())?)?;
+                    relevant_term_pairs(&probes[..n], &c.corpus, a.seed)?
                 }
                 CorruptionArg::Prefix => {
                     if a.decoder_prefix == 0 {

@@ -70,7 +70,18 @@ fn every_analysis_writes_tables_and_figures() {
     let runs: [(&[&str], &str); 7] = [
         (&["lens", "--probes", "8", "--encoder"], "encoder_lens"),
         (&["contributions", "--probes", "8"], "contributions"),
-        (&["patch", "--probes", "8", "--pairs", "4"], "patching"),
+        (
+            &[
+                "patch",
+                "--probes",
+                "8",
+                "--pairs",
+                "4",
+                "--corruption",
+                "relevant-terms",
+            ],
+            "patching",
+        ),
         (
             &["patch", "--probes", "8", "--pairs", "3", "--attribution"],
             "attribution",

@@ -127,6 +127,72 @@ pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<Patch
     }
 }
 
+/// Pairs whose corrupted query has its relevant terms replaced: every word of the query that shares a term
+/// with the relevant document (title or text, [`genir_data::perturb::tokenize`]d) is replaced by a term drawn
+/// with a seeded RNG from the other probes' queries that occurs neither in that document nor in the query.
+/// The corrupted docid is the corrupted run's top docid other than the clean one. A probe none of whose words
+/// occur in its document is left out with a warning (its corrupted query would be the clean one); an unknown
+/// document, or no pair left, is an error.
+pub fn relevant_term_pairs(
+    probes: &[Probe],
+    corpus: &genir_data::Corpus,
+    seed: u64,
+) -> Result<Vec<PatchPair>> {
+    use genir_data::perturb::tokenize;
+    use std::collections::BTreeSet;
+    if probes.is_empty() {
+        return Err(InterpError::Input("no queries to pair".into()));
+    }
+    let pool: BTreeSet<String> = probes.iter().flat_map(|p| tokenize(&p.text)).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut pairs = Vec::new();
+    for p in probes {
+        let doc = corpus.get(&p.docid).ok_or_else(|| {
+            InterpError::Input(format!(
+                "query {}: its relevant document {} is not in the corpus",
+                p.qid, p.docid
+            ))
+        })?;
+        let doc_terms: BTreeSet<String> = tokenize(&doc.full_text()).into_iter().collect();
+        let query_terms: BTreeSet<String> = tokenize(&p.text).into_iter().collect();
+        let candidates: Vec<&String> = pool
+            .iter()
+            .filter(|t| !doc_terms.contains(*t) && !query_terms.contains(*t))
+            .collect();
+        let mut replaced = 0;
+        let words: Vec<String> = p
+            .text
+            .split_whitespace()
+            .map(|w| {
+                if tokenize(w).iter().any(|t| doc_terms.contains(t)) {
+                    if let Some(t) = candidates.choose(&mut rng) {
+                        replaced += 1;
+                        return (*t).clone();
+                    }
+                }
+                w.to_string()
+            })
+            .collect();
+        if replaced == 0 {
+            tracing::warn!(qid = %p.qid, "no query word occurs in the relevant document (or nothing to replace it with): pair left out");
+            continue;
+        }
+        pairs.push(PatchPair::new(
+            &p.qid,
+            &p.text,
+            &p.docid,
+            words.join(" "),
+            None,
+        ));
+    }
+    if pairs.is_empty() {
+        return Err(InterpError::Input(
+            "no query shares a word with its relevant document: no relevant-term pairs".into(),
+        ));
+    }
+    Ok(pairs)
+}
+
 /// Pairs for the second multi-token experiment (use with [`PatchConfig::corrupt_prefix`]): each probe's
 /// query is both the clean and the corrupted query, and the corrupted docid is another probe's whose first
 /// `prefix` docid tokens differ from the clean docid's (drawn with a seeded RNG), so the two runs differ only

@@ -9,8 +9,8 @@ use genir_interp::figures;
 use genir_interp::heads::{head_contributions, head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, prefix_pairs, Corruption, PatchConfig, PatchMetric, PatchPair,
-    PatchTarget, PATCH_COMPONENTS,
+    activation_patching, make_pairs, prefix_pairs, relevant_term_pairs, Corruption, PatchConfig,
+    PatchMetric, PatchPair, PatchTarget, PATCH_COMPONENTS,
 };
 use genir_interp::swap::EncoderSwap;
 use genir_interp::{lens_logits, write_table, InterpError, Probe};
@@ -405,6 +405,58 @@ fn decoder_positions_are_patched_for_multi_token_docids() {
             }
         }
     }
+}
+
+/// The "relevant terms replaced" corruption: every query word found in the relevant document is replaced by
+/// another probe's term found in neither; seeded; the sweep runs on the pairs.
+#[test]
+fn relevant_terms_are_replaced_by_terms_absent_from_the_document() {
+    let gm = atomic();
+    let probes = probes();
+    let corpus = tiny_collection().corpus;
+    let pairs = relevant_term_pairs(&probes, &corpus, 4).unwrap();
+    assert_eq!(pairs.len(), probes.len());
+    assert_eq!(pairs, relevant_term_pairs(&probes, &corpus, 4).unwrap());
+    for (pair, p) in pairs.iter().zip(&probes) {
+        assert_eq!(pair.clean, p.text);
+        assert_ne!(pair.corrupt, pair.clean);
+        assert!(pair.corrupt_docid.is_none());
+        let doc = corpus.get(&p.docid).unwrap().full_text().to_lowercase();
+        let doc_terms: Vec<String> = genir_data::perturb::tokenize(&doc);
+        for w in genir_data::perturb::tokenize(&pair.corrupt) {
+            assert!(
+                !doc_terms.contains(&w),
+                "{w} of {:?} is in {}",
+                pair.corrupt,
+                p.docid
+            );
+        }
+        assert_eq!(
+            pair.corrupt.split_whitespace().count(),
+            pair.clean.split_whitespace().count()
+        );
+    }
+    let df = activation_patching(
+        &gm,
+        &pairs[..3],
+        &PatchConfig {
+            targets: vec![PatchTarget::Components],
+            ..patch_cfg(false)
+        },
+    )
+    .unwrap();
+    assert!(f64s(&df, "value").iter().any(|v| v.is_finite()));
+    // a query that shares no word with its document is left out; none left is an error
+    let lonely = vec![Probe::new("x", "zebra quartz", &probes[0].docid)];
+    assert!(matches!(
+        relevant_term_pairs(&lonely, &corpus, 4),
+        Err(InterpError::Input(_))
+    ));
+    let unknown = vec![Probe::new("y", "volcano lava", "no-such-doc")];
+    let err = relevant_term_pairs(&unknown, &corpus, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-doc"), "{err}");
 }
 
 /// The second multi-token experiment: the query is held fixed and only the docid prefix fed to the decoder
