@@ -75,6 +75,19 @@ impl PatchPair {
     }
 }
 
+/// A probe drawn with `rng` among those whose index `differs` accepts (`None`: none does).
+fn pick_other<'p>(
+    probes: &'p [Probe],
+    differs: impl Fn(usize) -> bool,
+    rng: &mut ChaCha8Rng,
+) -> Option<&'p Probe> {
+    let others: Vec<&Probe> = (0..probes.len())
+        .filter(|&j| differs(j))
+        .map(|j| &probes[j])
+        .collect();
+    others.choose(rng).copied()
+}
+
 /// Builds one pair per probe with the given corruption.
 pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<PatchPair>> {
     if probes.is_empty() {
@@ -86,14 +99,13 @@ pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<Patch
             probes
                 .iter()
                 .map(|p| {
-                    let others: Vec<&Probe> =
-                        probes.iter().filter(|o| o.docid != p.docid).collect();
-                    let o = others.choose(&mut rng).ok_or_else(|| {
-                        InterpError::Input(format!(
+                    let o = pick_other(probes, |j| probes[j].docid != p.docid, &mut rng)
+                        .ok_or_else(|| {
+                            InterpError::Input(format!(
                             "query {}: no other query with a different document to corrupt with",
                             p.qid
                         ))
-                    })?;
+                        })?;
                     Ok(PatchPair::new(
                         &p.qid,
                         &p.text,
@@ -233,13 +245,7 @@ pub fn prefix_pairs(
         .iter()
         .zip(&heads)
         .map(|(p, h)| {
-            let others: Vec<&Probe> = probes
-                .iter()
-                .zip(&heads)
-                .filter(|(_, oh)| *oh != h)
-                .map(|(o, _)| o)
-                .collect();
-            let o = others.choose(&mut rng).ok_or_else(|| {
+            let o = pick_other(probes, |j| heads[j] != *h, &mut rng).ok_or_else(|| {
                 InterpError::Input(format!(
                     "query {}: no other query's docid starts with different {prefix} token(s)",
                     p.qid

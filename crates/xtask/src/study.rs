@@ -449,9 +449,11 @@ fn multi_token_study(
     let all = Probe::from_query_set(&genir_interp::correctly_retrieved(&gm, train, usize::MAX)?);
     let run = gm.searcher()?.run(&train.queries, 1, 10, "mt")?;
     let train_hits_at_1 = genir_train::metrics::evaluate(&run, &train.qrels, None).hits_at_1;
-    let len_of = |p: &Probe| -> Result<usize> {
-        Ok(gm.scheme.target(gm.scheme.require(&p.docid, "")?).len())
-    };
+    // docid lengths, looked up once for all steps
+    let lens_of: Vec<usize> = all
+        .iter()
+        .map(|p| Ok(gm.scheme.target(gm.scheme.require(&p.docid, "")?).len()))
+        .collect::<Result<_>>()?;
     let mut lens = Vec::new();
     let mut patching = Vec::new();
     for step in 0..3usize {
@@ -459,8 +461,9 @@ fn multi_token_study(
         // shuffle: the first probes are the one-digit docids)
         let mut probes: Vec<Probe> = all
             .iter()
-            .filter(|p| len_of(p).is_ok_and(|n| n > step + 1))
-            .cloned()
+            .zip(&lens_of)
+            .filter(|(_, &n)| n > step + 1)
+            .map(|(p, _)| p.clone())
             .collect();
         probes.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(step as u64));
         if probes.len() < 2 {
