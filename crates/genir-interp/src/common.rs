@@ -51,7 +51,17 @@ impl Probe {
 /// error.
 pub fn correctly_retrieved(gm: &GenirModel, set: &QuerySet, max: usize) -> Result<QuerySet> {
     let run = gm.searcher()?.run(&set.queries, 1, 64, "probe")?;
-    let e = genir_train::metrics::evaluate(&run, &set.qrels, None);
+    correctly_retrieved_in(&run, set, max)
+}
+
+/// [`correctly_retrieved`] from a run already made on `set` (its rank-1 entries are read), so that a caller
+/// that also needs the run's metrics searches once.
+pub fn correctly_retrieved_in(
+    run: &genir_data::Run,
+    set: &QuerySet,
+    max: usize,
+) -> Result<QuerySet> {
+    let e = genir_train::metrics::evaluate(run, &set.qrels, None);
     let ok: std::collections::BTreeSet<&str> = e
         .per_query
         .iter()

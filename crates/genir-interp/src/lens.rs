@@ -173,37 +173,49 @@ pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Resu
     let (mut qid, mut docid, mut layer, mut comp) = (vec![], vec![], vec![], vec![]);
     let (mut rank, mut rank_d, mut mean_d, mut mean_n, mut best, mut best_pos) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for p in &prepared {
-        let (src, mask) = genir_model::t5::pad_batch(std::slice::from_ref(&p.ids), pad, &device)?;
+    for batch in batches(&prepared, cfg) {
+        let rows: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
+        let (src, mask) = genir_model::t5::pad_batch(&rows, pad, &device)?;
         let mut hooks = genir_model::hooks::Hooks::caching(filter.clone());
-        model.encode(src, mask, &mut hooks)?;
+        model.encode(src, mask.clone(), &mut hooks)?;
         let cache = hooks.take_cache();
-        let target = p.target[0] as usize;
+        // masked mean over each query's own positions (padding excluded)
+        let m = mask.float().unsqueeze_dim::<3>(2); // [b, s, 1]
+        let count = m.clone().sum_dim(1); // [b, 1, 1]
         for &(l, name, point) in &points {
-            let a = crate::common::cached3(&cache, point)?; // [1, s, d]
+            let a = crate::common::cached3(&cache, point)?; // [b, s, d]
             let s = a.dims()[1];
-            let pooled = a.clone().mean_dim(1); // [1, 1, d]
+            let pooled = (a.clone() * m.clone()).sum_dim(1) / count.clone(); // [b, 1, d]
             let logits = crate::common::lens_logits(model, Tensor::cat(vec![pooled, a], 1));
             let v = logits.dims()[2];
             let values = host(logits)?;
-            let r = row_ranks(&values[..v], target, block.clone(), cfg.mean_ranks);
-            let (bp, br) = (0..s)
-                .map(|j| {
-                    let row = &values[(1 + j) * v..(2 + j) * v];
-                    (j, row_ranks(row, target, block.clone(), false).rank)
-                })
-                .min_by_key(|&(j, r)| (r, j))
-                .unwrap_or((0, usize::MAX));
-            qid.push(p.qid.clone());
-            docid.push(p.docid.clone());
-            layer.push(l as i64);
-            comp.push(name.to_string());
-            rank.push(r.rank as i64);
-            rank_d.push(r.rank_in_docids as i64);
-            mean_d.push(r.mean_docid);
-            mean_n.push(r.mean_non_docid);
-            best.push(br as i64);
-            best_pos.push(bp as i64);
+            for (i, p) in batch.iter().enumerate() {
+                let target = p.target[0] as usize;
+                let base = i * (1 + s) * v;
+                let r = row_ranks(
+                    &values[base..base + v],
+                    target,
+                    block.clone(),
+                    cfg.mean_ranks,
+                );
+                let (bp, br) = (0..p.ids.len())
+                    .map(|j| {
+                        let row = &values[base + (1 + j) * v..base + (2 + j) * v];
+                        (j, row_ranks(row, target, block.clone(), false).rank)
+                    })
+                    .min_by_key(|&(j, r)| (r, j))
+                    .unwrap_or((0, usize::MAX));
+                qid.push(p.qid.clone());
+                docid.push(p.docid.clone());
+                layer.push(l as i64);
+                comp.push(name.to_string());
+                rank.push(r.rank as i64);
+                rank_d.push(r.rank_in_docids as i64);
+                mean_d.push(r.mean_docid);
+                mean_n.push(r.mean_non_docid);
+                best.push(br as i64);
+                best_pos.push(bp as i64);
+            }
         }
     }
     let h = qid.len();

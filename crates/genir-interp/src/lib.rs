@@ -52,7 +52,9 @@ pub mod png;
 pub mod stages;
 pub mod swap;
 
-pub use common::{correctly_retrieved, lens_logits, write_csv, write_table, Probe};
+pub use common::{
+    correctly_retrieved, correctly_retrieved_in, lens_logits, write_csv, write_table, Probe,
+};
 pub use error::{InterpError, Result};
 
 /// The README's example, compiled as a doctest.

@@ -26,6 +26,7 @@
 pub mod bert;
 pub mod device;
 pub mod error;
+pub mod fastmath;
 pub mod hooks;
 pub mod t5;
 pub mod tokenizer;

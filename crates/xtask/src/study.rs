@@ -446,9 +446,13 @@ fn multi_token_study(
     let train = c
         .split("train")
         .context("the mini collection has no train split")?;
-    let all = Probe::from_query_set(&genir_interp::correctly_retrieved(&gm, train, usize::MAX)?);
-    let run = gm.searcher()?.run(&train.queries, 1, 10, "mt")?;
+    let run = gm.searcher()?.run(&train.queries, 1, 64, "mt")?;
     let train_hits_at_1 = genir_train::metrics::evaluate(&run, &train.qrels, None).hits_at_1;
+    let all = Probe::from_query_set(&genir_interp::correctly_retrieved_in(
+        &run,
+        train,
+        usize::MAX,
+    )?);
     // docid lengths, looked up once for all steps
     let lens_of: Vec<usize> = all
         .iter()

@@ -155,7 +155,7 @@ impl BertAttention {
             .div_scalar((self.d_head as f64).sqrt())
             + bias;
         let scores = hooks.apply4(p(AttnSite::Scores), scores)?;
-        let pattern = activation::softmax(scores, 3);
+        let pattern = crate::fastmath::softmax_last(scores);
         let pattern = hooks.apply4(p(AttnSite::Pattern), pattern)?;
         let z = pattern.matmul(v).swap_dims(1, 2);
         let z = hooks.apply4(p(AttnSite::Z), z)?;
