@@ -20,13 +20,11 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::{Bool, TensorData};
-use genir_model::bert::{attention_bias, BertBlock, BertEncoder, BertInput};
+use genir_model::bert::{activate, attention_bias, BertBlock, BertEncoder, BertInput};
 use genir_model::hooks::{
     ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Site, Stack,
 };
-use genir_model::t5::Activation as Act;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -339,15 +337,6 @@ fn bool_tensor<const D: usize>(
     device: &Device,
 ) -> Tensor<D, Bool> {
     Tensor::from_data(TensorData::new(v, shape), device)
-}
-
-fn activate(act: Act, h: Tensor<3>) -> Tensor<3> {
-    match act {
-        Act::Relu => activation::relu(h),
-        Act::Gelu => activation::gelu(h),
-        Act::GeluNew => activation::gelu_approximate(h),
-        Act::Silu => activation::silu(h),
-    }
 }
 
 /// The MLP half of a post-LN block: `LN(x + W_out act(W_in x))`.

@@ -9,9 +9,9 @@
 //! `GENIR_FLEX_FASTMATH=0` is set (read once per process).
 //!
 //! Not here: a vectorised exact GELU. One was written (erfc in f64, within one f32 ulp of libm on real
-//! activations, 17% off a MiniLM forward) and left out because it broke the bit-for-bit agreement of
-//! genir-mechir's batched sweeps with their unbatched reference on the tiny cross-encoder fixture (1e-5 on a
-//! normalised metric) for a reason not yet understood.
+//! activations, 11-17% off a MiniLM forward) and left out of this change: genir-mechir's sweeps then disagreed
+//! with their unbatched reference, because the sweep re-ran MLPs with its own copy of the activation function
+//! (burn's GELU). That copy is gone (`bert::activate` is the one function); the fast GELU can come back.
 
 use burn::prelude::*;
 use burn::tensor::activation;

@@ -100,8 +100,9 @@ impl LayerNorm {
     }
 }
 
-/// Applies a feed-forward non-linearity.
-pub(crate) fn activate<const D: usize>(act: Activation, h: Tensor<D>) -> Tensor<D> {
+/// Applies a feed-forward non-linearity: the one function every BERT MLP uses, so that code re-running part of
+/// a block (genir-mechir's patching sweeps) computes exactly what the forward pass does.
+pub fn activate<const D: usize>(act: Activation, h: Tensor<D>) -> Tensor<D> {
     match act {
         Activation::Relu => activation::relu(h),
         Activation::Gelu => activation::gelu(h),
