@@ -227,7 +227,7 @@ impl T5Attention {
         }
         let scores = q.matmul(k.swap_dims(2, 3)) + bias;
         let scores = hooks.apply4(at.point(AttnSite::Scores), scores)?;
-        let pattern = crate::fastmath::softmax_last(scores);
+        let pattern = activation::softmax(scores, 3);
         let pattern = hooks.apply4(at.point(AttnSite::Pattern), pattern)?;
         let z = pattern.matmul(v).swap_dims(1, 2);
         let z = hooks.apply4(at.point(AttnSite::Z), z)?;
