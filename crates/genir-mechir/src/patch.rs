@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::{Bool, TensorData};
-use genir_model::bert::{activate, attention_bias, BertBlock, BertEncoder, BertInput};
+use genir_model::bert::{attention_bias, BertBlock, BertEncoder, BertInput};
 use genir_model::hooks::{
     ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Site, Stack,
 };
@@ -341,7 +341,7 @@ fn bool_tensor<const D: usize>(
 
 /// The MLP half of a post-LN block: `LN(x + W_out act(W_in x))`.
 fn mlp_half(block: &BertBlock, mid: Tensor<3>) -> Tensor<3> {
-    let h = activate(block.act, block.ff_in.forward(mid.clone()));
+    let h = block.act.apply(block.ff_in.forward(mid.clone()));
     block.ln_ff.forward(mid + block.ff_out.forward(h))
 }
 

@@ -2,7 +2,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::TensorData;
 
 use crate::error::ModelError;
@@ -100,17 +99,6 @@ impl LayerNorm {
     }
 }
 
-/// Applies a feed-forward non-linearity: the one function every BERT MLP uses, so that code re-running part of
-/// a block (genir-mechir's patching sweeps) computes exactly what the forward pass does.
-pub fn activate<const D: usize>(act: Activation, h: Tensor<D>) -> Tensor<D> {
-    match act {
-        Activation::Relu => activation::relu(h),
-        Activation::Gelu => activation::gelu(h),
-        Activation::GeluNew => activation::gelu_approximate(h),
-        Activation::Silu => activation::silu(h),
-    }
-}
-
 /// BERT self-attention: biased q/k/v/output projections, scores scaled by `1/sqrt(d_head)`.
 #[derive(Module, Debug)]
 pub struct BertAttention {
@@ -201,7 +189,7 @@ impl BertBlock {
         let a = self.attn.forward(x.clone(), bias, hooks, layer)?;
         let a = hooks.apply3(p(Site::SelfAttnOut), a)?;
         let x = hooks.apply3(p(Site::ResidMid), self.ln_attn.forward(x + a))?;
-        let h = activate(self.act, self.ff_in.forward(x.clone()));
+        let h = self.act.apply(self.ff_in.forward(x.clone()));
         let h = hooks.apply3(p(Site::MlpPost), h)?;
         let m = hooks.apply3(p(Site::MlpOut), self.ff_out.forward(h))?;
         hooks.apply3(p(Site::ResidPost), self.ln_ff.forward(x + m))

@@ -17,5 +17,5 @@ mod model;
 pub use cat::{Cat, ClassifierHead, HeadActivation};
 pub use config::{BertConfig, BertFamily};
 pub use dot::{l2_normalize, Dot, Pooling, Similarity};
-pub use layers::{activate, BertAttention, BertBlock, BertEmbeddings, LayerNorm, Linear};
+pub use layers::{BertAttention, BertBlock, BertEmbeddings, LayerNorm, Linear};
 pub use model::{attention_bias, BertEncoder, BertInput};

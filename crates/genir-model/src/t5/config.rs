@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use burn::tensor::{activation, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
@@ -113,6 +114,20 @@ pub enum Activation {
     GeluNew,
     /// `x * sigmoid(x)`.
     Silu,
+}
+
+impl Activation {
+    /// Applies the non-linearity: the one function every T5 and BERT MLP uses, so that code re-running part of
+    /// a block (genir-mechir's patching sweeps) computes exactly what the forward pass does. The exact GELU is
+    /// [`crate::fastmath::gelu`] (burn's on other devices and under autodiff).
+    pub fn apply<const D: usize>(self, h: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Relu => activation::relu(h),
+            Activation::Gelu => crate::fastmath::gelu(h),
+            Activation::GeluNew => activation::gelu_approximate(h),
+            Activation::Silu => activation::silu(h),
+        }
+    }
 }
 
 impl T5Config {

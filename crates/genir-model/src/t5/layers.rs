@@ -2,7 +2,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::TensorData;
 
 use super::config::Activation as Act;
@@ -90,12 +89,7 @@ impl FeedForward {
     /// The hidden activations after the non-linearity (and gate), `[batch, pos, d_ff]`.
     pub fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
         let h = linear(x.clone(), &self.wi.val());
-        let h = match self.act.0 {
-            Act::Relu => activation::relu(h),
-            Act::Gelu => activation::gelu(h),
-            Act::GeluNew => activation::gelu_approximate(h),
-            Act::Silu => activation::silu(h),
-        };
+        let h = self.act.0.apply(h);
         match &self.wi_1 {
             Some(w1) => h * linear(x, &w1.val()),
             None => h,
@@ -227,7 +221,7 @@ impl T5Attention {
         }
         let scores = q.matmul(k.swap_dims(2, 3)) + bias;
         let scores = hooks.apply4(at.point(AttnSite::Scores), scores)?;
-        let pattern = activation::softmax(scores, 3);
+        let pattern = crate::fastmath::softmax_last(scores);
         let pattern = hooks.apply4(at.point(AttnSite::Pattern), pattern)?;
         let z = pattern.matmul(v).swap_dims(1, 2);
         let z = hooks.apply4(at.point(AttnSite::Z), z)?;
