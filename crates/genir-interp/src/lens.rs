@@ -12,7 +12,7 @@ use polars::prelude::*;
 
 use crate::common::{
     cached3_at, col, docid_block, first_step, host, lens_logits, prepare, prob, row_ranks,
-    Prepared, Probe,
+    Prepared, Probe, RowRanks,
 };
 use crate::error::Result;
 
@@ -71,6 +71,50 @@ fn batches<'a>(
     prepared.chunks(cfg.batch_size.max(1))
 }
 
+/// The columns every lens table starts with: `qid, docid, layer, component, rank, rank_in_docids,
+/// mean_rank_docids, mean_rank_non_docids`, one row per query x layer x component.
+#[derive(Default)]
+struct RankRows {
+    qid: Vec<String>,
+    docid: Vec<String>,
+    layer: Vec<i64>,
+    comp: Vec<String>,
+    rank: Vec<i64>,
+    rank_d: Vec<i64>,
+    mean_d: Vec<f64>,
+    mean_n: Vec<f64>,
+}
+
+impl RankRows {
+    fn push(&mut self, p: &Prepared, layer: usize, component: &str, r: &RowRanks) {
+        self.qid.push(p.qid.clone());
+        self.docid.push(p.docid.clone());
+        self.layer.push(layer as i64);
+        self.comp.push(component.to_string());
+        self.rank.push(r.rank as i64);
+        self.rank_d.push(r.rank_in_docids as i64);
+        self.mean_d.push(r.mean_docid);
+        self.mean_n.push(r.mean_non_docid);
+    }
+
+    /// These columns followed by `extra` (of the same height).
+    fn frame(self, extra: Vec<Column>) -> PolarsResult<DataFrame> {
+        let h = self.qid.len();
+        let mut cols = vec![
+            col("qid", self.qid),
+            col("docid", self.docid),
+            col("layer", self.layer),
+            col("component", self.comp),
+            col("rank", self.rank),
+            col("rank_in_docids", self.rank_d),
+            col("mean_rank_docids", self.mean_d),
+            col("mean_rank_non_docids", self.mean_n),
+        ];
+        cols.extend(extra);
+        DataFrame::new(h, cols)
+    }
+}
+
 /// Logit lens at the first decoding position: every decoder layer's residual stream (`resid_pre` of layer 0,
 /// `resid_mid`, `resid_mid_cross`, `resid_post`) and component outputs (`self_attn_out`, `cross_attn_out`,
 /// `mlp_out`) are passed through the decoder's final norm, the output scale and the LM head.
@@ -84,9 +128,8 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
     let points = lens_points(layers);
     let filter = HookFilter::points(&points.iter().map(|p| p.2).collect::<Vec<_>>());
     let block = docid_block(gm);
-    let (mut qid, mut docid, mut layer, mut comp) = (vec![], vec![], vec![], vec![]);
-    let (mut rank, mut rank_d, mut mean_d, mut mean_n, mut logit, mut pr) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut table = RankRows::default();
+    let (mut logit, mut pr) = (vec![], vec![]);
     for batch in batches(&prepared, cfg) {
         let (_, cache) = first_step(gm, batch, cfg.step, filter.clone())?;
         let stacked = points
@@ -102,14 +145,7 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
             for (j, &(l, name, _)) in points.iter().enumerate() {
                 let row = &values[(i * n + j) * v..(i * n + j + 1) * v];
                 let r = row_ranks(row, target, block.clone(), cfg.mean_ranks);
-                qid.push(p.qid.clone());
-                docid.push(p.docid.clone());
-                layer.push(l as i64);
-                comp.push(name.to_string());
-                rank.push(r.rank as i64);
-                rank_d.push(r.rank_in_docids as i64);
-                mean_d.push(r.mean_docid);
-                mean_n.push(r.mean_non_docid);
+                table.push(p, l, name, &r);
                 logit.push(f64::from(row[target]));
                 pr.push(prob(row, target));
             }
@@ -117,22 +153,7 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
         debug_assert_eq!(b, batch.len());
         tracing::debug!(queries = batch.len(), "logit lens batch");
     }
-    let h = qid.len();
-    Ok(DataFrame::new(
-        h,
-        vec![
-            col("qid", qid),
-            col("docid", docid),
-            col("layer", layer),
-            col("component", comp),
-            col("rank", rank),
-            col("rank_in_docids", rank_d),
-            col("mean_rank_docids", mean_d),
-            col("mean_rank_non_docids", mean_n),
-            col("logit", logit),
-            col("prob", pr),
-        ],
-    )?)
+    Ok(table.frame(vec![col("logit", logit), col("prob", pr)])?)
 }
 
 /// Logit lens on the encoder, through the decoder's head: the encoder's residual stream before its first
@@ -170,9 +191,8 @@ pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Resu
     let filter = HookFilter::points(&points.iter().map(|p| p.2).collect::<Vec<_>>());
     let block = docid_block(gm);
     let pad = model.config.pad_token_id as u32;
-    let (mut qid, mut docid, mut layer, mut comp) = (vec![], vec![], vec![], vec![]);
-    let (mut rank, mut rank_d, mut mean_d, mut mean_n, mut best, mut best_pos) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut table = RankRows::default();
+    let (mut best, mut best_pos) = (vec![], vec![]);
     for batch in batches(&prepared, cfg) {
         let rows: Vec<Vec<u32>> = batch.iter().map(|p| p.ids.clone()).collect();
         let (src, mask) = genir_model::t5::pad_batch(&rows, pad, &device)?;
@@ -205,35 +225,13 @@ pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Resu
                     })
                     .min_by_key(|&(j, r)| (r, j))
                     .unwrap_or((0, usize::MAX));
-                qid.push(p.qid.clone());
-                docid.push(p.docid.clone());
-                layer.push(l as i64);
-                comp.push(name.to_string());
-                rank.push(r.rank as i64);
-                rank_d.push(r.rank_in_docids as i64);
-                mean_d.push(r.mean_docid);
-                mean_n.push(r.mean_non_docid);
+                table.push(p, l, name, &r);
                 best.push(br as i64);
                 best_pos.push(bp as i64);
             }
         }
     }
-    let h = qid.len();
-    Ok(DataFrame::new(
-        h,
-        vec![
-            col("qid", qid),
-            col("docid", docid),
-            col("layer", layer),
-            col("component", comp),
-            col("rank", rank),
-            col("rank_in_docids", rank_d),
-            col("mean_rank_docids", mean_d),
-            col("mean_rank_non_docids", mean_n),
-            col("best_rank", best),
-            col("best_position", best_pos),
-        ],
-    )?)
+    Ok(table.frame(vec![col("best_rank", best), col("best_position", best_pos)])?)
 }
 
 fn norm(v: &[f32]) -> f64 {
