@@ -57,6 +57,8 @@ fn config(doc_len: usize) -> PatchConfig {
 }
 
 fn bench(c: &mut Criterion) {
+    // as genir's binaries do: reuse freed tensor buffers (see `reuse_freed_memory`)
+    genir_model::device::reuse_freed_memory();
     let Some(dir) = minilm_dir() else {
         eprintln!("SKIP patching bench: no all-MiniLM-L6-v2 (set GENIR_MINILM_DIR)");
         return;

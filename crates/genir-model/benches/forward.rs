@@ -34,6 +34,8 @@ fn sync(t: Tensor<3>) -> f32 {
 }
 
 fn bench(c: &mut Criterion) {
+    // as genir's binaries do: reuse freed tensor buffers (see `reuse_freed_memory`)
+    genir_model::device::reuse_freed_memory();
     // GENIR_BENCH_BACKEND=flex|wgpu|cuda (`cargo xtask bench` sets it); benchmark ids start with it
     let backend =
         genir_model::device::Backend::from_env("GENIR_BENCH_BACKEND").expect("GENIR_BENCH_BACKEND");

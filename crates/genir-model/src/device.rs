@@ -85,3 +85,56 @@ impl std::fmt::Display for Backend {
         f.write_str(self.name())
     }
 }
+
+/// Largest buffer glibc's `malloc` is told to serve from its heap (and so reuse) rather than map afresh:
+/// 32 MiB, the most `mallopt(M_MMAP_THRESHOLD)` accepts on 64-bit Linux.
+pub const HEAP_THRESHOLD: usize = 32 << 20;
+
+/// Freed heap memory glibc keeps instead of returning it to the system: 256 MiB.
+pub const TRIM_THRESHOLD: usize = 256 << 20;
+
+/// Tells the C allocator to keep and reuse freed tensor buffers instead of mapping fresh pages for every
+/// intermediate. burn's CPU backend allocates a new buffer per operation; by default glibc maps each buffer
+/// above a (dynamic) threshold separately and unmaps it when freed, so every forward pass pays page faults
+/// and zeroing for memory it just gave back (about 20% of a BERT or T5 forward on `flex`, measured in
+/// docs/benchmarks.md). Process-wide, so genir's binaries (`genir`, `xtask`, the benchmarks) call it at
+/// start and a library user may too. Equivalent to
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456`. Returns
+/// whether the settings were applied (only on glibc Linux; elsewhere it does nothing and returns false).
+pub fn reuse_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallopt` only changes allocator parameters; both values are within its accepted ranges.
+        let applied = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_THRESHOLD as libc::c_int) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int) == 1
+        };
+        tracing::debug!(
+            applied,
+            "malloc keeps freed buffers up to {HEAP_THRESHOLD} bytes"
+        );
+        applied
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_freed_memory_applies_on_glibc_linux() {
+        assert_eq!(
+            reuse_freed_memory(),
+            cfg!(all(target_os = "linux", target_env = "gnu"))
+        );
+        // allocations still work, large and small, after the change
+        let big = vec![1.0f32; HEAP_THRESHOLD / 4 + 1];
+        let small: Vec<u8> = (0..100).collect();
+        assert_eq!(big.iter().sum::<f32>() as usize, big.len());
+        assert_eq!(small[99], 99);
+    }
+}

@@ -1,4 +1,4 @@
-//! A fused attention softmax for inference on the `flex` (CPU) backend, used by BERT and T5 attention.
+//! Fused attention softmax, GELU and norms for inference on the `flex` (CPU) backend, used by BERT and T5.
 //!
 //! burn composes softmax from four tensor operations (max, `exp`, sum, divide: four passes over the scores,
 //! four fresh buffers, and a scalar `expf` per element). [`softmax_last`] does it in one vectorised pass per
@@ -17,9 +17,15 @@
 //! agree to the last bit except where an `erf` rounds the other way (under 0.1% of inputs, tested). Every
 //! BERT and T5 MLP applies its non-linearity through [`crate::t5::Activation::apply`], so a sweep that
 //! re-runs part of a block computes exactly what the forward pass does.
+//!
+//! [`layer_norm`] (BERT) and [`rms_norm`] (T5) are one pass per row, with the mean and variance accumulated
+//! in f64 (burn's composition takes eight passes, each into a fresh buffer, and accumulates in f32). All these
+//! passes are row- or element-wise and split large buffers across rayon's threads (the ones gemm uses), so
+//! their results do not depend on the number of threads (tested).
 
 use burn::prelude::*;
 use burn::tensor::activation;
+use rayon::prelude::*;
 
 /// Whether the fused path is on (`GENIR_FLEX_FASTMATH` is not `0`).
 pub fn enabled() -> bool {
@@ -29,76 +35,331 @@ pub fn enabled() -> bool {
 
 /// Softmax over the last dimension (attention patterns), fused on `flex` without autodiff (see the module docs).
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    {
-        let device = x.device();
-        let width = x.dims()[D - 1];
-        if enabled()
-            && device == Device::flex()
-            && !device.is_autodiff()
-            && x.dtype() == burn::tensor::DType::F32
-            && width > 0
-        {
-            let mut data = x.into_data();
-            let fast = match data.as_mut_slice::<f32>() {
-                Ok(values) => {
-                    softmax_rows_in_place(values, width);
-                    true
-                }
-                Err(_) => false,
-            };
-            let x = Tensor::from_data(data, &device);
-            return if fast {
-                x
-            } else {
-                activation::softmax(x, D - 1)
-            };
-        }
+    let width = x.dims()[D - 1];
+    if width == 0 {
+        return activation::softmax(x, D - 1);
     }
-    activation::softmax(x, D - 1)
+    fused(
+        x,
+        |values| softmax_rows_in_place(values, width),
+        |x| activation::softmax(x, D - 1),
+    )
 }
 
 /// Exact (erf) GELU, `x/2 (1 + erf(x/sqrt 2))`, fused on `flex` without autodiff (see the module docs).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    fused(x, gelu_in_place, activation::gelu)
+}
+
+/// Layer norm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias` with the biased variance
+/// (PyTorch's `nn.LayerNorm`), fused on `flex` without autodiff: one pass per row, mean and variance
+/// accumulated in f64 (burn's composition, used elsewhere, takes eight passes and accumulates in f32).
+pub fn layer_norm(x: Tensor<3>, weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Tensor<3> {
+    let d = x.dims()[2];
+    let burn = |x: Tensor<3>| {
+        let mean = x.clone().mean_dim(2);
+        let centred = x - mean;
+        let var = centred.clone().square().mean_dim(2);
+        centred * var.add_scalar(eps).sqrt().recip() * weight.clone().reshape([1, 1, d])
+            + bias.clone().reshape([1, 1, d])
+    };
+    match (host_vec(&weight), host_vec(&bias)) {
+        (Some(w), Some(b)) if w.len() == d && b.len() == d && d > 0 => fused(
+            x,
+            |values| norm_rows_in_place(values, &w, Some(&b), eps, true),
+            burn,
+        ),
+        _ => burn(x),
+    }
+}
+
+/// T5's norm over the last axis, `x / sqrt(mean(x^2) + eps) * weight` (no centring, no bias), fused on
+/// `flex` without autodiff like [`layer_norm`].
+pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    let d = x.dims()[2];
+    let burn = |x: Tensor<3>| {
+        let ms = x.clone().square().mean_dim(2);
+        x * ms.add_scalar(eps).sqrt().recip() * weight.clone().reshape([1, 1, d])
+    };
+    match host_vec(&weight) {
+        Some(w) if w.len() == d && d > 0 => fused(
+            x,
+            |values| norm_rows_in_place(values, &w, None, eps, false),
+            burn,
+        ),
+        _ => burn(x),
+    }
+}
+
+/// Log-softmax over the last axis of `x: [rows, width]`, read at the columns `cols` only: `rows x cols.len()`
+/// host values, row-major (constrained decoding scores a few docid tokens against the whole vocabulary). On
+/// `flex` without autodiff it is one pass per row (max, then a vectorised sum of `e^(x - max)` in f32 lanes,
+/// its log in f64) and only the chosen columns are written; elsewhere it is burn's `log_softmax` and a
+/// column select on the device.
+pub fn log_softmax_at(x: Tensor<2>, cols: &[usize]) -> Result<Vec<f32>, crate::ModelError> {
+    let [rows, width] = x.dims();
+    if let Some(&c) = cols.iter().find(|&&c| c >= width) {
+        return Err(crate::ModelError::Input(format!(
+            "log_softmax_at: column {c} is outside the {width} columns"
+        )));
+    }
+    let to_vec = |t: Tensor<2>| {
+        t.into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| crate::ModelError::Tensor(format!("{e:?}")))
+    };
+    if usable(&x) && width > 0 && rows > 0 {
+        let mut data = x.into_data();
+        if let Ok(values) = data.as_mut_slice::<f32>() {
+            let mut out = vec![0.0f32; rows * cols.len()];
+            let rows_per_task = (PAR_GRAIN / width).max(1);
+            let task = |(vals, out): (&[f32], &mut [f32])| {
+                for (row, o) in vals.chunks(width).zip(out.chunks_mut(cols.len().max(1))) {
+                    let lse = log_sum_exp(row);
+                    for (o, &c) in o.iter_mut().zip(cols) {
+                        *o = (f64::from(row[c]) - lse) as f32;
+                    }
+                }
+            };
+            if values.len() <= PAR_GRAIN || cols.is_empty() {
+                task((values, &mut out));
+            } else {
+                values
+                    .par_chunks(rows_per_task * width)
+                    .zip(out.par_chunks_mut(rows_per_task * cols.len()))
+                    .for_each(task);
+            }
+            return Ok(out);
+        }
+        let device = Device::flex();
+        return log_softmax_at(Tensor::from_data(data, &device), cols);
+    }
+    let device = x.device();
+    let idx: Vec<i64> = cols.iter().map(|&c| c as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [cols.len()]), &device);
+    to_vec(activation::log_softmax(x, 1).select(1, idx))
+}
+
+/// `ln(sum e^x)` of one row (the max taken out first), vectorised like [`softmax_row`].
+fn log_sum_exp(row: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features `log_sum_exp_avx2` is compiled for (checked just above).
+        return unsafe { log_sum_exp_avx2(row) };
+    }
+    log_sum_exp_row(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn log_sum_exp_avx2(row: &[f32]) -> f64 {
+    log_sum_exp_row(row)
+}
+
+#[inline(always)]
+fn log_sum_exp_row(row: &[f32]) -> f64 {
+    let max = row_max(row);
+    if max == f32::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    let mut lanes = [0.0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += exp_neg(v - max);
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(tail) {
+        *l += exp_neg(v - max);
+    }
+    f64::from(max) + f64::from(lanes.iter().sum::<f32>()).ln()
+}
+
+/// The largest value of a row, in eight lanes so the loop vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// Whether a tensor can take a fused host pass: on `flex`, not autodiff, f32, and fused passes are enabled
+/// (`GENIR_FLEX_FASTMATH` is not `0`).
+pub fn fusable<const D: usize>(x: &Tensor<D>) -> bool {
+    usable(x)
+}
+
+fn usable<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
     {
         let device = x.device();
-        if enabled()
+        enabled()
             && device == Device::flex()
             && !device.is_autodiff()
             && x.dtype() == burn::tensor::DType::F32
-        {
-            let mut data = x.into_data();
-            let fast = match data.as_mut_slice::<f32>() {
-                Ok(values) => {
-                    gelu_in_place(values);
-                    true
-                }
-                Err(_) => false,
-            };
-            let x = Tensor::from_data(data, &device);
-            return if fast { x } else { activation::gelu(x) };
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
+/// The values of a small parameter tensor when it can take the fused path (`None` otherwise).
+fn host_vec<const D: usize>(t: &Tensor<D>) -> Option<Vec<f32>> {
+    if !usable(t) {
+        return None;
+    }
+    t.clone().into_data().try_into_vec::<f32>().ok()
+}
+
+/// Runs `f` on the host buffer of `x` when it can take the fused path, else `fallback(x)`.
+fn fused<const D: usize>(
+    x: Tensor<D>,
+    f: impl FnOnce(&mut [f32]),
+    fallback: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
+    if !usable(&x) {
+        return fallback(x);
+    }
+    let device = x.device();
+    let mut data = x.into_data();
+    match data.as_mut_slice::<f32>() {
+        Ok(values) => {
+            f(values);
+            Tensor::from_data(data, &device)
+        }
+        Err(_) => fallback(Tensor::from_data(data, &device)),
+    }
+}
+
+/// Elements per task when a fused pass is split across threads (smaller buffers run on one thread).
+const PAR_GRAIN: usize = 16 * 1024;
+
+/// Runs `f` on chunks of whole rows of `width` values, on rayon's threads when the buffer is large. Every
+/// pass here is row- or element-wise, so the result does not depend on the split.
+fn par_rows(values: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    let width = width.max(1);
+    let rows_per_task = (PAR_GRAIN / width).max(1);
+    if values.len() <= PAR_GRAIN || rayon::current_num_threads() < 2 {
+        f(values);
+    } else {
+        values.par_chunks_mut(rows_per_task * width).for_each(f);
+    }
+}
+
+/// Norm of every row of `w.len()` values of a host buffer, in place: layer norm (`centre`, with `bias`)
+/// or RMS norm.
+pub fn norm_rows_in_place(
+    values: &mut [f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    eps: f64,
+    centre: bool,
+) {
+    par_rows(values, w.len(), |chunk| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `norm_avx2` is compiled for (checked just above).
+            unsafe { norm_avx2(chunk, w, bias, eps, centre) };
+            return;
+        }
+        for row in chunk.chunks_mut(w.len()) {
+            norm_row(row, w, bias, eps, centre);
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn norm_avx2(values: &mut [f32], w: &[f32], bias: Option<&[f32]>, eps: f64, centre: bool) {
+    for row in values.chunks_mut(w.len()) {
+        norm_row(row, w, bias, eps, centre);
+    }
+}
+
+#[inline(always)]
+fn norm_row(row: &mut [f32], w: &[f32], bias: Option<&[f32]>, eps: f64, centre: bool) {
+    let n = row.len() as f64;
+    let lanes_sum = |f: &dyn Fn(f32) -> f64| -> f64 {
+        let mut lanes = [0.0f64; 4];
+        let chunks = row.chunks_exact(4);
+        let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+        for c in chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += f(v);
+            }
+        }
+        lanes.iter().sum::<f64>() + tail
+    };
+    let mean = if centre {
+        lanes_sum(&|v| f64::from(v)) / n
+    } else {
+        0.0
+    };
+    let var = lanes_sum(&|v| {
+        let c = f64::from(v) - mean;
+        c * c
+    }) / n;
+    let (mean, inv) = (mean as f32, (1.0 / (var + eps).sqrt()) as f32);
+    match bias {
+        Some(b) => {
+            for ((v, &g), &b) in row.iter_mut().zip(w).zip(b) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+        None => {
+            for (v, &g) in row.iter_mut().zip(w) {
+                *v = (*v - mean) * inv * g;
+            }
         }
     }
-    activation::gelu(x)
 }
 
 /// Exact GELU of every value of a host buffer, in place.
 pub fn gelu_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features `gelu_avx2` is compiled for (checked just above).
-        unsafe { gelu_avx2(values) };
-        return;
-    }
-    for v in values.iter_mut() {
-        *v = gelu_one(*v);
-    }
+    par_rows(values, 1, |chunk| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `gelu_avx512` is compiled for (checked just above).
+            unsafe { gelu_avx512(chunk) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `gelu_avx2` is compiled for (checked just above).
+            unsafe { gelu_avx2(chunk) };
+            return;
+        }
+        for v in chunk.iter_mut() {
+            *v = gelu_one(*v);
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_avx2(values: &mut [f32]) {
+    for v in values.iter_mut() {
+        *v = gelu_one(*v);
+    }
+}
+
+/// The same operations with 512-bit vectors (and 32 registers, so the polynomial constants stay in them):
+/// every lane computes exactly what [`gelu_avx2`] does.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_avx512(values: &mut [f32]) {
     for v in values.iter_mut() {
         *v = gelu_one(*v);
     }
@@ -198,15 +459,17 @@ const INV_FACTORIAL: [f64; 11] = [
 /// Softmax of every row of `width` values of a host buffer, in place (`x - max` first, as burn and PyTorch
 /// do, so large scores do not overflow; a row of equal masked scores becomes uniform, as there).
 pub fn softmax_rows_in_place(values: &mut [f32], width: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features `softmax_avx2` is compiled for (checked just above).
-        unsafe { softmax_avx2(values, width) };
-        return;
-    }
-    for row in values.chunks_mut(width.max(1)) {
-        softmax_row(row);
-    }
+    par_rows(values, width, |chunk| {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `softmax_avx2` is compiled for (checked just above).
+            unsafe { softmax_avx2(chunk, width) };
+            return;
+        }
+        for row in chunk.chunks_mut(width.max(1)) {
+            softmax_row(row);
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -220,18 +483,7 @@ unsafe fn softmax_avx2(values: &mut [f32], width: usize) {
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
     // eight independent lanes so the compiler vectorises the reductions (float adds are not reassociated)
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = row.chunks_exact(8);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = l.max(v);
-        }
-    }
-    let max = lanes.iter().fold(tail, |m, &v| m.max(v));
+    let max = row_max(row);
     for v in row.iter_mut() {
         *v = exp_neg(*v - max);
     }
@@ -363,6 +615,26 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn gelu_is_the_same_to_the_bit_with_every_instruction_set() {
+        let xs: Vec<f32> = (-300_000..=300_000).map(|i| i as f32 * 4e-5).collect();
+        let mut plain = xs.clone();
+        plain.iter_mut().for_each(|v| *v = gelu_one(*v));
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let mut v = xs.clone();
+            // SAFETY: checked just above.
+            unsafe { gelu_avx2(&mut v) };
+            assert_eq!(v, plain, "avx2");
+        }
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+            let mut v = xs.clone();
+            // SAFETY: checked just above.
+            unsafe { gelu_avx512(&mut v) };
+            assert_eq!(v, plain, "avx512");
+        }
+    }
+
+    #[test]
     fn gelu_equals_burns_on_flex_and_keeps_the_gradient_on_autodiff() {
         let xs: Vec<f32> = (0..4 * 33).map(|i| (i as f32 * 0.61).sin() * 6.0).collect();
         let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [4, 33]), &Device::flex());
@@ -406,6 +678,168 @@ mod tests {
         for (a, b) in fast.iter().zip(&burn) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    /// burn's composition of the two norms, the reference for the fused ones.
+    fn burn_norm(x: Tensor<3>, w: Tensor<1>, b: Option<Tensor<1>>, eps: f64) -> Tensor<3> {
+        let d = x.dims()[2];
+        match b {
+            Some(b) => {
+                let centred = x.clone() - x.mean_dim(2);
+                let var = centred.clone().square().mean_dim(2);
+                centred * var.add_scalar(eps).sqrt().recip() * w.reshape([1, 1, d])
+                    + b.reshape([1, 1, d])
+            }
+            None => {
+                let ms = x.clone().square().mean_dim(2);
+                x * ms.add_scalar(eps).sqrt().recip() * w.reshape([1, 1, d])
+            }
+        }
+    }
+
+    #[test]
+    fn norms_equal_burns_on_flex_in_one_thread_and_many() {
+        let device = Device::flex();
+        let d = 384;
+        // 3 x 70 rows: past PAR_GRAIN, so the rows are split across threads; an offset row tests the
+        // f64 accumulation (burn's f32 mean of values near 1e3 loses digits the fused pass keeps)
+        let rows = 3 * 70;
+        let mut xs: Vec<f32> = (0..rows * d)
+            .map(|i| (i as f32 * 0.013).sin() * 4.0 + (i % 7) as f32)
+            .collect();
+        xs[..d]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = 1000.0 + (i as f32 * 0.1).cos());
+        xs[d..2 * d].iter_mut().for_each(|v| *v = 2.5); // a constant row: zero variance, output = bias
+        assert!(xs.len() > PAR_GRAIN);
+        let w: Vec<f32> = (0..d)
+            .map(|i| 1.0 + (i as f32 * 0.05).cos() * 0.3)
+            .collect();
+        let b: Vec<f32> = (0..d).map(|i| (i as f32 * 0.11).sin() * 0.2).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(xs.clone(), [3, 70, d]), &device);
+        let wt = Tensor::<1>::from_data(TensorData::new(w.clone(), [d]), &device);
+        let bt = Tensor::<1>::from_data(TensorData::new(b.clone(), [d]), &device);
+        for centre in [true, false] {
+            let (fast, want) = if centre {
+                (
+                    layer_norm(x.clone(), wt.clone(), bt.clone(), 1e-12),
+                    burn_norm(x.clone(), wt.clone(), Some(bt.clone()), 1e-12),
+                )
+            } else {
+                (
+                    rms_norm(x.clone(), wt.clone(), 1e-6),
+                    burn_norm(x.clone(), wt.clone(), None, 1e-6),
+                )
+            };
+            let fast: Vec<f32> = fast.into_data().try_into_vec().unwrap();
+            let want: Vec<f32> = want.into_data().try_into_vec().unwrap();
+            // the offset row: burn's f32 mean is off by up to ~1e-4 of 1000, which the normalised value
+            // (std 0.7) magnifies; compare it against an f64 computation instead
+            let skip = if centre { d } else { 0 };
+            for (i, (a, b)) in fast.iter().zip(&want).enumerate().skip(skip) {
+                assert!(
+                    (a - b).abs() < 2e-5 * (1.0 + b.abs()),
+                    "centre {centre}, element {i}: {a} vs {b}"
+                );
+            }
+            if centre {
+                let row: Vec<f64> = xs[..d].iter().map(|&v| f64::from(v)).collect();
+                let mean = row.iter().sum::<f64>() / d as f64;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    let exact =
+                        (row[i] - mean) / (var + 1e-12).sqrt() * f64::from(w[i]) + f64::from(b[i]);
+                    assert!(
+                        (f64::from(fast[i]) - exact).abs() < 1e-4,
+                        "offset row {i}: {} vs {exact}",
+                        fast[i]
+                    );
+                }
+                assert!(fast[d..2 * d]
+                    .iter()
+                    .zip(&b)
+                    .all(|(a, b)| (a - b).abs() < 1e-6));
+            }
+            // one thread and many agree to the bit
+            let mut one = xs.clone();
+            for row in one.chunks_mut(d) {
+                norm_row(
+                    row,
+                    &w,
+                    centre.then_some(&b[..]),
+                    if centre { 1e-12 } else { 1e-6 },
+                    centre,
+                );
+            }
+            assert_eq!(
+                one, fast,
+                "centre {centre}: split across threads changed the result"
+            );
+        }
+    }
+
+    #[test]
+    fn norms_keep_the_gradient_on_autodiff() {
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = (0..2 * 3 * 8)
+            .map(|i| (i as f32 * 0.71).sin() * 3.0)
+            .collect();
+        let x = Tensor::<3>::from_data(TensorData::new(xs, [2, 3, 8]), &device).require_grad();
+        let w =
+            Tensor::<1>::from_data(TensorData::new(vec![1.5f32; 8], [8]), &device).require_grad();
+        let b = Tensor::<1>::from_data(TensorData::new(vec![0.1f32; 8], [8]), &device);
+        let weights = Tensor::<3>::from_data(
+            TensorData::new(
+                (0..48)
+                    .map(|i| (i as f32 * 0.3).cos())
+                    .collect::<Vec<f32>>(),
+                [2, 3, 8],
+            ),
+            &device,
+        );
+        let y = layer_norm(x.clone(), w.clone(), b, 1e-5) + rms_norm(x.clone(), w.clone(), 1e-6);
+        let grads = (y * weights).sum().backward();
+        assert!(x
+            .grad(&grads)
+            .is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 1e-3));
+        assert!(w.grad(&grads).is_some());
+    }
+
+    #[test]
+    fn log_softmax_at_equals_burns_columns_on_flex_and_elsewhere() {
+        // 40 rows x 1,100 columns: past PAR_GRAIN, so rows are split across threads; a row of large logits
+        // checks that the max is taken out
+        let (rows, width) = (40, 1100);
+        let mut xs: Vec<f32> = (0..rows * width)
+            .map(|i| (i as f32 * 0.0137).sin() * 9.0)
+            .collect();
+        xs[width..2 * width].iter_mut().for_each(|v| *v += 500.0);
+        let cols = [0, 7, 1000, 1099, 7];
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [rows, width]), &device);
+            let got = log_softmax_at(x.clone(), &cols).unwrap();
+            let all: Vec<f32> = activation::log_softmax(x, 1)
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            assert_eq!(got.len(), rows * cols.len());
+            for r in 0..rows {
+                for (j, &c) in cols.iter().enumerate() {
+                    let (a, b) = (got[r * cols.len() + j], all[r * width + c]);
+                    assert!(
+                        (a - b).abs() < 2e-5 * (1.0 + b.abs()),
+                        "row {r} col {c}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(vec![0.0f32; 6], [2, 3]), &Device::flex());
+        let err = log_softmax_at(x, &[1, 3]).unwrap_err().to_string();
+        assert!(
+            err.contains("column 3") && err.contains("3 columns"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`examples`]: indexing (text -> docid) and retrieval (query -> docid) examples, mixed in a ratio.
 //! - [`train`]: burn autodiff + AdamW with warm-up/decay and gradient clipping, seeded, with atomic
 //!   checkpoints that resume bit for bit, validation Hits@k, data-parallel shards over several devices.
+//! - [`optim`]: AdamW with a fused update on `flex`, bit-identical to burn's.
 //! - [`search`]: batched constrained beam search returning ranked docids with scores.
 //! - [`metrics`]: Hits@1, Hits@10, MRR@10, Recall@k with trec_eval's semantics.
 //!
@@ -29,6 +30,7 @@ pub mod embed;
 pub mod error;
 pub mod examples;
 pub mod metrics;
+pub mod optim;
 pub mod search;
 pub mod train;
 pub mod vocab;

@@ -153,18 +153,10 @@ impl<'a> Searcher<'a> {
         let last = logits
             .slice([0..rows, n_new - 1..n_new, 0..v])
             .reshape([rows, v]);
-        let logp = burn::tensor::activation::log_softmax(last, 1);
         let off = self.scheme.token_offset as usize;
         let n = self.scheme.n_tokens();
-        let eos = self.scheme.eos as usize;
-        let cols = Tensor::cat(
-            vec![
-                logp.clone().slice([0..rows, off..off + n]),
-                logp.slice([0..rows, eos..eos + 1]),
-            ],
-            1,
-        );
-        Ok((host(cols)?, n + 1))
+        let cols: Vec<usize> = (off..off + n).chain([self.scheme.eos as usize]).collect();
+        Ok((genir_model::fastmath::log_softmax_at(last, &cols)?, n + 1))
     }
 
     fn atomic(

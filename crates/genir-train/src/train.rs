@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use genir_data::Collection;
 use genir_model::hooks::Hooks;
@@ -773,10 +773,7 @@ impl Trainer {
 
     /// The AdamW optimizer of this configuration.
     pub fn optimizer(&self) -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_weight_decay(self.config.weight_decay)
-            .with_epsilon(1e-8)
-            .init()
+        crate::optim::FusedAdamW::new(self.config.weight_decay, 1e-8).init()
     }
 
     /// One optimisation step on a batch: forward, backward (over `shards` data-parallel parts), global

@@ -77,6 +77,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    genir_model::device::reuse_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

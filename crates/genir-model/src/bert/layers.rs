@@ -90,12 +90,7 @@ impl LayerNorm {
 
     /// `[batch, pos, d] -> [batch, pos, d]`: `(x - mean) / sqrt(var + eps) * weight + bias`, biased variance.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let d = self.weight.dims()[0];
-        let mean = x.clone().mean_dim(2);
-        let centred = x - mean;
-        let var = centred.clone().square().mean_dim(2);
-        centred * var.add_scalar(self.eps).sqrt().recip() * self.weight.val().reshape([1, 1, d])
-            + self.bias.val().reshape([1, 1, d])
+        crate::fastmath::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 

@@ -61,9 +61,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// `[batch, pos, d_model] -> [batch, pos, d_model]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let ms = x.clone().square().mean_dim(2);
-        let d = self.weight.dims()[0];
-        x * ms.add_scalar(self.eps).sqrt().recip() * self.weight.val().reshape([1, 1, d])
+        crate::fastmath::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
