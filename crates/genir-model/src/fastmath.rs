@@ -96,21 +96,17 @@ pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
 /// `flex` without autodiff it is one pass per row (max, then a vectorised sum of `e^(x - max)` in f32 lanes,
 /// its log in f64) and only the chosen columns are written; elsewhere it is burn's `log_softmax` and a
 /// column select on the device.
-pub fn log_softmax_at(x: Tensor<2>, cols: &[usize]) -> Result<Vec<f32>, crate::ModelError> {
+pub fn log_softmax_at(mut x: Tensor<2>, cols: &[usize]) -> Result<Vec<f32>, crate::ModelError> {
     let [rows, width] = x.dims();
     if let Some(&c) = cols.iter().find(|&&c| c >= width) {
         return Err(crate::ModelError::Input(format!(
             "log_softmax_at: column {c} is outside the {width} columns"
         )));
     }
-    let to_vec = |t: Tensor<2>| {
-        t.into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| crate::ModelError::Tensor(format!("{e:?}")))
-    };
-    if usable(&x) && width > 0 && rows > 0 {
-        let mut data = x.into_data();
-        if let Ok(values) = data.as_mut_slice::<f32>() {
+    if fusable(&x) && width > 0 && rows > 0 {
+        let device = x.device();
+        let data = x.into_data();
+        if let Ok(values) = data.as_slice::<f32>() {
             let mut out = vec![0.0f32; rows * cols.len()];
             let rows_per_task = (PAR_GRAIN / width).max(1);
             let task = |(vals, out): (&[f32], &mut [f32])| {
@@ -131,13 +127,17 @@ pub fn log_softmax_at(x: Tensor<2>, cols: &[usize]) -> Result<Vec<f32>, crate::M
             }
             return Ok(out);
         }
-        let device = Device::flex();
-        return log_softmax_at(Tensor::from_data(data, &device), cols);
+        // not reached for f32 on flex (what `fusable` checks): burn's operations below
+        x = Tensor::from_data(data, &device);
     }
     let device = x.device();
     let idx: Vec<i64> = cols.iter().map(|&c| c as i64).collect();
     let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [cols.len()]), &device);
-    to_vec(activation::log_softmax(x, 1).select(1, idx))
+    activation::log_softmax(x, 1)
+        .select(1, idx)
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| crate::ModelError::Tensor(format!("{e:?}")))
 }
 
 /// `ln(sum e^x)` of one row (the max taken out first), vectorised like [`softmax_row`].
@@ -196,10 +196,6 @@ fn row_max(row: &[f32]) -> f32 {
 /// Whether a tensor can take a fused host pass: on `flex`, not autodiff, f32, and fused passes are enabled
 /// (`GENIR_FLEX_FASTMATH` is not `0`).
 pub fn fusable<const D: usize>(x: &Tensor<D>) -> bool {
-    usable(x)
-}
-
-fn usable<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
     {
         let device = x.device();
@@ -217,7 +213,7 @@ fn usable<const D: usize>(x: &Tensor<D>) -> bool {
 
 /// The values of a small parameter tensor when it can take the fused path (`None` otherwise).
 fn host_vec<const D: usize>(t: &Tensor<D>) -> Option<Vec<f32>> {
-    if !usable(t) {
+    if !fusable(t) {
         return None;
     }
     t.clone().into_data().try_into_vec::<f32>().ok()
@@ -229,7 +225,7 @@ fn fused<const D: usize>(
     f: impl FnOnce(&mut [f32]),
     fallback: impl FnOnce(Tensor<D>) -> Tensor<D>,
 ) -> Tensor<D> {
-    if !usable(&x) {
+    if !fusable(&x) {
         return fallback(x);
     }
     let device = x.device();

@@ -34,6 +34,8 @@ pub struct Searcher<'a> {
     scheme: &'a DocidScheme,
     trie: Trie,
     allowed: Vec<bool>,
+    /// Vocabulary columns a decoding step reads: the docid tokens, then `</s>`.
+    step_cols: Vec<usize>,
     /// Longest query in tokens (`</s>` included); longer queries are cut.
     pub max_source_len: usize,
     /// Beam width for multi-token docids (at least `k`).
@@ -67,6 +69,12 @@ impl<'a> Searcher<'a> {
             scheme,
             trie: scheme.trie(|d| !scheme.is_deleted(d)),
             allowed: (0..scheme.len()).map(|d| !scheme.is_deleted(d)).collect(),
+            step_cols: {
+                let off = scheme.token_offset as usize;
+                (off..off + scheme.n_tokens())
+                    .chain([scheme.eos as usize])
+                    .collect()
+            },
             max_source_len: 64,
             beams: 10,
         })
@@ -153,10 +161,8 @@ impl<'a> Searcher<'a> {
         let last = logits
             .slice([0..rows, n_new - 1..n_new, 0..v])
             .reshape([rows, v]);
-        let off = self.scheme.token_offset as usize;
-        let n = self.scheme.n_tokens();
-        let cols: Vec<usize> = (off..off + n).chain([self.scheme.eos as usize]).collect();
-        Ok((genir_model::fastmath::log_softmax_at(last, &cols)?, n + 1))
+        let lp = genir_model::fastmath::log_softmax_at(last, &self.step_cols)?;
+        Ok((lp, self.step_cols.len()))
     }
 
     fn atomic(
