@@ -153,7 +153,12 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn log_sum_exp_avx2(row: &[f32]) -> f64 {
-    log_sum_exp_row(row)
+    let max = row_max(row);
+    if max == f32::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    let lanes = simd::exp_sum(row.as_ptr(), None, row.len(), max);
+    f64::from(max) + f64::from(lanes.iter().sum::<f32>()).ln()
 }
 
 #[inline(always)]
@@ -472,7 +477,85 @@ pub fn softmax_rows_in_place(values: &mut [f32], width: usize) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_avx2(values: &mut [f32], width: usize) {
     for row in values.chunks_mut(width.max(1)) {
-        softmax_row(row);
+        let max = row_max(row);
+        let ptr = row.as_mut_ptr();
+        let lanes = simd::exp_sum(ptr, Some(ptr), row.len(), max);
+        let inv = 1.0 / lanes.iter().sum::<f32>();
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// [`exp_neg`] on eight lanes with AVX2 + FMA intrinsics: the same operations in the same order, so every
+/// lane is bit-identical to the scalar function (written out because the compiler vectorises the scalar
+/// loop only partly).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp_neg8(x: __m256) -> __m256 {
+        let floor = _mm256_set1_ps(-87.0);
+        let xc = _mm256_max_ps(x, floor);
+        let n = _mm256_floor_ps(_mm256_add_ps(
+            _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _mm256_set1_ps(0.5),
+        ));
+        let r = _mm256_fmadd_ps(
+            n,
+            _mm256_set1_ps(-super::EXP_LN2_LO),
+            _mm256_fmadd_ps(n, _mm256_set1_ps(-super::EXP_LN2_HI), xc),
+        );
+        let mut p = _mm256_set1_ps(super::EXP_POLY[0]);
+        for &c in &super::EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let e = _mm256_add_ps(
+            _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r),
+            _mm256_set1_ps(1.0),
+        );
+        let bits = _mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(127.0 + 8_388_608.0)));
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits));
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, floor);
+        _mm256_andnot_ps(under, _mm256_mul_ps(e, scale))
+    }
+
+    /// Adds `e^(src[i] - max)` into lane `i % 8` (in order, the tail too) and, with `dst`, writes each
+    /// value there: what the scalar loops of `softmax_row` / `log_sum_exp_row` compute.
+    ///
+    /// # Safety
+    /// `src` (and `dst`) must be valid for `len` values, and the CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_sum(
+        src: *const f32,
+        dst: Option<*mut f32>,
+        len: usize,
+        max: f32,
+    ) -> [f32; 8] {
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let full = len / 8 * 8;
+        let mut i = 0;
+        while i < full {
+            let e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(src.add(i)), m));
+            if let Some(d) = dst {
+                _mm256_storeu_ps(d.add(i), e);
+            }
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        for (j, lane) in lanes.iter_mut().enumerate().take(len - full) {
+            let e = super::exp_neg(*src.add(full + j) - max);
+            if let Some(d) = dst {
+                *d.add(full + j) = e;
+            }
+            *lane += e;
+        }
+        lanes
     }
 }
 
@@ -502,28 +585,34 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// `ln 2` split in two for [`exp_neg`]'s argument reduction (Cephes).
+const EXP_LN2_HI: f32 = 0.693_359_4;
+const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' `expf` polynomial, highest power first.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
 /// `e^x` for `x <= 0` in f32 (Cephes' `expf` reduction and polynomial, relative error about 1e-7); 0 below
 /// -87.
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.max(-87.0);
-    let n = (xc * LOG2E + 0.5).floor();
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
-    let mut p = 1.987_569_1e-4_f32;
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
+    let n = (xc * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = n.mul_add(-EXP_LN2_LO, n.mul_add(-EXP_LN2_HI, xc));
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
         p = p.mul_add(r, c);
     }
     let e = (p * r).mul_add(r, r) + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of 2^23 + 127 + n (an integer in the mantissa), shifted into the exponent field:
+    // `n as i32` would saturate, which keeps the compiler from vectorising the conversion
+    let scale = f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23);
     if x < -87.0 {
         0.0
     } else {
@@ -627,6 +716,34 @@ mod tests {
             // SAFETY: checked just above.
             unsafe { gelu_avx512(&mut v) };
             assert_eq!(v, plain, "avx512");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn softmax_and_log_sum_exp_with_intrinsics_are_the_same_to_the_bit() {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            println!("no AVX2 + FMA on this CPU: nothing to compare");
+            return;
+        }
+        for width in [3usize, 8, 37, 1000] {
+            // scores from -50 to 50, so some fall more than 87 below their row's maximum
+            let xs: Vec<f32> = (0..width * 40)
+                .map(|i| ((i * 7919) % 2001) as f32 * 0.05 - 50.0)
+                .collect();
+            let mut plain = xs.clone();
+            plain.chunks_mut(width).for_each(softmax_row);
+            let lse: Vec<f64> = xs.chunks(width).map(log_sum_exp_row).collect();
+            let mut v = xs.clone();
+            // SAFETY: checked above.
+            unsafe { softmax_avx2(&mut v, width) };
+            assert_eq!(v, plain, "softmax, width {width}");
+            // SAFETY: checked above.
+            let l: Vec<f64> = xs
+                .chunks(width)
+                .map(|r| unsafe { log_sum_exp_avx2(r) })
+                .collect();
+            assert_eq!(l, lse, "log-sum-exp, width {width}");
         }
     }
 

@@ -248,6 +248,77 @@ fn beam_reordering_of_decoder_state_follows_the_rows() {
     }
 }
 
+/// Beam search's decoder state keeps one encoder output (and one set of cross-attention keys/values) per
+/// source: decoding grouped rows must give what decoding with them copied to every row gives, through
+/// reorderings that repeat rows, leave a source without rows, and start before the first step.
+#[test]
+fn beams_share_the_encoder_output_and_decode_as_if_it_were_copied() {
+    let device = device();
+    for name in VARIANTS {
+        let f = load(name, &device);
+        let input = f.input(5, &device);
+        let enc = f.model.encode_input(&input, &mut Hooks::none()).unwrap();
+        let state = f.model.start_decoding(enc, input.attention_mask.clone());
+        let mut source_of = vec![2usize, 0, 2, 2, 2];
+        let mut grouped = state.select(&source_of);
+        assert_eq!(
+            grouped.encoder_out.dims()[0],
+            3,
+            "the encoder output is not copied"
+        );
+        let mut copied = grouped.expanded();
+        assert_eq!(copied.encoder_out.dims()[0], 5);
+        let reorders: [&[usize]; 3] = [&[4, 1, 1, 0, 3, 3], &[5, 0, 2], &[2, 2, 1, 0]];
+        for step in 0..4 {
+            let rows = Tensor::<1, Int>::from_data(
+                TensorData::new(
+                    source_of.iter().map(|&s| s as i64).collect::<Vec<_>>(),
+                    [source_of.len()],
+                ),
+                &device,
+            );
+            let ids = input
+                .decoder_input_ids
+                .clone()
+                .slice([0..3, step..step + 1])
+                .select(0, rows);
+            let a = f
+                .model
+                .decode_step(&mut grouped, ids.clone(), &mut Hooks::none())
+                .unwrap();
+            let b = f
+                .model
+                .decode_step(&mut copied, ids, &mut Hooks::none())
+                .unwrap();
+            let d = max_diff(&values3(&a), &values3(&b));
+            assert!(d < 1e-5, "{name} step {step}: grouped rows differ by {d}");
+            if let Some(r) = reorders.get(step) {
+                source_of = r.iter().map(|&i| source_of[i]).collect();
+                grouped = grouped.select(r);
+                copied = copied.select(r);
+                assert_eq!(grouped.sources.as_deref(), Some(&source_of[..]));
+            }
+        }
+        // a hooked step sees one row per decoder row at every hook point
+        let mut hooks = Hooks::caching(HookFilter::all());
+        let rows = source_of.len();
+        let last =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![5i64; rows], [rows, 1]), &device);
+        f.model.decode_step(&mut grouped, last, &mut hooks).unwrap();
+        let cache = hooks.take_cache();
+        let point = HookPoint::attn(Stack::Decoder, 1, AttnKind::CrossAttn, AttnSite::Pattern);
+        assert_eq!(cache.get(&point).unwrap().dims()[0], rows);
+        assert!(grouped.sources.is_none());
+        // decoder ids that do not match the state's rows are an error, not a panic
+        let wrong = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64; 2], [2, 1]), &device);
+        let err = f
+            .model
+            .decode_step(&mut copied, wrong, &mut Hooks::none())
+            .unwrap_err();
+        assert!(err.to_string().contains("2 rows of decoder ids"), "{err}");
+    }
+}
+
 #[test]
 fn pytorch_bin_checkpoint_loads_the_same_weights() {
     let device = device();

@@ -118,11 +118,70 @@ pub struct KvPair {
 }
 
 impl KvPair {
-    fn select(&self, idx: &Tensor<1, Int>) -> Self {
+    /// Keeps (reorders, repeats) batch rows.
+    pub(crate) fn select(&self, idx: &Tensor<1, Int>) -> Self {
         Self {
             k: self.k.clone().map(|t| t.select(0, idx.clone())),
             v: self.v.clone().map(|t| t.select(0, idx.clone())),
         }
+    }
+}
+
+/// Which source sequence each decoder row reads, laid out for cross-attention over shared keys/values:
+/// the rows of every source gathered into `slots` rows (padded with a repeat of one of them), so that one
+/// batched product per source and head serves all its beams instead of a copy of the encoder's keys and
+/// values per beam (beam search).
+#[derive(Clone, Debug)]
+pub struct RowGroups {
+    /// Source sequences (the batch of the shared keys/values).
+    pub sources: usize,
+    /// Rows per source in the padded layout (the most rows any source has).
+    pub slots: usize,
+    /// Decoder row in each slot, `[sources * slots]` (padding slots repeat a row).
+    pad: Tensor<1, Int>,
+    /// Slot of each decoder row, `[rows]`.
+    back: Tensor<1, Int>,
+}
+
+impl RowGroups {
+    /// The layout for decoder rows reading `source_of[row]` (each below `sources`).
+    pub fn new(source_of: &[usize], sources: usize, device: &Device) -> Result<Self, ModelError> {
+        if let Some(&s) = source_of.iter().find(|&&s| s >= sources) {
+            return Err(ModelError::Input(format!(
+                "decoder row reads source {s} of a batch of {sources}"
+            )));
+        }
+        let mut count = vec![0usize; sources];
+        for &s in source_of {
+            count[s] += 1;
+        }
+        let slots = count.iter().copied().max().unwrap_or(0).max(1);
+        let mut pad = vec![-1i64; sources * slots];
+        let mut back = Vec::with_capacity(source_of.len());
+        let mut next = vec![0usize; sources];
+        for (row, &s) in source_of.iter().enumerate() {
+            let slot = s * slots + next[s];
+            next[s] += 1;
+            pad[slot] = row as i64;
+            back.push(slot as i64);
+        }
+        // padding slots repeat the source's first row (row 0 for a source without rows): any row will do,
+        // since their results are never read back
+        for s in 0..sources {
+            let first = if count[s] > 0 { pad[s * slots] } else { 0 };
+            for p in &mut pad[s * slots..(s + 1) * slots] {
+                if *p < 0 {
+                    *p = first;
+                }
+            }
+        }
+        let rows = back.len();
+        Ok(Self {
+            sources,
+            slots,
+            pad: Tensor::from_data(TensorData::new(pad, [sources * slots]), device),
+            back: Tensor::from_data(TensorData::new(back, [rows]), device),
+        })
     }
 }
 
@@ -228,6 +287,65 @@ impl T5Attention {
     }
 }
 
+impl T5Attention {
+    /// Cross-attention of decoder rows `x: [rows, q, d_model]` over keys/values shared by the rows of each
+    /// source (`groups`): `cache` holds (or receives, projected from `src: [sources, len, d_model]`) the
+    /// keys/values of the sources, never one copy per row; `bias` is the encoder mask `[sources, 1, 1, len]`.
+    /// Computes what [`T5Attention::forward`] computes on keys/values repeated per row. The
+    /// `hook_k`/`hook_v`/`hook_attn_scores`/`hook_pattern` points do not fire here (their batch would be the
+    /// sources'): callers with active hooks expand the state to one row per decoder row first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_grouped(
+        &self,
+        x: Tensor<3>,
+        src: &Tensor<3>,
+        bias: Tensor<4>,
+        cache: &mut KvPair,
+        groups: &RowGroups,
+        hooks: &mut Hooks<'_>,
+        at: AttnAt,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [rows, q_len, _] = x.dims();
+        let (h, dk) = (self.n_heads, self.d_kv);
+        let q = hooks.apply4(at.point(AttnSite::Q), self.heads(x, &self.q))?;
+        let (k, v) = match cache.k.clone().zip(cache.v.clone()) {
+            Some(kv) => kv,
+            None => {
+                let kv = self.project_kv(src.clone());
+                cache.k = kv.k.clone();
+                cache.v = kv.v.clone();
+                kv.k.zip(kv.v).ok_or_else(|| {
+                    ModelError::Input("cross-attention keys/values were not computed".into())
+                })?
+            }
+        };
+        let (s, n) = (groups.sources, groups.slots);
+        if k.dims()[0] != s {
+            return Err(ModelError::Input(format!(
+                "cross-attention keys/values of {} sources for decoder rows grouped over {s}",
+                k.dims()[0]
+            )));
+        }
+        // [rows, q, h, dk] -> slots [s * n, q, h, dk] -> [s, h, n * q, dk]
+        let qs = q
+            .select(0, groups.pad.clone())
+            .reshape([s, n, q_len, h, dk])
+            .permute([0, 3, 1, 2, 4])
+            .reshape([s, h, n * q_len, dk]);
+        let scores = qs.matmul(k.swap_dims(2, 3)) + bias;
+        let pattern = crate::fastmath::softmax_last(scores);
+        let z = pattern
+            .matmul(v)
+            .reshape([s, h, n, q_len, dk])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([s * n, q_len, h, dk])
+            .select(0, groups.back.clone());
+        let z = hooks.apply4(at.point(AttnSite::Z), z)?;
+        let z = z.reshape([rows, q_len, h * dk]);
+        Ok(linear(z, &self.o.val()))
+    }
+}
+
 /// T5's relative-position bucket of `relative = key_pos - query_pos`, computed in f32 as PyTorch does so
 /// bucket edges agree with Hugging Face.
 pub fn relative_position_bucket(
@@ -285,15 +403,4 @@ pub fn position_bias(
         .reshape([q_len, k_len, heads])
         .permute([2, 0, 1])
         .unsqueeze::<4>()
-}
-
-/// Selects batch rows of every cached key/value pair (for beam search reordering).
-pub(crate) fn select_kv(
-    layers: &[(KvPair, KvPair)],
-    idx: &Tensor<1, Int>,
-) -> Vec<(KvPair, KvPair)> {
-    layers
-        .iter()
-        .map(|(s, c)| (s.select(idx), c.select(idx)))
-        .collect()
 }

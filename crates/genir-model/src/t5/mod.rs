@@ -8,7 +8,7 @@ mod monot5;
 pub use config::{Activation, T5Config};
 pub use layers::{
     linear, position_bias, relative_position_bucket, AttnAt, FeedForward, KvPair, RmsNorm,
-    T5Attention, MASK_VALUE,
+    RowGroups, T5Attention, MASK_VALUE,
 };
 pub use model::{
     pad_batch, BlockInputs, DecoderState, Removed, Seq2SeqInput, T5Block, T5Model, T5Stack,

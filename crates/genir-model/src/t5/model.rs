@@ -12,8 +12,8 @@ use rand_distr::{Distribution, Normal};
 
 use super::config::T5Config;
 use super::layers::{
-    host1, host2, linear, param1, param2, position_bias, select_kv, ActKind, AttnAt, FeedForward,
-    KvPair, RmsNorm, T5Attention, MASK_VALUE,
+    host1, host2, linear, param1, param2, position_bias, ActKind, AttnAt, FeedForward, KvPair,
+    RmsNorm, RowGroups, T5Attention, MASK_VALUE,
 };
 use crate::error::ModelError;
 use crate::hooks::{ActivationCache, AttnKind, HookFilter, HookPoint, Hooks, Site, Stack};
@@ -81,6 +81,9 @@ pub struct BlockInputs<'t> {
     pub self_bias: Tensor<4>,
     /// Encoder output and its additive mask `[batch, 1, 1, src]` (decoder only).
     pub cross: Option<(&'t Tensor<3>, Tensor<4>)>,
+    /// Decoder rows grouped by the source they read, when the encoder output, its mask and the
+    /// cross-attention keys/values have one row per source rather than per decoder row (beam search).
+    pub groups: Option<&'t RowGroups>,
 }
 
 impl T5Block {
@@ -129,6 +132,22 @@ impl T5Block {
             };
             let c = if self.removed.cross_attn {
                 self.removed.output(1, &x)
+            } else if let Some(groups) = inputs.groups {
+                let cache = cross_kv.ok_or_else(|| {
+                    ModelError::Input(
+                        "decoder rows grouped by source need the decoder state's keys/values"
+                            .into(),
+                    )
+                })?;
+                attn.forward_grouped(
+                    ln.forward(x.clone()),
+                    enc,
+                    mask.clone(),
+                    cache,
+                    groups,
+                    hooks,
+                    at,
+                )?
             } else {
                 attn.forward(
                     ln.forward(x.clone()),
@@ -263,33 +282,82 @@ pub fn pad_batch(
 }
 
 /// Decoder keys/values and encoder output kept between generation steps.
+///
+/// The encoder output, its mask and the cross-attention keys/values stay one row per *source* sequence:
+/// [`DecoderState::select`] (beam search) reorders or repeats only the decoder rows' self-attention
+/// keys/values and records which source each row reads (`sources`), so the beams of a query share one copy
+/// of what the encoder produced instead of copying it at every step.
 #[derive(Clone, Debug)]
 pub struct DecoderState {
-    /// Encoder output `[batch, src, d_model]`.
+    /// Encoder output `[sources, src, d_model]`.
     pub encoder_out: Tensor<3>,
-    /// Additive encoder mask `[batch, 1, 1, src]`.
+    /// Additive encoder mask `[sources, 1, 1, src]`.
     pub encoder_bias: Tensor<4>,
-    /// Per decoder layer: (self-attention, cross-attention) keys and values.
+    /// Per decoder layer: self-attention keys and values (one row per decoder row) and cross-attention keys
+    /// and values (one row per source).
     pub layers: Vec<(KvPair, KvPair)>,
+    /// The source each decoder row reads; `None`: row `i` reads source `i`.
+    pub sources: Option<Vec<usize>>,
     /// Decoder positions already processed.
     pub past_len: usize,
 }
 
+fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(
+        TensorData::new(
+            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+            [rows.len()],
+        ),
+        device,
+    )
+}
+
 impl DecoderState {
-    /// Keeps (and reorders, or repeats) batch rows: `state.select(&[2, 2, 0])` (beam search).
+    /// Decoder rows.
+    pub fn rows(&self) -> usize {
+        self.sources
+            .as_ref()
+            .map_or(self.encoder_out.dims()[0], Vec::len)
+    }
+
+    /// Keeps (and reorders, or repeats) decoder rows: `state.select(&[2, 2, 0])` (beam search). Only the
+    /// self-attention keys/values are copied; the rows keep reading their sources' encoder output.
     pub fn select(&self, rows: &[usize]) -> Self {
         let device = self.encoder_out.device();
-        let idx: Tensor<1, Int> = Tensor::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &device,
-        );
+        let sources = rows
+            .iter()
+            .map(|&r| self.sources.as_ref().map_or(r, |s| s[r]))
+            .collect();
+        let idx = index_tensor(rows, &device);
+        Self {
+            encoder_out: self.encoder_out.clone(),
+            encoder_bias: self.encoder_bias.clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|(s, c)| (s.select(&idx), c.clone()))
+                .collect(),
+            sources: Some(sources),
+            past_len: self.past_len,
+        }
+    }
+
+    /// The same state with the encoder output, its mask and the cross-attention keys/values repeated to one
+    /// row per decoder row (what a hooked decoding step reads, so every hook point has the decoder's batch).
+    pub fn expanded(&self) -> Self {
+        let Some(sources) = &self.sources else {
+            return self.clone();
+        };
+        let idx = index_tensor(sources, &self.encoder_out.device());
         Self {
             encoder_out: self.encoder_out.clone().select(0, idx.clone()),
             encoder_bias: self.encoder_bias.clone().select(0, idx.clone()),
-            layers: select_kv(&self.layers, &idx),
+            layers: self
+                .layers
+                .iter()
+                .map(|(s, c)| (s.clone(), c.select(&idx)))
+                .collect(),
+            sources: None,
             past_len: self.past_len,
         }
     }
@@ -801,6 +869,7 @@ impl T5Model {
         let inputs = BlockInputs {
             self_bias: bias,
             cross: None,
+            groups: None,
         };
         for (l, block) in self.encoder.blocks.iter().enumerate().skip(start) {
             x = block.forward(x, &inputs, None, hooks, Stack::Encoder, l)?;
@@ -819,6 +888,7 @@ impl T5Model {
             encoder_out,
             encoder_bias: mask_bias(attention_mask),
             layers: vec![Default::default(); self.decoder.blocks.len()],
+            sources: None,
             past_len: 0,
         }
     }
@@ -833,7 +903,20 @@ impl T5Model {
     ) -> Result<Tensor<3>, ModelError> {
         self.check_hooks(hooks)?;
         let [b, n] = ids.dims();
+        if b != state.rows() {
+            return Err(ModelError::Input(format!(
+                "decode_step: {b} rows of decoder ids for a decoder state of {} rows",
+                state.rows()
+            )));
+        }
         let device = ids.device();
+        if hooks.is_active() && state.sources.is_some() {
+            *state = state.expanded();
+        }
+        let groups = match &state.sources {
+            Some(s) => Some(RowGroups::new(s, state.encoder_out.dims()[0], &device)?),
+            None => None,
+        };
         let past = state.past_len;
         let self_bias = position_bias(
             &self.decoder.table()?,
@@ -848,6 +931,7 @@ impl T5Model {
         let inputs = BlockInputs {
             self_bias,
             cross: Some((&enc, state.encoder_bias.clone())),
+            groups: groups.as_ref(),
         };
         let mut x = x;
         for (l, block) in self.decoder.blocks.iter().enumerate() {
@@ -941,6 +1025,7 @@ impl T5Model {
         let inputs = BlockInputs {
             self_bias,
             cross: Some((encoder_out, encoder_bias)),
+            groups: None,
         };
         for (l, block) in self.decoder.blocks.iter().enumerate().skip(start) {
             x = block.forward(x, &inputs, None, hooks, Stack::Decoder, l)?;
@@ -1020,6 +1105,7 @@ impl T5Model {
         let inputs = BlockInputs {
             self_bias,
             cross: Some((&placeholder, encoder_bias)),
+            groups: None,
         };
         for (l, block) in self.decoder.blocks.iter().enumerate().skip(start) {
             let mut kv = (KvPair::default(), cross[l].clone());
