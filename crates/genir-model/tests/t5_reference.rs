@@ -316,6 +316,14 @@ fn beams_share_the_encoder_output_and_decode_as_if_it_were_copied() {
             .decode_step(&mut copied, wrong, &mut Hooks::none())
             .unwrap_err();
         assert!(err.to_string().contains("2 rows of decoder ids"), "{err}");
+        // every beam pruned: a state without rows decodes nothing, without a panic
+        let mut empty = copied.select(&[]);
+        let none = Tensor::<2, Int>::from_data(TensorData::new(Vec::<i64>::new(), [0, 1]), &device);
+        let out = f
+            .model
+            .decode_step(&mut empty, none, &mut Hooks::none())
+            .unwrap();
+        assert_eq!(out.dims()[0], 0);
     }
 }
 

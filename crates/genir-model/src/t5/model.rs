@@ -910,7 +910,8 @@ impl T5Model {
             )));
         }
         let device = ids.device();
-        if hooks.is_active() && state.sources.is_some() {
+        // hooked steps see one row per decoder row; a state without rows has nothing to group
+        if state.sources.is_some() && (hooks.is_active() || b == 0) {
             *state = state.expanded();
         }
         let groups = match &state.sources {
