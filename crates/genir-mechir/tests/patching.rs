@@ -62,6 +62,8 @@ fn flat(v: &Value) -> Vec<f32> {
     }
 }
 
+/// Scores agree within `tol`; patching metrics within `tol`, relative where the reference exceeds 1 in
+/// magnitude ([`max_metric_diff`]).
 fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
     // Inputs: the same token ids as MechIR's collator (up to its max_length padding).
     let enc = model
@@ -102,9 +104,9 @@ fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
     );
     assert!(d < tol, "perturbed scores differ by {d} at {i}");
     let want = flat(&fx.json["block_all"]);
-    let (d, i) = max_diff(&blocks.values, &want);
+    let (d, i) = max_metric_diff(&blocks.values, &want);
     println!(
-        "block_all: {} cells, max |genir - MechIR| = {d:e}",
+        "block_all: {} cells, max |genir - MechIR| / max(1, |MechIR|) = {d:e}",
         want.len()
     );
     assert!(
@@ -116,9 +118,9 @@ fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
 
     let heads = sweep_heads(model, &fx.pairs, None, &fx.config).unwrap();
     let want = flat(&fx.json["head_all"]);
-    let (d, i) = max_diff(&heads.values, &want);
+    let (d, i) = max_metric_diff(&heads.values, &want);
     println!(
-        "head_all: {} cells, max |genir - MechIR| = {d:e}",
+        "head_all: {} cells, max |genir - MechIR| / max(1, |MechIR|) = {d:e}",
         want.len()
     );
     assert!(d < tol, "head_all differs by {d} at {i}");
@@ -138,9 +140,9 @@ fn check_against_mechir<M: PatchModel>(model: &M, fx: &Fixture, tol: f32) {
             got.push(by_pos.get(l, h, p));
         }
     }
-    let (d, i) = max_diff(&got, &want);
+    let (d, i) = max_metric_diff(&got, &want);
     println!(
-        "head_by_pos (z): {} cells, max |genir - MechIR| = {d:e}",
+        "head_by_pos (z): {} cells, max |genir - MechIR| / max(1, |MechIR|) = {d:e}",
         want.len()
     );
     assert!(d < tol, "head_by_pos differs by {d} at {i}");

@@ -198,6 +198,278 @@ fn row_max(row: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
+/// `x @ w (+ b)` over the last axis of `x`, with `w: [d_in, d_out]` and `b: [d_out]`: every linear map of
+/// BERT and T5 and the LM head. burn runs it as one `[rows, d_in] @ [d_in, d_out]` product into a fresh
+/// buffer that flex zero-fills and then copies once more to realign it, and adds the bias in another pass.
+/// On `flex` without autodiff this calls the same gemm kernel with the same arguments on flex's own buffers
+/// (no copy of `x` or `w`, any strides of `w`, so a transposed view costs nothing), writes into a buffer of
+/// ours without filling it first, and adds the bias in place: bit-identical to burn's result (tested).
+/// Elsewhere, and for a non-contiguous `x`, it is burn's product and add.
+pub fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex_linear(&x, w, b) {
+        return y;
+    }
+    linear_burn(x, w, b)
+}
+
+/// burn's `x @ w (+ b)`: the fallback of [`linear`], and its reference in the tests.
+fn linear_burn<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<D> {
+    let dims = x.dims();
+    let d_out = w.dims()[1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = x.reshape([rows, dims[D - 1]]).matmul(w.clone());
+    let y = match b {
+        Some(b) => y + b.clone().reshape([1, d_out]),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
+}
+
+/// The fused path of [`linear`]; `None` when it does not apply (see there).
+#[cfg(feature = "flex")]
+fn flex_linear<const D: usize>(
+    x: &Tensor<D>,
+    w: &Tensor<2>,
+    b: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    use burn::tensor::DType;
+    use burn_flex::{Flex, FlexTensor};
+    if !fusable(x) || w.dtype() != DType::F32 || b.is_some_and(|b| b.dtype() != DType::F32) {
+        return None;
+    }
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let [k_w, n] = w.dims();
+    let m = dims[..D - 1].iter().product::<usize>();
+    // shape errors and empty products are burn's to report or handle
+    if k_w != k || k == 0 || m == 0 || n == 0 || b.is_some_and(|b| b.dims()[0] != n) {
+        return None;
+    }
+    let xp: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
+    let wp: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
+    let bp: Option<FlexTensor> = match b {
+        Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
+        None => None,
+    };
+    let xs = xp.as_slice::<f32>()?;
+    let bias = match &bp {
+        Some(bp) => Some(bp.as_slice::<f32>()?),
+        None => None,
+    };
+    let layout = wp.layout();
+    let (w_rs, w_cs) = (layout.strides()[0], layout.strides()[1]);
+    let ws = wp.storage::<f32>();
+    // the last element the strides reach must lie in the buffer (a layout flex made always does)
+    let span = |len: usize, stride: isize| (len as isize - 1) * stride;
+    let last = layout.start_offset() as isize + span(k, w_rs) + span(n, w_cs);
+    let first = layout.start_offset() as isize + span(k, w_rs).min(0) + span(n, w_cs).min(0);
+    if xs.len() != m * k || first < 0 || last < 0 || last as usize >= ws.len() {
+        return None;
+    }
+    let w_ptr = ws[layout.start_offset()..].as_ptr();
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // flex's threshold for letting gemm use rayon's threads (burn-flex `ops::matmul`)
+    let parallelism = if m * n * k >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `x` is `m x k` row-major in `xs`; `w`'s `k x n` elements at its strides lie in `ws` (checked
+    // above); `out` has room for `m x n` values, and with `read_dst` false gemm writes every one of them
+    // (alpha is zero, the old values are never read) before the length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            xs.as_ptr(),
+            1,
+            k as isize,
+            w_ptr,
+            w_cs,
+            w_rs,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    if let Some(bias) = bias {
+        par_rows(&mut out, n, |rows| {
+            for row in rows.chunks_exact_mut(n) {
+                for (o, &b) in row.iter_mut().zip(bias) {
+                    *o += b;
+                }
+            }
+        });
+    }
+    let mut shape = dims;
+    shape[D - 1] = n;
+    Some(Tensor::from_data(TensorData::new(out, shape), &x.device()))
+}
+
+/// Scaled dot-product attention of heads laid out `[batch, pos, head, d_head]` (as the q/k/v projections
+/// come out of their linear maps), with an additive key bias `[batch, 1, 1, keys]` (the padding mask), as
+/// BERT computes it: `softmax(q k^T / scale + bias) v`, returned as `[batch, pos, head * d_head]`. On `flex`
+/// without autodiff this runs one task per (sequence, head): the same gemm calls burn makes for the two
+/// batched products, the division, bias and softmax on the task's own score buffer while it is in cache, and
+/// the output written straight into its final layout (no score tensor, no transposed copy): bit-identical to
+/// burn's operations followed by [`softmax_last`] (tested). `None` when it does not apply (another device,
+/// autodiff, non-contiguous inputs, another bias shape): the caller runs the operations itself, as it must
+/// when a hook reads or writes the scores, the pattern or `z`.
+pub fn attention_heads(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    bias: &Tensor<4>,
+    scale: f64,
+) -> Option<Tensor<3>> {
+    #[cfg(feature = "flex")]
+    {
+        flex_attention(q, k, v, bias, scale)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (q, k, v, bias, scale);
+        None
+    }
+}
+
+#[cfg(feature = "flex")]
+fn flex_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    bias: &Tensor<4>,
+    scale: f64,
+) -> Option<Tensor<3>> {
+    use burn::tensor::DType;
+    use burn_flex::{Flex, FlexTensor};
+    let f32s = [k.dtype(), v.dtype(), bias.dtype()]
+        .iter()
+        .all(|&d| d == DType::F32);
+    if !fusable(q) || !f32s {
+        return None;
+    }
+    let [b, s, h, dh] = q.dims();
+    let [bb, one_h, one_q, s_k] = bias.dims();
+    if k.dims() != [b, s, h, dh]
+        || v.dims() != [b, s, h, dh]
+        || !(bb == b || bb == 1)
+        || one_h != 1
+        || one_q != 1
+        || s_k != s
+        || b * s * h * dh == 0
+    {
+        return None;
+    }
+    let prim =
+        |t: &Tensor<4>| -> Option<FlexTensor> { t.clone().try_into_primitive::<Flex>().ok() };
+    let (qp, kp, vp, bp) = (prim(q)?, prim(k)?, prim(v)?, prim(bias)?);
+    let (qs, ks, vs, bs) = (
+        qp.as_slice::<f32>()?,
+        kp.as_slice::<f32>()?,
+        vp.as_slice::<f32>()?,
+        bp.as_slice::<f32>()?,
+    );
+    let width = h * dh; // row stride of q, k, v and of the output
+    let divisor = scale as f32; // burn's `div_scalar` rounds the scalar to the tensor's f32
+    let mut out: Vec<f32> = Vec::with_capacity(b * s * width);
+    /// The output's base pointer, shared by tasks that write disjoint (sequence, head) blocks.
+    #[derive(Clone, Copy)]
+    struct Out(*mut f32);
+    // SAFETY: every task writes only its own `[s, d_head]` block of the buffer (see below).
+    unsafe impl Send for Out {}
+    unsafe impl Sync for Out {}
+    impl Out {
+        /// The element `offset` places in (a method, so closures capture the whole wrapper).
+        fn at(self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
+    let dst = Out(out.as_mut_ptr());
+    let task = |scores: &mut Vec<f32>, t: usize| {
+        let (seq, head) = (t / h, t % h);
+        let base = seq * s * width + head * dh;
+        let key_bias = &bs[if bb == 1 { 0 } else { seq * s }..][..s];
+        // SAFETY (both products): q, k and v hold `b x s x h x dh` values (checked), and the block at `base`
+        // with row stride `width` spans `s` rows of `dh` values inside them; `scores` holds `s x s`; the
+        // output block at `base` is this task's alone, and gemm writes all of it (`read_dst` false).
+        unsafe {
+            // scores = q k^T, as burn's batched matmul of the transposed views calls it
+            gemm::gemm(
+                s,
+                s,
+                dh,
+                scores.as_mut_ptr(),
+                1,
+                s as isize,
+                false,
+                qs.as_ptr().add(base),
+                1,
+                width as isize,
+                ks.as_ptr().add(base),
+                width as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for row in scores.chunks_exact_mut(s) {
+            for (x, &kb) in row.iter_mut().zip(key_bias) {
+                *x = *x / divisor + kb;
+            }
+        }
+        softmax_rows_in_place(scores, s);
+        unsafe {
+            gemm::gemm(
+                s,
+                dh,
+                s,
+                dst.at(base),
+                1,
+                width as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                s as isize,
+                vs.as_ptr().add(base),
+                1,
+                width as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    (0..b * h)
+        .into_par_iter()
+        .for_each_init(|| vec![0.0f32; s * s], task);
+    // SAFETY: the (sequence, head) blocks tile the whole `b x s x width` buffer, each written above.
+    unsafe { out.set_len(b * s * width) };
+    Some(Tensor::from_data(
+        TensorData::new(out, [b, s, width]),
+        &q.device(),
+    ))
+}
+
 /// Whether a tensor can take a fused host pass: on `flex`, not autodiff, f32, and fused passes are enabled
 /// (`GENIR_FLEX_FASTMATH` is not `0`).
 pub fn fusable<const D: usize>(x: &Tensor<D>) -> bool {
@@ -342,18 +614,14 @@ pub fn gelu_in_place(values: &mut [f32]) {
             unsafe { gelu_avx2(chunk) };
             return;
         }
-        for v in chunk.iter_mut() {
-            *v = gelu_one(*v);
-        }
+        gelu_split(chunk);
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gelu_avx2(values: &mut [f32]) {
-    for v in values.iter_mut() {
-        *v = gelu_one(*v);
-    }
+    gelu_split(values);
 }
 
 /// The same operations with 512-bit vectors (and 32 registers, so the polynomial constants stay in them):
@@ -361,9 +629,68 @@ unsafe fn gelu_avx2(values: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn gelu_avx512(values: &mut [f32]) {
-    for v in values.iter_mut() {
-        *v = gelu_one(*v);
+    gelu_split(values);
+}
+
+/// [`gelu_one`] of every value, without computing the far branch for every value: per block of 256, the
+/// values at `|x/sqrt 2| >= 1.5` (and NaN) are set aside, every value goes through the series alone (a
+/// vectorised loop of one polynomial), then the set-aside values through [`gelu_one`] (both branches,
+/// vectorised) and back in place. The same operations per value as [`gelu_one`], so bit-identical to it.
+#[inline(always)]
+fn gelu_split(values: &mut [f32]) {
+    const BLOCK: usize = 256;
+    let mut far = [0.0f32; BLOCK];
+    let mut at = [0u16; BLOCK];
+    for chunk in values.chunks_mut(BLOCK) {
+        let mut n = 0usize;
+        for (i, &x) in chunk.iter().enumerate() {
+            // n <= i < BLOCK: always in bounds; written every time, kept only when counted
+            far[n] = x;
+            at[n] = i as u16;
+            n += usize::from(!gelu_is_near(x));
+        }
+        for v in chunk.iter_mut() {
+            *v = gelu_near(*v);
+        }
+        for v in &mut far[..n] {
+            *v = gelu_one(*v);
+        }
+        for (&i, &g) in at[..n].iter().zip(&far[..n]) {
+            chunk[usize::from(i)] = g;
+        }
     }
+}
+
+/// Whether [`gelu_one`] takes the series for `x` (false for NaN).
+#[inline(always)]
+fn gelu_is_near(x: f32) -> bool {
+    gelu_z(x).abs() < 1.5
+}
+
+/// `x / sqrt 2` in f32, then widened: the argument of `erf` in GELU.
+#[inline(always)]
+fn gelu_z(x: f32) -> f64 {
+    f64::from(x / std::f32::consts::SQRT_2)
+}
+
+/// `erf(z)` by its Maclaurin series, for `|z| < 1.5`.
+#[inline(always)]
+fn erf_series(z: f64) -> f64 {
+    std::f64::consts::FRAC_2_SQRT_PI * z * {
+        let u = z * z;
+        let mut s = ERF_SERIES[ERF_SERIES.len() - 1];
+        for &c in ERF_SERIES.iter().rev().skip(1) {
+            s = s.mul_add(u, c);
+        }
+        s
+    }
+}
+
+/// [`gelu_one`] for `|x/sqrt 2| < 1.5`, where it takes the series.
+#[inline(always)]
+fn gelu_near(x: f32) -> f32 {
+    let erf = erf_series(gelu_z(x)) as f32;
+    0.5 * x * (1.0 + erf)
 }
 
 /// `gelu(x) = x/2 (1 + erf(x/sqrt 2))` with the f32 operations in the order burn's and PyTorch's GELU use
@@ -372,15 +699,8 @@ unsafe fn gelu_avx512(values: &mut [f32]) {
 /// 1.2e-7, at most 4e-9 absolute there) above. Branch-free so the loop vectorises.
 #[inline(always)]
 fn gelu_one(x: f32) -> f32 {
-    let z = f64::from(x / std::f32::consts::SQRT_2);
-    let series = std::f64::consts::FRAC_2_SQRT_PI * z * {
-        let u = z * z;
-        let mut s = ERF_SERIES[ERF_SERIES.len() - 1];
-        for &c in ERF_SERIES.iter().rev().skip(1) {
-            s = s.mul_add(u, c);
-        }
-        s
-    };
+    let z = gelu_z(x);
+    let series = erf_series(z);
     let a = z.abs();
     let t = 1.0 / 0.5f64.mul_add(a, 1.0);
     let mut p = 0.170_872_77f64;
@@ -702,20 +1022,35 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn gelu_is_the_same_to_the_bit_with_every_instruction_set() {
-        let xs: Vec<f32> = (-300_000..=300_000).map(|i| i as f32 * 4e-5).collect();
+        // in order (blocks all near or all far from 0) and interleaved (near and far values mixed in a
+        // block, as in activations), with the special values
+        let mut xs: Vec<f32> = (-300_000..=300_000).map(|i| i as f32 * 4e-5).collect();
+        xs.extend((0..600_001usize).map(|i| ((i * 7919) % 600_001) as f32 * 4e-5 - 12.0));
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            2.1213202,
+            -2.1213204,
+        ]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let mut plain = xs.clone();
         plain.iter_mut().for_each(|v| *v = gelu_one(*v));
+        let mut split = xs.clone();
+        gelu_split(&mut split);
+        assert_eq!(bits(&split), bits(&plain), "split");
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             let mut v = xs.clone();
             // SAFETY: checked just above.
             unsafe { gelu_avx2(&mut v) };
-            assert_eq!(v, plain, "avx2");
+            assert_eq!(bits(&v), bits(&plain), "avx2");
         }
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
             let mut v = xs.clone();
             // SAFETY: checked just above.
             unsafe { gelu_avx512(&mut v) };
-            assert_eq!(v, plain, "avx512");
+            assert_eq!(bits(&v), bits(&plain), "avx512");
         }
     }
 
@@ -967,5 +1302,153 @@ mod tests {
             assert_eq!(&padded[..11], &alone[..], "width {width}");
             assert!(padded[11..].iter().all(|&v| v == 0.0));
         }
+    }
+
+    fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
+        let v: Vec<f32> = t.into_data().try_into_vec().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    #[test]
+    fn linear_is_bit_identical_to_burns_product_and_add() {
+        let device = Device::flex();
+        let vals = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 0.8)
+                .collect()
+        };
+        // (rows per batch, batches, d_in, d_out): small (one thread), and past flex's threshold for threads
+        for (s, bsz, k, n) in [
+            (3, 2, 5, 7),
+            (1, 1, 1, 1),
+            (64, 4, 192, 200),
+            (112, 3, 384, 96),
+        ] {
+            let x =
+                Tensor::<3>::from_data(TensorData::new(vals(bsz * s * k, 1), [bsz, s, k]), &device);
+            let w = Tensor::<2>::from_data(TensorData::new(vals(k * n, 2), [k, n]), &device);
+            let b = Tensor::<1>::from_data(TensorData::new(vals(n, 3), [n]), &device);
+            let case = format!("{bsz}x{s}x{k} @ {k}x{n}");
+            assert!(
+                flex_linear(&x, &w, Some(&b)).is_some(),
+                "{case}: fused path not taken"
+            );
+            assert_eq!(
+                bits(linear(x.clone(), &w, Some(&b))),
+                bits(linear_burn(x.clone(), &w, Some(&b))),
+                "{case}, with bias"
+            );
+            assert_eq!(
+                bits(linear(x.clone(), &w, None)),
+                bits(linear_burn(x.clone(), &w, None)),
+                "{case}, no bias"
+            );
+            // the weight as a transposed view (the tied LM head) and as a column slice (an offset)
+            let wt = Tensor::<2>::from_data(TensorData::new(vals(k * n, 4), [n, k]), &device)
+                .transpose();
+            assert_eq!(
+                bits(linear(x.clone(), &wt, None)),
+                bits(linear_burn(x.clone(), &wt, None)),
+                "{case}, transposed weight"
+            );
+            let wide =
+                Tensor::<2>::from_data(TensorData::new(vals(k * (n + 3), 5), [k, n + 3]), &device);
+            let ws = wide.slice([0..k, 2..n + 2]);
+            assert_eq!(
+                bits(linear(x.clone(), &ws, Some(&b))),
+                bits(linear_burn(x.clone(), &ws, Some(&b))),
+                "{case}, sliced weight"
+            );
+            // two-dimensional input
+            let x2 = x.clone().reshape([bsz * s, k]);
+            assert_eq!(
+                bits(linear(x2.clone(), &w, Some(&b))),
+                bits(linear_burn(x2, &w, Some(&b)))
+            );
+            // a non-contiguous input falls back to burn and agrees too
+            let xt =
+                Tensor::<3>::from_data(TensorData::new(vals(bsz * s * k, 6), [s, bsz, k]), &device)
+                    .swap_dims(0, 1);
+            assert_eq!(
+                bits(linear(xt.clone(), &w, Some(&b))),
+                bits(linear_burn(xt, &w, Some(&b))),
+                "{case}, non-contiguous input"
+            );
+        }
+    }
+
+    #[test]
+    fn linear_keeps_the_gradient_on_autodiff() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<3>::from_data(
+            TensorData::new(vec![0.5f32, -1.0, 2.0, 0.25], [1, 2, 2]),
+            &device,
+        )
+        .require_grad();
+        let w = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, -3.0, 0.5], [2, 2]),
+            &device,
+        )
+        .require_grad();
+        let b =
+            Tensor::<1>::from_data(TensorData::new(vec![0.1f32, 0.2], [2]), &device).require_grad();
+        let grads = linear(x.clone(), &w, Some(&b)).sum().backward();
+        // d/dx sum(x w + b) = rows of w summed; d/dw = column sums of x; d/db = number of rows
+        let gx: Vec<f32> = x.grad(&grads).unwrap().into_data().try_into_vec().unwrap();
+        let gw: Vec<f32> = w.grad(&grads).unwrap().into_data().try_into_vec().unwrap();
+        let gb: Vec<f32> = b.grad(&grads).unwrap().into_data().try_into_vec().unwrap();
+        assert_eq!(gx, vec![3.0, -2.5, 3.0, -2.5]);
+        assert_eq!(gw, vec![2.5, 2.5, -0.75, -0.75]);
+        assert_eq!(gb, vec![2.0, 2.0]);
+    }
+
+    #[test]
+    fn attention_heads_is_bit_identical_to_burns_operations() {
+        let device = Device::flex();
+        let vals = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 2.0)
+                .collect()
+        };
+        // (batch, positions, heads, d_head, one bias row per sequence)
+        for (b, s, h, dh, per_seq) in [
+            (2, 7, 3, 4, true),
+            (3, 112, 12, 32, true),
+            (2, 5, 2, 8, false),
+        ] {
+            let t4 = |seed| {
+                Tensor::<4>::from_data(
+                    TensorData::new(vals(b * s * h * dh, seed), [b, s, h, dh]),
+                    &device,
+                )
+            };
+            let (q, k, v) = (t4(1), t4(2), t4(3));
+            let bb = if per_seq { b } else { 1 };
+            // sequence r has its last r positions masked (BERT's padding bias)
+            let bias: Vec<f32> = (0..bb * s)
+                .map(|i| if i % s + i / s >= s { -10000.0 } else { 0.0 })
+                .collect();
+            let bias = Tensor::<4>::from_data(TensorData::new(bias, [bb, 1, 1, s]), &device);
+            let scale = (dh as f64).sqrt();
+            let fused = attention_heads(&q, &k, &v, &bias, scale).expect("fused path taken");
+            let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar(scale) + bias;
+            let want = softmax_last(scores)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([b, s, h * dh]);
+            assert_eq!(bits(fused), bits(want), "{b}x{s}, {h} heads of {dh}");
+        }
+        // another bias shape or an autodiff device: not fused
+        let q = Tensor::<4>::from_data(
+            TensorData::new(vals(2 * 3 * 2 * 4, 1), [2, 3, 2, 4]),
+            &device,
+        );
+        let full = Tensor::<4>::zeros([2, 2, 3, 3], &device);
+        assert!(attention_heads(&q, &q, &q, &full, 2.0).is_none());
+        let ad = Device::flex().autodiff();
+        let qa = Tensor::<4>::from_data(TensorData::new(vals(2 * 3 * 2 * 4, 1), [2, 3, 2, 4]), &ad);
+        let ba = Tensor::<4>::zeros([2, 1, 1, 3], &ad);
+        assert!(attention_heads(&qa, &qa, &qa, &ba, 2.0).is_none());
     }
 }

@@ -6,7 +6,7 @@ use burn::tensor::TensorData;
 
 use crate::error::ModelError;
 use crate::hooks::{AttnKind, AttnSite, HookPoint, Hooks, Site, Stack};
-use crate::t5::{linear, Activation};
+use crate::t5::Activation;
 use crate::weights::{HostTensor, WeightFile};
 
 pub(crate) fn param1(t: HostTensor, device: &Device) -> Param<Tensor<1>> {
@@ -47,14 +47,12 @@ impl Linear {
 
     /// `[batch, pos, d_in] -> [batch, pos, d_out]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let d_out = self.bias.dims()[0];
-        linear(x, &self.weight.val()) + self.bias.val().reshape([1, 1, d_out])
+        crate::fastmath::linear(x, &self.weight.val(), Some(&self.bias.val()))
     }
 
     /// `[batch, d_in] -> [batch, d_out]`.
     pub fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
-        let d_out = self.bias.dims()[0];
-        x.matmul(self.weight.val()) + self.bias.val().reshape([1, d_out])
+        crate::fastmath::linear(x, &self.weight.val(), Some(&self.bias.val()))
     }
 }
 
@@ -133,6 +131,13 @@ impl BertAttention {
         let q = hooks.apply4(p(AttnSite::Q), self.heads(x.clone(), &self.q))?;
         let k = hooks.apply4(p(AttnSite::K), self.heads(x.clone(), &self.k))?;
         let v = hooks.apply4(p(AttnSite::V), self.heads(x, &self.v))?;
+        let inner = [AttnSite::Scores, AttnSite::Pattern, AttnSite::Z];
+        if !inner.iter().any(|&site| hooks.wants(&p(site))) {
+            let scale = (self.d_head as f64).sqrt();
+            if let Some(z) = crate::fastmath::attention_heads(&q, &k, &v, &bias, scale) {
+                return Ok(self.o.forward(z));
+            }
+        }
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let scores = q
             .matmul(k.swap_dims(2, 3))
