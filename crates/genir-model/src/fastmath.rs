@@ -228,6 +228,19 @@ fn linear_burn<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>
     y.reshape(out)
 }
 
+/// A buffer for an `m x n` gemm output written with `read_dst` false: capacity only, for gemm to fill
+/// (gemm 0.19 never reads the destination then), except for a single row or column, where gemm's
+/// matrix-vector paths take a `&mut [f32]` over the destination: that one is zeroed, so no reference to
+/// uninitialised memory is ever made.
+#[cfg(feature = "flex")]
+fn output_buffer(m: usize, n: usize) -> Vec<f32> {
+    if m == 1 || n == 1 {
+        vec![0.0; m * n]
+    } else {
+        Vec::with_capacity(m * n)
+    }
+}
+
 /// The fused path of [`linear`]; `None` when it does not apply (see there).
 #[cfg(feature = "flex")]
 fn flex_linear<const D: usize>(
@@ -264,13 +277,14 @@ fn flex_linear<const D: usize>(
     let ws = wp.storage::<f32>();
     // the last element the strides reach must lie in the buffer (a layout flex made always does)
     let span = |len: usize, stride: isize| (len as isize - 1) * stride;
-    let last = layout.start_offset() as isize + span(k, w_rs) + span(n, w_cs);
-    let first = layout.start_offset() as isize + span(k, w_rs).min(0) + span(n, w_cs).min(0);
-    if xs.len() != m * k || first < 0 || last < 0 || last as usize >= ws.len() {
+    let start = layout.start_offset() as isize;
+    let last = start + span(k, w_rs).max(0) + span(n, w_cs).max(0);
+    let first = start + span(k, w_rs).min(0) + span(n, w_cs).min(0);
+    if xs.len() != m * k || first < 0 || last as usize >= ws.len() {
         return None;
     }
     let w_ptr = ws[layout.start_offset()..].as_ptr();
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let mut out = output_buffer(m, n);
     // flex's threshold for letting gemm use rayon's threads (burn-flex `ops::matmul`)
     let parallelism = if m * n * k >= 192 * 192 * 192 {
         gemm::Parallelism::Rayon(0)
@@ -279,7 +293,7 @@ fn flex_linear<const D: usize>(
     };
     // SAFETY: `x` is `m x k` row-major in `xs`; `w`'s `k x n` elements at its strides lie in `ws` (checked
     // above); `out` has room for `m x n` values, and with `read_dst` false gemm writes every one of them
-    // (alpha is zero, the old values are never read) before the length is set.
+    // (alpha is zero, the old values are never read) before the length is set ([`output_buffer`]).
     unsafe {
         gemm::gemm(
             m,
@@ -369,7 +383,8 @@ fn flex_attention(
         || one_h != 1
         || one_q != 1
         || s_k != s
-        || b * s * h * dh == 0
+        || b * s * h == 0
+        || dh < 2
     {
         return None;
     }
@@ -384,7 +399,13 @@ fn flex_attention(
     );
     let width = h * dh; // row stride of q, k, v and of the output
     let divisor = scale as f32; // burn's `div_scalar` rounds the scalar to the tensor's f32
-    let mut out: Vec<f32> = Vec::with_capacity(b * s * width);
+                                // `b * h` blocks of `s x dh`, each one gemm's destination: zeroed where a block is a single row
+                                // (see [`output_buffer`]), else left for gemm to fill
+    let mut out: Vec<f32> = if s == 1 {
+        vec![0.0; b * s * width]
+    } else {
+        Vec::with_capacity(b * s * width)
+    };
     /// The output's base pointer, shared by tasks that write disjoint (sequence, head) blocks.
     #[derive(Clone, Copy)]
     struct Out(*mut f32);
@@ -1318,9 +1339,12 @@ mod tests {
                 .collect()
         };
         // (rows per batch, batches, d_in, d_out): small (one thread), and past flex's threshold for threads
+        // (single rows and columns take gemm's matrix-vector paths)
         for (s, bsz, k, n) in [
             (3, 2, 5, 7),
             (1, 1, 1, 1),
+            (1, 1, 64, 300),
+            (5, 3, 64, 1),
             (64, 4, 192, 200),
             (112, 3, 384, 96),
         ] {
@@ -1411,7 +1435,9 @@ mod tests {
                 .collect()
         };
         // (batch, positions, heads, d_head, one bias row per sequence)
+        // (the first case has one position: each head's output is a single row)
         for (b, s, h, dh, per_seq) in [
+            (3, 1, 2, 4, true),
             (2, 7, 3, 4, true),
             (3, 112, 12, 32, true),
             (2, 5, 2, 8, false),
@@ -1446,6 +1472,10 @@ mod tests {
         );
         let full = Tensor::<4>::zeros([2, 2, 3, 3], &device);
         assert!(attention_heads(&q, &q, &q, &full, 2.0).is_none());
+        // heads of width 1 are left to burn (gemm would see other strides than burn gives it)
+        let q1 = Tensor::<4>::from_data(TensorData::new(vals(2 * 3 * 2, 1), [2, 3, 2, 1]), &device);
+        let b1 = Tensor::<4>::zeros([2, 1, 1, 3], &device);
+        assert!(attention_heads(&q1, &q1, &q1, &b1, 1.0).is_none());
         let ad = Device::flex().autodiff();
         let qa = Tensor::<4>::from_data(TensorData::new(vals(2 * 3 * 2 * 4, 1), [2, 3, 2, 4]), &ad);
         let ba = Tensor::<4>::zeros([2, 1, 1, 3], &ad);
