@@ -228,6 +228,47 @@ fn linear_burn<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>
     y.reshape(out)
 }
 
+/// `dst = lhs @ rhs` in f32 by gemm with `read_dst` false (the destination is written, never read), as
+/// burn-flex calls it: `[m, n, k]`, then each matrix as a pointer with its row and column strides (the
+/// destination's columns are contiguous).
+///
+/// # Safety
+/// `lhs` spans `m x k` and `rhs` `k x n` readable values at their strides; `dst` spans `m x n` writable
+/// values at its row stride, aliasing neither; see [`output_buffer`] for an uninitialised destination.
+#[cfg(feature = "flex")]
+unsafe fn gemm_into(
+    [m, n, k]: [usize; 3],
+    (dst, dst_rs): (*mut f32, isize),
+    (lhs, lhs_rs, lhs_cs): (*const f32, isize, isize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract above is gemm's.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// A buffer for an `m x n` gemm output written with `read_dst` false: capacity only, for gemm to fill
 /// (gemm 0.19 never reads the destination then), except for a single row or column, where gemm's
 /// matrix-vector paths take a `&mut [f32]` over the destination: that one is zeroed, so no reference to
@@ -295,25 +336,11 @@ fn flex_linear<const D: usize>(
     // above); `out` has room for `m x n` values, and with `read_dst` false gemm writes every one of them
     // (alpha is zero, the old values are never read) before the length is set ([`output_buffer`]).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            xs.as_ptr(),
-            1,
-            k as isize,
-            w_ptr,
-            w_cs,
-            w_rs,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
+        gemm_into(
+            [m, n, k],
+            (out.as_mut_ptr(), n as isize),
+            (xs.as_ptr(), k as isize, 1),
+            (w_ptr, w_rs, w_cs),
             parallelism,
         );
         out.set_len(m * n);
@@ -428,25 +455,11 @@ fn flex_attention(
         // output block at `base` is this task's alone, and gemm writes all of it (`read_dst` false).
         unsafe {
             // scores = q k^T, as burn's batched matmul of the transposed views calls it
-            gemm::gemm(
-                s,
-                s,
-                dh,
-                scores.as_mut_ptr(),
-                1,
-                s as isize,
-                false,
-                qs.as_ptr().add(base),
-                1,
-                width as isize,
-                ks.as_ptr().add(base),
-                width as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
+            gemm_into(
+                [s, s, dh],
+                (scores.as_mut_ptr(), s as isize),
+                (qs.as_ptr().add(base), width as isize, 1),
+                (ks.as_ptr().add(base), 1, width as isize),
                 gemm::Parallelism::None,
             );
         }
@@ -457,25 +470,11 @@ fn flex_attention(
         }
         softmax_rows_in_place(scores, s);
         unsafe {
-            gemm::gemm(
-                s,
-                dh,
-                s,
-                dst.at(base),
-                1,
-                width as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                s as isize,
-                vs.as_ptr().add(base),
-                1,
-                width as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
+            gemm_into(
+                [s, dh, s],
+                (dst.at(base), width as isize),
+                (scores.as_ptr(), s as isize, 1),
+                (vs.as_ptr().add(base), width as isize, 1),
                 gemm::Parallelism::None,
             );
         }
@@ -1325,6 +1324,13 @@ mod tests {
         }
     }
 
+    /// `n` values spread over `[-scale, scale]` in a scrambled order, different for each seed.
+    fn spread(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * scale)
+            .collect()
+    }
+
     fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
         let v: Vec<f32> = t.into_data().try_into_vec().unwrap();
         v.into_iter().map(f32::to_bits).collect()
@@ -1333,11 +1339,7 @@ mod tests {
     #[test]
     fn linear_is_bit_identical_to_burns_product_and_add() {
         let device = Device::flex();
-        let vals = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 0.8)
-                .collect()
-        };
+        let vals = |n: usize, seed: usize| spread(n, seed, 0.8);
         // (rows per batch, batches, d_in, d_out): small (one thread), and past flex's threshold for threads
         // (single rows and columns take gemm's matrix-vector paths)
         for (s, bsz, k, n) in [
@@ -1429,11 +1431,7 @@ mod tests {
     #[test]
     fn attention_heads_is_bit_identical_to_burns_operations() {
         let device = Device::flex();
-        let vals = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0) * 2.0)
-                .collect()
-        };
+        let vals = |n: usize, seed: usize| spread(n, seed, 2.0);
         // (batch, positions, heads, d_head, one bias row per sequence)
         // (the first case has one position: each head's output is a single row)
         for (b, s, h, dh, per_seq) in [
