@@ -324,14 +324,19 @@ pub fn search(args: SearchArgs, device: &Device) -> Result<()> {
 
 pub const EVAL_EXAMPLES: &str = "Examples:
   genir eval --model models/dsi-atomic --split test
-  genir eval --model models/dsi-atomic --split test --run-out test.run --parquet test.parquet";
+  genir eval --model models/dsi-atomic --split test --run-out test.run --parquet test.parquet
+  genir eval --bm25 --corpus wiki-genir --split test      (the lexical reference: BM25, k1 0.9, b 0.4)";
 
 /// Arguments of `genir eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Model folder written by `genir train`.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "bm25")]
+    pub model: Option<PathBuf>,
+    /// Evaluate BM25 (k1 0.9, b 0.4, over title + text) instead of a model: the lexical reference on the same
+    /// queries. Needs --corpus.
+    #[arg(long, conflicts_with = "model", requires = "corpus")]
+    pub bm25: bool,
     /// Collection (default: the one the model was trained on).
     #[arg(long)]
     pub corpus: Option<String>,
@@ -356,9 +361,20 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
-    let model = GenirModel::load(&args.model, device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let collection = load_collection(&corpus_of(&args.model, args.corpus.as_deref())?)?;
+    let model = match &args.model {
+        Some(m) => {
+            Some(GenirModel::load(m, device).with_context(|| format!("loading {}", m.display()))?)
+        }
+        None => None,
+    };
+    let corpus = match &args.model {
+        Some(m) => corpus_of(m, args.corpus.as_deref())?,
+        None => args
+            .corpus
+            .clone()
+            .context("--bm25 needs --corpus to say which collection to index")?,
+    };
+    let collection = load_collection(&corpus)?;
     let Some(split) = collection.split(&args.split) else {
         bail!(
             "--split {}: the collection has splits {}",
@@ -366,15 +382,19 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
             collection.split_names().join(", ")
         );
     };
-    let mut searcher = model.searcher()?;
-    searcher.beams = args.beams;
     let started = Instant::now();
-    let tag = args
-        .model
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "genir".into());
-    let run = searcher.run(&split.queries, args.k, args.batch_size, &tag)?;
+    let run = match (&model, &args.model) {
+        (Some(model), Some(dir)) => {
+            let mut searcher = model.searcher()?;
+            searcher.beams = args.beams;
+            let tag = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "genir".into());
+            searcher.run(&split.queries, args.k, args.batch_size, &tag)?
+        }
+        _ => genir_data::bm25::Bm25::new(&collection.corpus).run(&split.queries, args.k, "bm25"),
+    };
     let secs = started.elapsed().as_secs_f64();
     let qids: Vec<String> = split.queries.iter().map(|q| q.qid.clone()).collect();
     let ev = evaluate(&run, &split.qrels, Some(&qids));

@@ -124,6 +124,33 @@ fn a_killed_run_resumes_to_the_same_model() {
     let lines = std::fs::read_to_string(&run).unwrap();
     assert!(lines.lines().count() >= 10, "{lines}");
     assert!(pq.exists());
+
+    // the lexical reference on the same split, with no model
+    let bm = tmp.path().join("bm25.run");
+    let out = ok(&genir()
+        .args([
+            "eval",
+            "--bm25",
+            "--corpus",
+            "wiki-genir-mini",
+            "--split",
+            "test",
+            "-k",
+            "10",
+            "--run-out",
+        ])
+        .arg(&bm)
+        .output()
+        .unwrap());
+    assert!(
+        out.contains("wiki-genir-mini test") && out.contains("Hits@10"),
+        "{out}"
+    );
+    let lines = std::fs::read_to_string(&bm).unwrap();
+    assert!(lines.lines().all(|l| l.ends_with(" bm25")), "{lines}");
+    let o = genir().args(["eval", "--bm25"]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--corpus"), "{e}");
 }
 
 #[test]

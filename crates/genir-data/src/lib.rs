@@ -19,6 +19,7 @@
 //! ```
 
 pub mod archive;
+pub mod bm25;
 pub mod download;
 pub mod error;
 pub mod formats;

@@ -1,4 +1,9 @@
 //! The comparison table of the README: `cargo run --release -p genir-edit --example eval_mini [n_new] [out]`.
+//!
+//! Variants through the environment (for the README's A/B): `SENT=1` trains the base and retrained models with
+//! sentence indexing (`ExampleConfig::index_sentences`), `EPOCHS=N` changes the epochs, `MARGIN_NEW`,
+//! `MARGIN_OLD`, `L2` set IncDSI's margins and L2 weight, `ONLY_INCDSI=1` runs IncDSI alone. A finished base or
+//! retrained model in `out` is reused (so the edit settings can be varied on one base model).
 
 use burn::prelude::*;
 use genir_edit::eval::{evaluate_methods, EvalConfig};
@@ -13,7 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| "target/edit-eval".into()),
     );
     let wiki = genir_data::shipped::load("wiki-genir-mini")?;
-    let train = TrainConfig {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut train = TrainConfig {
         init: Init::Scratch(Architecture {
             d_model: 128,
             d_ff: 512,
@@ -25,11 +31,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         warmup_steps: 50,
         ..TrainConfig::default()
     };
+    if let Some(e) = env("EPOCHS") {
+        train.epochs = e.parse()?;
+    }
+    if env("SENT").is_some() {
+        train.examples.index_sentences = true;
+    }
     let mut cfg = EvalConfig::new(out.join(format!("n{n_new}")), train);
     cfg.n_new = n_new;
+    if let Some(v) = env("MARGIN_NEW") {
+        cfg.edit.margin_new = v.parse()?;
+    }
+    if let Some(v) = env("MARGIN_OLD") {
+        cfg.edit.margin_old = v.parse()?;
+    }
+    if let Some(v) = env("L2") {
+        cfg.edit.l2 = v.parse()?;
+    }
+    if env("ONLY_INCDSI").is_some() {
+        cfg.methods = vec![genir_edit::eval::Method::IncDsi];
+    }
     let t = std::time::Instant::now();
     let report = evaluate_methods(&wiki, &cfg, &Device::flex())?;
     println!("{}", report.markdown());
+    println!("{}", report.references_markdown());
     println!(
         "base: {} documents, trained in {:.1} s; whole evaluation {:.1} s",
         report.base_docs,

@@ -17,19 +17,26 @@
 //! - **locality**: the share of those queries whose top docid is unchanged;
 //! - **time** per added document (for full retraining: the training time, once for all documents);
 //! - **decay**: retention after the first 1, 10, 100, ... sequential additions (as far as `n_new` goes).
+//!
+//! Beside the methods, [`EvalReport::references`] says what can be expected of the success queries at all: the
+//! base model's Hits@1/@10 on the held-out (not `train` split) queries of its *own* documents (how far the model
+//! generalises to unseen queries of documents it was trained on, which an edit of the output layer cannot
+//! exceed for documents it never saw), and BM25 ([`genir_data::bm25`]) on the added documents' success queries
+//! (full corpus) and on those held-out queries (base corpus).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
+use genir_data::bm25::Bm25;
 use genir_data::{Collection, Corpus, Qrels, Queries, QuerySet};
 use genir_model::t5::T5Model;
 use genir_model::weights::WeightFile;
 use genir_train::bundle::GenirModel;
 use genir_train::examples::{Example, ExampleKind};
 use genir_train::metrics::evaluate;
-use genir_train::train::{LogProgress, TrainConfig, Trainer};
+use genir_train::train::{LogProgress, TrainConfig, TrainState, Trainer};
 use polars::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -145,6 +152,19 @@ pub struct MethodResult {
     pub decay: Vec<(usize, f64)>,
 }
 
+/// A reference measure beside the methods (what a system that is not an edit gets on a query set).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reference {
+    /// What was measured, e.g. `bm25: success queries (full corpus)`.
+    pub name: String,
+    /// Queries.
+    pub queries: usize,
+    /// Hits@1 on them.
+    pub hits_at_1: f64,
+    /// Hits@10 on them.
+    pub hits_at_10: f64,
+}
+
 /// The comparison.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -156,6 +176,9 @@ pub struct EvalReport {
     pub base_train_seconds: f64,
     /// One row per method.
     pub rows: Vec<MethodResult>,
+    /// Reference measures (see the module documentation); empty in reports written before they existed.
+    #[serde(default)]
+    pub references: Vec<Reference>,
 }
 
 /// The split: base collection, new documents, held-out success queries, retention queries.
@@ -165,6 +188,8 @@ struct Split {
     new_docs: Vec<NewDocument>,
     success: QuerySet,
     retention: QuerySet,
+    /// The retention queries that are not in the `train` split (never trained on).
+    heldout: QuerySet,
 }
 
 fn split(c: &Collection, n_new: usize, seed: u64) -> Result<Split> {
@@ -260,12 +285,27 @@ fn split(c: &Collection, n_new: usize, seed: u64) -> Result<Split> {
         qrels: qrels.filter(|r| rids.contains(r.qid.as_str())),
         queries: Queries::new(rq.clone()),
     };
+    let trained: BTreeSet<&str> = c
+        .splits
+        .get("train")
+        .map(|s| s.queries.iter().map(|q| q.qid.as_str()).collect())
+        .unwrap_or_default();
+    let hq: Vec<genir_data::Query> = rq
+        .into_iter()
+        .filter(|q| !trained.contains(q.qid.as_str()))
+        .collect();
+    let hids: BTreeSet<&str> = hq.iter().map(|q| q.qid.as_str()).collect();
+    let heldout = QuerySet {
+        qrels: qrels.filter(|r| hids.contains(r.qid.as_str())),
+        queries: Queries::new(hq.clone()),
+    };
     Ok(Split {
         base,
         full,
         new_docs,
         success,
         retention,
+        heldout,
     })
 }
 
@@ -351,7 +391,6 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
     let sp = split(c, cfg.n_new, cfg.seed)?;
     std::fs::create_dir_all(&cfg.work_dir).map_err(EditError::io(&cfg.work_dir))?;
     let base_dir = cfg.work_dir.join("base");
-    let t = Instant::now();
     if !finished(&base_dir) {
         Trainer::new(cfg.train.clone(), device.clone()).train(
             &sp.base,
@@ -360,11 +399,13 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             &mut LogProgress,
         )?;
     }
-    let base_train_seconds = t.elapsed().as_secs_f64();
+    // the training time the run recorded (also when an earlier evaluation trained it)
+    let base_train_seconds = TrainState::read_finished(&base_dir)?.seconds;
     let base = GenirModel::load(&base_dir, device)?;
     let max_len = cfg.train.examples.max_source_len;
     let (ret_before, _, base_tops) = measure(&base, &sp.retention, max_len)?;
     tracing::info!(retention = ret_before, "base model");
+    let references = references(&sp, &base, max_len)?;
     let mut rows = Vec::new();
     let decay_points: Vec<usize> = cfg
         .decay_points
@@ -412,7 +453,6 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             }
             Method::FullRetraining => {
                 let dir = cfg.work_dir.join("full");
-                let t = Instant::now();
                 if !finished(&dir) {
                     Trainer::new(cfg.train.clone(), device.clone()).train(
                         &sp.full,
@@ -421,7 +461,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
                         &mut LogProgress,
                     )?;
                 }
-                let secs = t.elapsed().as_secs_f64();
+                let secs = TrainState::read_finished(&dir)?.seconds;
                 (GenirModel::load(&dir, device)?, secs)
             }
         };
@@ -451,7 +491,49 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
         base_docs: sp.base.corpus.len(),
         base_train_seconds,
         rows,
+        references,
     })
+}
+
+/// The reference measures of [`EvalReport::references`].
+fn references(sp: &Split, base: &GenirModel, max_len: usize) -> Result<Vec<Reference>> {
+    let row = |name: &str, set: &QuerySet, h1: f64, h10: f64| Reference {
+        name: name.into(),
+        queries: set.queries.len(),
+        hits_at_1: h1,
+        hits_at_10: h10,
+    };
+    let bm25 = |corpus: &Corpus, set: &QuerySet| {
+        let ev = evaluate(
+            &Bm25::new(corpus).run(&set.queries, 10, "bm25"),
+            &set.qrels,
+            None,
+        );
+        (ev.hits_at_1, ev.hits_at_10)
+    };
+    let (m1, m10, _) = measure(base, &sp.heldout, max_len)?;
+    let (b1, b10) = bm25(&sp.base.corpus, &sp.heldout);
+    let (s1, s10) = bm25(&sp.full.corpus, &sp.success);
+    Ok(vec![
+        row(
+            "base model: held-out queries of its own documents",
+            &sp.heldout,
+            m1,
+            m10,
+        ),
+        row(
+            "bm25: the same held-out queries (base corpus)",
+            &sp.heldout,
+            b1,
+            b10,
+        ),
+        row(
+            "bm25: success queries of the added documents (full corpus)",
+            &sp.success,
+            s1,
+            s10,
+        ),
+    ])
 }
 
 /// Continued training on one new document: the vocabulary grows by one row (the live rows' mean), then
@@ -620,6 +702,45 @@ impl EvalReport {
             s.push('\n');
         }
         s
+    }
+
+    /// The reference measures as a markdown table (empty when there are none).
+    pub fn references_markdown(&self) -> String {
+        if self.references.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from("| reference | queries | Hits@1 | Hits@10 |\n|---|---|---|---|\n");
+        for r in &self.references {
+            s.push_str(&format!(
+                "| {} | {} | {:.3} | {:.3} |\n",
+                r.name, r.queries, r.hits_at_1, r.hits_at_10
+            ));
+        }
+        s
+    }
+
+    /// The reference measures as a polars DataFrame.
+    pub fn references_dataframe(&self) -> Result<DataFrame> {
+        let r = &self.references;
+        DataFrame::new_infer_height(vec![
+            Column::new(
+                "reference".into(),
+                r.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "queries".into(),
+                r.iter().map(|r| r.queries as u64).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "hits_at_1".into(),
+                r.iter().map(|r| r.hits_at_1).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "hits_at_10".into(),
+                r.iter().map(|r| r.hits_at_10).collect::<Vec<_>>(),
+            ),
+        ])
+        .map_err(|e| EditError::Table(e.to_string()))
     }
 
     /// Writes the table as parquet.

@@ -228,6 +228,13 @@ pub struct TrainState {
     pub seconds: f64,
 }
 
+impl TrainState {
+    /// The final state of the finished run in `dir` (its `train_state.json`, written last).
+    pub fn read_finished(dir: &Path) -> Result<TrainState> {
+        read_json(&dir.join("train_state.json"))
+    }
+}
+
 /// A finished run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainSummary {

@@ -553,6 +553,11 @@ fn sections(s: &Study) -> Vec<Section> {
             e.report.base_train_seconds
         ));
         sec.blocks.push(markdown_table(&e.markdown));
+        if !e.report.references.is_empty() {
+            sec.text("References on the same queries (not edits): how far the base model generalises to held-out queries of documents it was trained on, and what BM25 gets on them and on the added documents' queries.");
+            sec.blocks
+                .push(markdown_table(&e.report.references_markdown()));
+        }
     }
     out.push(sec);
 

@@ -1461,7 +1461,11 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     // ---- edits
     let mut edit_train = train_cfg.clone();
     edit_train.checkpoint_every = 100_000;
-    let edit_key = Key::of(&(&edit_train, params.edit_docs, "edits"), &[ckey])?;
+    // "references": the step's result gained the reference measures (BM25, the base model's held-out queries)
+    let edit_key = Key::of(
+        &(&edit_train, params.edit_docs, "edits", "references"),
+        &[ckey],
+    )?;
     let edits: EditsResult = steps.run("edits", edit_key, |dir, _| {
         let mut cfg = genir_edit::eval::EvalConfig::new(dir.join("work"), edit_train.clone());
         cfg.n_new = params.edit_docs;
@@ -1480,6 +1484,10 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         report.write_parquet(&dir.join("edits.parquet"))?;
         let df = report.dataframe()?;
         genir_interp::write_csv(&df, &dir.join("edits.csv"))?;
+        genir_interp::write_csv(
+            &report.references_dataframe()?,
+            &dir.join("edits_references.csv"),
+        )?;
         // the models are large and not part of the report
         let _ = std::fs::remove_dir_all(dir.join("work"));
         Ok(EditsResult {

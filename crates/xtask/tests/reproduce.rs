@@ -200,7 +200,20 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
     assert!(!st.top_paths.is_empty());
     let all = st.attribution.iter().find(|r| r.target == "all").unwrap();
     assert!(all.n > 0 && (all.pearson.is_nan() || all.pearson.abs() <= 1.0 + 1e-9));
-    assert!(s.edits.as_ref().unwrap().report.rows.len() >= 3);
+    let edits = &s.edits.as_ref().unwrap().report;
+    assert!(edits.rows.len() >= 3);
+    // the references: the base model on held-out queries of its documents, BM25 on those and on the success
+    // queries; every one measured on some queries, and shown in the report
+    assert_eq!(edits.references.len(), 3, "{:?}", edits.references);
+    for r in &edits.references {
+        assert!(r.queries > 0, "{r:?}");
+        assert!(
+            (0.0..=1.0).contains(&r.hits_at_1) && r.hits_at_1 <= r.hits_at_10,
+            "{r:?}"
+        );
+    }
+    assert!(md.contains("bm25: success queries of the added documents"));
+    assert!(report.join("tables/edits_references.csv").exists());
     if bi.join("config.json").exists() {
         assert_eq!(
             s.mechir.len(),
