@@ -359,31 +359,54 @@ fn flex_linear<const D: usize>(
     Some(Tensor::from_data(TensorData::new(out, shape), &x.device()))
 }
 
-/// Scaled dot-product attention of heads laid out `[batch, pos, head, d_head]` (as the q/k/v projections
-/// come out of their linear maps), with an additive key bias `[batch, 1, 1, keys]` (the padding mask), as
-/// BERT computes it: `softmax(q k^T / scale + bias) v`, returned as `[batch, pos, head * d_head]`. On `flex`
-/// without autodiff this runs one task per (sequence, head): the same gemm calls burn makes for the two
-/// batched products, the division, bias and softmax on the task's own score buffer while it is in cache, and
-/// the output written straight into its final layout (no score tensor, no transposed copy): bit-identical to
-/// burn's operations followed by [`softmax_last`] (tested). `None` when it does not apply (another device,
-/// autodiff, non-contiguous inputs, another bias shape): the caller runs the operations itself, as it must
-/// when a hook reads or writes the scores, the pattern or `z`.
+/// Attention of heads `q: [batch, heads, q_len, d_head]` over `k`, `v: [batch, heads, k_len, d_head]` (any
+/// strides: the transposed views the projections give, or cached keys/values), with an additive `bias`
+/// broadcast from `[batch | 1, heads | 1, q_len | 1, k_len]`: `softmax(q k^T / divisor + bias) v` (BERT divides
+/// by `sqrt(d_head)`; T5, `divisor` `None`, does not), returned as `[batch, q_len, heads * d_head]`. On `flex`
+/// without autodiff this runs one task per (sequence, head): the gemm calls burn makes for the two batched
+/// products (same shapes and strides), the division, bias and softmax on the task's own score buffer while it
+/// is in cache, and the output written straight into its final layout (no score tensor, no transposed copy):
+/// bit-identical to burn's operations followed by [`softmax_last`] (tested). `None` when it does not apply
+/// (another device, autodiff, other shapes, a bias whose last axis is strided, heads of width 1): the caller
+/// runs the operations itself, as it must when a hook reads or writes the scores, the pattern or `z`.
 pub fn attention_heads(
     q: &Tensor<4>,
     k: &Tensor<4>,
     v: &Tensor<4>,
     bias: &Tensor<4>,
-    scale: f64,
+    divisor: Option<f64>,
 ) -> Option<Tensor<3>> {
     #[cfg(feature = "flex")]
     {
-        flex_attention(q, k, v, bias, scale)
+        flex_attention(q, k, v, bias, divisor)
     }
     #[cfg(not(feature = "flex"))]
     {
-        let _ = (q, k, v, bias, scale);
+        let _ = (q, k, v, bias, divisor);
         None
     }
+}
+
+/// The values of a 4-D f32 flex tensor of `dims` from its start offset on, and its strides, when every
+/// stride is non-negative and the last element they reach lies in the buffer (a layout flex makes always
+/// does). An axis of length 1 gets stride 0, as a broadcast reads it.
+#[cfg(feature = "flex")]
+fn view4(t: &burn_flex::FlexTensor, dims: [usize; 4]) -> Option<(&[f32], [usize; 4])> {
+    let layout = t.layout();
+    if t.dtype() != burn::tensor::DType::F32 || layout.strides().len() != 4 {
+        return None;
+    }
+    let storage = t.storage::<f32>();
+    let start = layout.start_offset();
+    let mut strides = [0usize; 4];
+    let mut last = start;
+    for (i, &n) in dims.iter().enumerate() {
+        if n > 1 {
+            strides[i] = usize::try_from(layout.strides()[i]).ok()?;
+            last = last.checked_add((n - 1).checked_mul(strides[i])?)?;
+        }
+    }
+    (last < storage.len()).then(|| (&storage[start..], strides))
 }
 
 #[cfg(feature = "flex")]
@@ -392,25 +415,20 @@ fn flex_attention(
     k: &Tensor<4>,
     v: &Tensor<4>,
     bias: &Tensor<4>,
-    scale: f64,
+    divisor: Option<f64>,
 ) -> Option<Tensor<3>> {
-    use burn::tensor::DType;
     use burn_flex::{Flex, FlexTensor};
-    let f32s = [k.dtype(), v.dtype(), bias.dtype()]
-        .iter()
-        .all(|&d| d == DType::F32);
-    if !fusable(q) || !f32s {
+    if !fusable(q) {
         return None;
     }
-    let [b, s, h, dh] = q.dims();
-    let [bb, one_h, one_q, s_k] = bias.dims();
-    if k.dims() != [b, s, h, dh]
-        || v.dims() != [b, s, h, dh]
-        || !(bb == b || bb == 1)
-        || one_h != 1
-        || one_q != 1
-        || s_k != s
-        || b * s * h == 0
+    let [b, h, lq, dh] = q.dims();
+    let [kb, kh, lk, kd] = k.dims();
+    let bd = bias.dims();
+    let fits = |n: usize, want: usize| n == want || n == 1;
+    if [kb, kh, kd] != [b, h, dh]
+        || v.dims() != k.dims()
+        || !(fits(bd[0], b) && fits(bd[1], h) && fits(bd[2], lq) && bd[3] == lk)
+        || b * h * lq * lk == 0
         || dh < 2
     {
         return None;
@@ -418,25 +436,26 @@ fn flex_attention(
     let prim =
         |t: &Tensor<4>| -> Option<FlexTensor> { t.clone().try_into_primitive::<Flex>().ok() };
     let (qp, kp, vp, bp) = (prim(q)?, prim(k)?, prim(v)?, prim(bias)?);
-    let (qs, ks, vs, bs) = (
-        qp.as_slice::<f32>()?,
-        kp.as_slice::<f32>()?,
-        vp.as_slice::<f32>()?,
-        bp.as_slice::<f32>()?,
-    );
-    let width = h * dh; // row stride of q, k, v and of the output
-    let divisor = scale as f32; // burn's `div_scalar` rounds the scalar to the tensor's f32
-                                // `b * h` blocks of `s x dh`, each one gemm's destination: zeroed where a block is a single row
-                                // (see [`output_buffer`]), else left for gemm to fill
-    let mut out: Vec<f32> = if s == 1 {
-        vec![0.0; b * s * width]
+    let (qs, qst) = view4(&qp, [b, h, lq, dh])?;
+    let (ks, kst) = view4(&kp, [b, h, lk, dh])?;
+    let (vs, vst) = view4(&vp, [b, h, lk, dh])?;
+    let (bs, bst) = view4(&bp, bd)?;
+    if lk > 1 && bst[3] != 1 {
+        return None;
+    }
+    let divisor = divisor.map(|d| d as f32); // burn's `div_scalar` rounds the scalar to the tensor's f32
+    let width = h * dh; // row stride of the output
+                        // `b * h` blocks of `lq x dh`, each one gemm's destination: zeroed where a block is a single row (see
+                        // [`output_buffer`]), else left for gemm to fill
+    let mut out: Vec<f32> = if lq == 1 {
+        vec![0.0; b * lq * width]
     } else {
-        Vec::with_capacity(b * s * width)
+        Vec::with_capacity(b * lq * width)
     };
     /// The output's base pointer, shared by tasks that write disjoint (sequence, head) blocks.
     #[derive(Clone, Copy)]
     struct Out(*mut f32);
-    // SAFETY: every task writes only its own `[s, d_head]` block of the buffer (see below).
+    // SAFETY: every task writes only its own `[lq, d_head]` block of the buffer (see below).
     unsafe impl Send for Out {}
     unsafe impl Sync for Out {}
     impl Out {
@@ -448,44 +467,58 @@ fn flex_attention(
     let dst = Out(out.as_mut_ptr());
     let task = |scores: &mut Vec<f32>, t: usize| {
         let (seq, head) = (t / h, t % h);
-        let base = seq * s * width + head * dh;
-        let key_bias = &bs[if bb == 1 { 0 } else { seq * s }..][..s];
-        // SAFETY (both products): q, k and v hold `b x s x h x dh` values (checked), and the block at `base`
-        // with row stride `width` spans `s` rows of `dh` values inside them; `scores` holds `s x s`; the
-        // output block at `base` is this task's alone, and gemm writes all of it (`read_dst` false).
+        let q_at = seq * qst[0] + head * qst[1];
+        let k_at = seq * kst[0] + head * kst[1];
+        let v_at = seq * vst[0] + head * vst[1];
+        let bias_at = seq * bst[0] + head * bst[1];
+        // SAFETY (both products): `view4` checked that the `b x h x len x dh` elements of q, k and v at their
+        // strides lie in their slices, so the (seq, head) block at these offsets does; `scores` holds
+        // `lq x lk`; the output block at `out_at` (row stride `width`) is this task's alone, and gemm writes
+        // all of it (`read_dst` false).
         unsafe {
-            // scores = q k^T, as burn's batched matmul of the transposed views calls it
+            // scores = q k^T, as burn's batched matmul of the transposed view calls it
             gemm_into(
-                [s, s, dh],
-                (scores.as_mut_ptr(), s as isize),
-                (qs.as_ptr().add(base), width as isize, 1),
-                (ks.as_ptr().add(base), 1, width as isize),
+                [lq, lk, dh],
+                (scores.as_mut_ptr(), lk as isize),
+                (qs.as_ptr().add(q_at), qst[2] as isize, qst[3] as isize),
+                (ks.as_ptr().add(k_at), kst[3] as isize, kst[2] as isize),
                 gemm::Parallelism::None,
             );
         }
-        for row in scores.chunks_exact_mut(s) {
-            for (x, &kb) in row.iter_mut().zip(key_bias) {
-                *x = *x / divisor + kb;
+        for (r, row) in scores.chunks_exact_mut(lk).enumerate() {
+            let key_bias = &bs[bias_at + r * bst[2]..][..lk];
+            match divisor {
+                Some(d) => {
+                    for (x, &kb) in row.iter_mut().zip(key_bias) {
+                        *x = *x / d + kb;
+                    }
+                }
+                None => {
+                    for (x, &kb) in row.iter_mut().zip(key_bias) {
+                        *x += kb;
+                    }
+                }
             }
         }
-        softmax_rows_in_place(scores, s);
+        softmax_rows_in_place(scores, lk);
+        let out_at = seq * lq * width + head * dh;
         unsafe {
             gemm_into(
-                [s, dh, s],
-                (dst.at(base), width as isize),
-                (scores.as_ptr(), s as isize, 1),
-                (vs.as_ptr().add(base), width as isize, 1),
+                [lq, dh, lk],
+                (dst.at(out_at), width as isize),
+                (scores.as_ptr(), lk as isize, 1),
+                (vs.as_ptr().add(v_at), vst[2] as isize, vst[3] as isize),
                 gemm::Parallelism::None,
             );
         }
     };
     (0..b * h)
         .into_par_iter()
-        .for_each_init(|| vec![0.0f32; s * s], task);
-    // SAFETY: the (sequence, head) blocks tile the whole `b x s x width` buffer, each written above.
-    unsafe { out.set_len(b * s * width) };
+        .for_each_init(|| vec![0.0f32; lq * lk], task);
+    // SAFETY: the (sequence, head) blocks tile the whole `b x lq x width` buffer, each written above.
+    unsafe { out.set_len(b * lq * width) };
     Some(Tensor::from_data(
-        TensorData::new(out, [b, s, width]),
+        TensorData::new(out, [b, lq, width]),
         &q.device(),
     ))
 }
@@ -1428,55 +1461,101 @@ mod tests {
         assert_eq!(gb, vec![2.0, 2.0]);
     }
 
+    /// burn's operations that [`attention_heads`] replaces.
+    fn attention_reference(
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        bias: Tensor<4>,
+        divisor: Option<f64>,
+    ) -> Tensor<3> {
+        let [b, h, lq, dh] = q.dims();
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let scores = match divisor {
+            Some(d) => scores.div_scalar(d) + bias,
+            None => scores + bias,
+        };
+        softmax_last(scores)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, lq, h * dh])
+    }
+
     #[test]
     fn attention_heads_is_bit_identical_to_burns_operations() {
         let device = Device::flex();
         let vals = |n: usize, seed: usize| spread(n, seed, 2.0);
-        // (batch, positions, heads, d_head, one bias row per sequence)
-        // (the first case has one position: each head's output is a single row)
+        let t = |dims: [usize; 4], seed| {
+            Tensor::<4>::from_data(
+                TensorData::new(vals(dims.iter().product(), seed), dims),
+                &device,
+            )
+        };
+        // BERT: heads as projected, `[batch, pos, head, d_head]`, seen as `[batch, head, pos, d_head]` views;
+        // a padding bias `[batch | 1, 1, 1, pos]`; the scores divided by sqrt(d_head)
+        // (batch, positions, heads, d_head, one bias row per sequence); the first case has one position: each
+        // head's output is a single row
         for (b, s, h, dh, per_seq) in [
             (3, 1, 2, 4, true),
             (2, 7, 3, 4, true),
             (3, 112, 12, 32, true),
             (2, 5, 2, 8, false),
         ] {
-            let t4 = |seed| {
-                Tensor::<4>::from_data(
-                    TensorData::new(vals(b * s * h * dh, seed), [b, s, h, dh]),
-                    &device,
-                )
-            };
-            let (q, k, v) = (t4(1), t4(2), t4(3));
+            let heads = |seed| t([b, s, h, dh], seed).swap_dims(1, 2);
+            let (q, k, v) = (heads(1), heads(2), heads(3));
             let bb = if per_seq { b } else { 1 };
             // sequence r has its last r positions masked (BERT's padding bias)
             let bias: Vec<f32> = (0..bb * s)
                 .map(|i| if i % s + i / s >= s { -10000.0 } else { 0.0 })
                 .collect();
             let bias = Tensor::<4>::from_data(TensorData::new(bias, [bb, 1, 1, s]), &device);
-            let scale = (dh as f64).sqrt();
+            let scale = Some((dh as f64).sqrt());
             let fused = attention_heads(&q, &k, &v, &bias, scale).expect("fused path taken");
-            let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
-            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar(scale) + bias;
-            let want = softmax_last(scores)
-                .matmul(v)
-                .swap_dims(1, 2)
-                .reshape([b, s, h * dh]);
+            let want = attention_reference(q, k, v, bias, scale);
             assert_eq!(bits(fused), bits(want), "{b}x{s}, {h} heads of {dh}");
         }
-        // another bias shape or an autodiff device: not fused
-        let q = Tensor::<4>::from_data(
-            TensorData::new(vals(2 * 3 * 2 * 4, 1), [2, 3, 2, 4]),
-            &device,
-        );
-        let full = Tensor::<4>::zeros([2, 2, 3, 3], &device);
-        assert!(attention_heads(&q, &q, &q, &full, 2.0).is_none());
-        // heads of width 1 are left to burn (gemm would see other strides than burn gives it)
-        let q1 = Tensor::<4>::from_data(TensorData::new(vals(2 * 3 * 2, 1), [2, 3, 2, 1]), &device);
-        let b1 = Tensor::<4>::zeros([2, 1, 1, 3], &device);
-        assert!(attention_heads(&q1, &q1, &q1, &b1, 1.0).is_none());
+        // T5: no division; biases with heads and query positions (relative positions plus the mask, or
+        // broadcast over the batch), cached keys/values stored `[batch, head, len, d_head]`, a decoding step
+        // (one query position), a single key
+        // (batch, q_len, k_len, heads, d_head, bias dims, keys/values as views of projections)
+        for (b, lq, lk, h, dh, bd, kv_views) in [
+            (2, 9, 9, 4, 8, [2, 4, 9, 9], true),
+            (3, 9, 9, 4, 8, [1, 4, 9, 9], true),
+            (3, 1, 6, 4, 16, [1, 4, 1, 6], false),
+            (4, 3, 11, 2, 8, [4, 1, 1, 11], true),
+            (2, 5, 1, 3, 4, [1, 3, 5, 1], false),
+            (2, 70, 70, 4, 32, [2, 4, 70, 70], true),
+        ] {
+            let q = t([b, lq, h, dh], 4).swap_dims(1, 2);
+            let kv = |seed| {
+                if kv_views {
+                    t([b, lk, h, dh], seed).swap_dims(1, 2)
+                } else {
+                    t([b, h, lk, dh], seed)
+                }
+            };
+            let (k, v) = (kv(5), kv(6));
+            let bias = t(bd, 7).mul_scalar(3.0);
+            let fused = attention_heads(&q, &k, &v, &bias, None).expect("fused path taken");
+            let want = attention_reference(q, k, v, bias, None);
+            assert_eq!(
+                bits(fused),
+                bits(want),
+                "{b}x{lq}x{lk}, {h} heads of {dh}, bias {bd:?}"
+            );
+        }
+        // not fused: a bias of other dimensions, a bias strided along the keys, heads of width 1 (gemm would
+        // see other strides than burn gives it), an autodiff device
+        let q = t([2, 2, 3, 4], 1);
+        assert!(attention_heads(&q, &q, &q, &t([2, 2, 3, 2], 2), None).is_none());
+        assert!(attention_heads(&q, &q, &q, &t([3, 1, 1, 3], 2), None).is_none());
+        let strided = t([1, 1, 3, 3], 2).swap_dims(2, 3);
+        assert!(attention_heads(&q, &q, &q, &strided, None).is_none());
+        let q1 = t([2, 2, 3, 1], 1);
+        assert!(attention_heads(&q1, &q1, &q1, &t([2, 1, 1, 3], 2), Some(1.0)).is_none());
         let ad = Device::flex().autodiff();
-        let qa = Tensor::<4>::from_data(TensorData::new(vals(2 * 3 * 2 * 4, 1), [2, 3, 2, 4]), &ad);
+        let qa = Tensor::<4>::from_data(TensorData::new(vals(2 * 3 * 2 * 4, 1), [2, 2, 3, 4]), &ad);
         let ba = Tensor::<4>::zeros([2, 1, 1, 3], &ad);
-        assert!(attention_heads(&qa, &qa, &qa, &ba, 2.0).is_none());
+        assert!(attention_heads(&qa, &qa, &qa, &ba, Some(2.0)).is_none());
     }
 }

@@ -133,8 +133,11 @@ impl BertAttention {
         let v = hooks.apply4(p(AttnSite::V), self.heads(x, &self.v))?;
         let inner = [AttnSite::Scores, AttnSite::Pattern, AttnSite::Z];
         if !inner.iter().any(|&site| hooks.wants(&p(site))) {
-            let scale = (self.d_head as f64).sqrt();
-            if let Some(z) = crate::fastmath::attention_heads(&q, &k, &v, &bias, scale) {
+            let scale = Some((self.d_head as f64).sqrt());
+            let heads = |t: &Tensor<4>| t.clone().swap_dims(1, 2);
+            if let Some(z) =
+                crate::fastmath::attention_heads(&heads(&q), &heads(&k), &heads(&v), &bias, scale)
+            {
                 return Ok(self.o.forward(z));
             }
         }

@@ -274,6 +274,12 @@ impl T5Attention {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
+        let inner = [AttnSite::Scores, AttnSite::Pattern, AttnSite::Z];
+        if !inner.iter().any(|&site| hooks.wants(&at.point(site))) {
+            if let Some(z) = crate::fastmath::attention_heads(&q, &k, &v, &bias, None) {
+                return Ok(linear(z, &self.o.val()));
+            }
+        }
         let scores = q.matmul(k.swap_dims(2, 3)) + bias;
         let scores = hooks.apply4(at.point(AttnSite::Scores), scores)?;
         let pattern = crate::fastmath::softmax_last(scores);
@@ -330,14 +336,19 @@ impl T5Attention {
             .reshape([s, n, q_len, h, dk])
             .permute([0, 3, 1, 2, 4])
             .reshape([s, h, n * q_len, dk]);
-        let scores = qs.matmul(k.swap_dims(2, 3)) + bias;
-        let pattern = crate::fastmath::softmax_last(scores);
-        let z = pattern
-            .matmul(v)
-            .reshape([s, h, n, q_len, dk])
-            .permute([0, 2, 3, 1, 4])
-            .reshape([s * n, q_len, h, dk])
-            .select(0, groups.back.clone());
+        let z = match crate::fastmath::attention_heads(&qs, &k, &v, &bias, None) {
+            // [s, n * q, h * dk] is already [s * n, q, h, dk] in memory
+            Some(z) => z.reshape([s * n, q_len, h, dk]),
+            None => {
+                let scores = qs.matmul(k.swap_dims(2, 3)) + bias;
+                crate::fastmath::softmax_last(scores)
+                    .matmul(v)
+                    .reshape([s, h, n, q_len, dk])
+                    .permute([0, 2, 3, 1, 4])
+                    .reshape([s * n, q_len, h, dk])
+            }
+        }
+        .select(0, groups.back.clone());
         let z = hooks.apply4(at.point(AttnSite::Z), z)?;
         let z = z.reshape([rows, q_len, h * dk]);
         Ok(linear(z, &self.o.val()))
