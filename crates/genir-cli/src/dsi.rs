@@ -334,7 +334,7 @@ pub struct EvalArgs {
     #[arg(long, required_unless_present = "bm25")]
     pub model: Option<PathBuf>,
     /// Evaluate BM25 (k1 0.9, b 0.4, over title + text) instead of a model: the lexical reference on the same
-    /// queries. Needs --corpus.
+    /// queries. Needs --corpus; --beams and --batch-size do not apply.
     #[arg(long, conflicts_with = "model", requires = "corpus")]
     pub bm25: bool,
     /// Collection (default: the one the model was trained on).
@@ -382,6 +382,10 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
             collection.split_names().join(", ")
         );
     };
+    // the index is built before the clock starts, as a model is loaded before it
+    let bm25 = model
+        .is_none()
+        .then(|| genir_data::bm25::Bm25::new(&collection.corpus));
     let started = Instant::now();
     let run = match (&model, &args.model) {
         (Some(model), Some(dir)) => {
@@ -393,7 +397,11 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
                 .unwrap_or_else(|| "genir".into());
             searcher.run(&split.queries, args.k, args.batch_size, &tag)?
         }
-        _ => genir_data::bm25::Bm25::new(&collection.corpus).run(&split.queries, args.k, "bm25"),
+        _ => {
+            bm25.as_ref()
+                .context("no model and no BM25 index")?
+                .run(&split.queries, args.k, "bm25")
+        }
     };
     let secs = started.elapsed().as_secs_f64();
     let qids: Vec<String> = split.queries.iter().map(|q| q.qid.clone()).collect();

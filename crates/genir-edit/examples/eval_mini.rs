@@ -3,7 +3,8 @@
 //! Variants through the environment (for the README's A/B): `SENT=1` trains the base and retrained models with
 //! sentence indexing (`ExampleConfig::index_sentences`), `EPOCHS=N` changes the epochs, `MARGIN_NEW`,
 //! `MARGIN_OLD`, `L2` set IncDSI's margins and L2 weight, `ONLY_INCDSI=1` runs IncDSI alone. A finished base or
-//! retrained model in `out` is reused (so the edit settings can be varied on one base model).
+//! retrained model in `out` is reused when its training configuration is this run's (so the edit settings can
+//! be varied on one base model); give another `out` for `SENT` or `EPOCHS` variants.
 
 use burn::prelude::*;
 use genir_edit::eval::{evaluate_methods, EvalConfig};

@@ -364,7 +364,8 @@ fn flex_linear<const D: usize>(
 /// broadcast from `[batch | 1, heads | 1, q_len | 1, k_len]`: `softmax(q k^T / divisor + bias) v` (BERT divides
 /// by `sqrt(d_head)`; T5, `divisor` `None`, does not), returned as `[batch, q_len, heads * d_head]`. On `flex`
 /// without autodiff this runs one task per (sequence, head): the gemm calls burn makes for the two batched
-/// products (same shapes and strides), the division, bias and softmax on the task's own score buffer while it
+/// products (same shapes and strides, but 0 for an axis of length 1, which gemm never reads: its dispatch only
+/// asks whether a stride is 1, and such axes of q, k and v are never the last), the division, bias and softmax on the task's own score buffer while it
 /// is in cache, and the output written straight into its final layout (no score tensor, no transposed copy):
 /// bit-identical to burn's operations followed by [`softmax_last`] (tested). `None` when it does not apply
 /// (another device, autodiff, other shapes, a bias whose last axis is strided, heads of width 1): the caller
