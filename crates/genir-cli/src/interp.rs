@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use clap::{Args, Subcommand, ValueEnum};
 use genir_data::QuerySet;
+use genir_data::Table;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::figures;
@@ -21,7 +22,6 @@ use genir_interp::swap::EncoderSwap;
 use genir_interp::{correctly_retrieved, write_table, Probe};
 use genir_model::hooks::AttnKind;
 use genir_train::bundle::GenirModel;
-use polars::prelude::DataFrame;
 
 use crate::dsi::{corpus_of, load_collection};
 
@@ -314,9 +314,8 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
             let df = activation_patching(&gm, &pairs, &cfg)?;
             if a.attribution {
                 let attr = attribution_patching(&gm, &pairs, &cfg)?;
-                let mut ag = agreement(&df, &attr)?;
-                let (parquet, csv) =
-                    write_table(&mut ag, &a.common.out.join("attribution_agreement"))?;
+                let ag = agreement(&df, &attr)?;
+                let (parquet, csv) = write_table(&ag, &a.common.out.join("attribution_agreement"))?;
                 eprintln!(
                     "attribution vs exact patching (Pearson r per target): {}, {}",
                     parquet.display(),
@@ -499,12 +498,12 @@ fn setup(c: &Common, device: &Device) -> Result<(GenirModel, QuerySet)> {
 }
 
 fn write(
-    mut df: DataFrame,
+    df: Table,
     out: &Path,
     stem: &str,
-    figure: fn(&DataFrame, &Path) -> genir_interp::Result<()>,
+    figure: fn(&Table, &Path) -> genir_interp::Result<()>,
 ) -> Result<()> {
-    let [parquet, csv, svg, png] = figures::write_analysis(&mut df, out, stem, figure)?;
+    let [parquet, csv, svg, png] = figures::write_analysis(&df, out, stem, figure)?;
     eprintln!(
         "{} rows: {}, {}, {}, {}",
         df.height(),

@@ -191,22 +191,22 @@ fn sweep<M: PatchModel>(
     let mut scores = None;
     if matches!(args.patch, Patch::Blocks | Patch::Both) {
         let r = sweep_blocks(model, pairs, config)?;
-        write_table(&mut r.to_frame()?, &args.out, "blocks")?;
+        write_table(&r.to_frame()?, &args.out, "blocks")?;
         figures(&block_panels(&r), &args.out, "blocks")?;
         scores = Some(r.scores);
     }
     if matches!(args.patch, Patch::Heads | Patch::Both) {
         let r = sweep_heads(model, pairs, None, config)?;
-        write_table(&mut r.to_frame()?, &args.out, "heads")?;
+        write_table(&r.to_frame()?, &args.out, "heads")?;
         figures(&head_panels(&r), &args.out, "heads")?;
         scores = Some(r.scores);
     }
     if let Some(s) = scores {
-        write_table(&mut pairs_frame(&pairs.pairs, &s)?, &args.out, "pairs")?;
+        write_table(&pairs_frame(&pairs.pairs, &s)?, &args.out, "pairs")?;
     }
     if args.patterns {
-        let mut df = attention_patterns(model, pairs, &config.encode, &PatternFilter::default())?;
-        write_table(&mut df, &args.out, "attention")?;
+        let df = attention_patterns(model, pairs, &config.encode, &PatternFilter::default())?;
+        write_table(&df, &args.out, "attention")?;
     }
     eprintln!(
         "patched {} pairs ({}, {}) with {} in {:.1} s; results in {}",

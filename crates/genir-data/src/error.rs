@@ -94,16 +94,19 @@ pub enum Error {
         /// The missing member.
         member: String,
     },
-    /// An error from polars while reading or writing Parquet.
+    /// A Parquet file could not be read or written (corrupt, truncated, or not Parquet).
     #[cfg(feature = "parquet")]
     #[error("{path}: parquet: {source}")]
     Parquet {
         /// The file involved.
         path: PathBuf,
-        /// The polars error.
+        /// The error of the `parquet` crate.
         #[source]
-        source: polars::error::PolarsError,
+        source: parquet::errors::ParquetError,
     },
+    /// A table is malformed or lacks a column (the message names the column).
+    #[error("table: {0}")]
+    Table(String),
 }
 
 /// The result type of this crate.

@@ -27,10 +27,12 @@ pub mod perturb;
 pub mod registry;
 pub mod shipped;
 pub mod split;
+pub mod table;
 pub mod types;
 pub mod validate;
 
 pub use error::{Error, Result};
+pub use table::{Column, Table, Values};
 pub use types::{
     Collection, Corpus, Document, Qrel, Qrels, Queries, Query, QuerySet, Run, RunEntry,
 };

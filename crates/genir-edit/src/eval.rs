@@ -36,13 +36,13 @@ use std::time::Instant;
 use burn::prelude::*;
 use genir_data::bm25::Bm25;
 use genir_data::{Collection, Corpus, Qrels, Queries, QuerySet};
+use genir_data::{Column, Table};
 use genir_model::t5::T5Model;
 use genir_model::weights::WeightFile;
 use genir_train::bundle::GenirModel;
 use genir_train::examples::{Example, ExampleKind};
 use genir_train::metrics::evaluate;
 use genir_train::train::{LogProgress, TrainConfig, TrainState, Trainer};
-use polars::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -633,36 +633,33 @@ pub fn continued_training(
 }
 
 impl EvalReport {
-    /// The table as a polars DataFrame (one row per method; decay as `retention_after_N` columns).
-    pub fn dataframe(&self) -> Result<DataFrame> {
+    /// The results as a table (one row per method; decay as `retention_after_N` columns).
+    pub fn dataframe(&self) -> Result<Table> {
         let col =
             |f: &dyn Fn(&MethodResult) -> f64| -> Vec<f64> { self.rows.iter().map(f).collect() };
         let mut cols: Vec<Column> = vec![
             Column::new(
-                "method".into(),
+                "method",
                 self.rows
                     .iter()
                     .map(|r| r.method.clone())
                     .collect::<Vec<_>>(),
             ),
             Column::new(
-                "docs".into(),
-                self.rows.iter().map(|r| r.docs as u64).collect::<Vec<_>>(),
+                "docs",
+                self.rows.iter().map(|r| r.docs as i64).collect::<Vec<_>>(),
             ),
-            Column::new("success_hits_at_1".into(), col(&|r| r.success_hits_at_1)),
-            Column::new("success_hits_at_10".into(), col(&|r| r.success_hits_at_10)),
+            Column::new("success_hits_at_1", col(&|r| r.success_hits_at_1)),
+            Column::new("success_hits_at_10", col(&|r| r.success_hits_at_10)),
+            Column::new("edit_inputs_hits_at_1", col(&|r| r.edit_inputs_hits_at_1)),
+            Column::new("retention_before", col(&|r| r.retention_before)),
+            Column::new("retention_after", col(&|r| r.retention_after)),
             Column::new(
-                "edit_inputs_hits_at_1".into(),
-                col(&|r| r.edit_inputs_hits_at_1),
-            ),
-            Column::new("retention_before".into(), col(&|r| r.retention_before)),
-            Column::new("retention_after".into(), col(&|r| r.retention_after)),
-            Column::new(
-                "retention_delta".into(),
+                "retention_delta",
                 col(&|r| r.retention_after - r.retention_before),
             ),
-            Column::new("locality".into(), col(&|r| r.locality)),
-            Column::new("ms_per_doc".into(), col(&|r| r.ms_per_doc)),
+            Column::new("locality", col(&|r| r.locality)),
+            Column::new("ms_per_doc", col(&|r| r.ms_per_doc)),
         ];
         let points: BTreeSet<usize> = self
             .rows
@@ -675,9 +672,9 @@ impl EvalReport {
                 .iter()
                 .map(|r| r.decay.iter().find(|d| d.0 == p).map(|d| d.1))
                 .collect();
-            cols.push(Column::new(format!("retention_after_{p}").into(), v));
+            cols.push(Column::from_options(format!("retention_after_{p}"), v));
         }
-        DataFrame::new_infer_height(cols).map_err(|e| EditError::Table(e.to_string()))
+        Table::new(cols).map_err(|e| EditError::Table(e.to_string()))
     }
 
     /// The table in markdown.
@@ -738,38 +735,35 @@ impl EvalReport {
         s
     }
 
-    /// The reference measures as a polars DataFrame.
-    pub fn references_dataframe(&self) -> Result<DataFrame> {
+    /// The reference measures as a table.
+    pub fn references_dataframe(&self) -> Result<Table> {
         let r = &self.references;
-        DataFrame::new_infer_height(vec![
+        Table::new(vec![
             Column::new(
-                "reference".into(),
+                "reference",
                 r.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
             ),
             Column::new(
-                "queries".into(),
-                r.iter().map(|r| r.queries as u64).collect::<Vec<_>>(),
+                "queries",
+                r.iter().map(|r| r.queries as i64).collect::<Vec<_>>(),
             ),
             Column::new(
-                "hits_at_1".into(),
+                "hits_at_1",
                 r.iter().map(|r| r.hits_at_1).collect::<Vec<_>>(),
             ),
             Column::new(
-                "hits_at_10".into(),
+                "hits_at_10",
                 r.iter().map(|r| r.hits_at_10).collect::<Vec<_>>(),
             ),
         ])
         .map_err(|e| EditError::Table(e.to_string()))
     }
 
-    /// Writes the table as parquet.
+    /// Writes the table as Parquet (atomically).
     pub fn write_parquet(&self, path: &Path) -> Result<()> {
-        let mut df = self.dataframe()?;
-        let f = std::fs::File::create(path).map_err(EditError::io(path))?;
-        ParquetWriter::new(f)
-            .finish(&mut df)
-            .map_err(|e| EditError::Table(format!("{}: {e}", path.display())))?;
-        Ok(())
+        self.dataframe()?
+            .write_parquet(path)
+            .map_err(|e| EditError::Table(e.to_string()))
     }
 }
 

@@ -14,7 +14,7 @@
 //! - **Edit log** ([`log`]): every edit is saved beside the model (`edits/`), can be listed, replayed on
 //!   another copy bit for bit ([`Editor::replay_from`]) and undone exactly ([`Editor::undo`]).
 //! - **Evaluation** ([`eval`]): edit success, retention, locality and time of each method against continued
-//!   training and full retraining, as a polars table and markdown.
+//!   training and full retraining, as a table (`genir_data::Table`) and markdown.
 //!
 //! For tied T5 heads (models trained from scratch), a docid's output row is also its input embedding; docid
 //! tokens are never decoder inputs with atomic docids (the decoder emits one token after the start token)

@@ -2,13 +2,13 @@
 
 use burn::prelude::*;
 use genir_data::QuerySet;
+use genir_data::Table;
 use genir_model::hooks::{
     Activation, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention, Selection, Site,
     Stack,
 };
 use genir_model::t5::Seq2SeqInput;
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use crate::common::{col, host};
 use crate::error::{InterpError, Result};
@@ -238,7 +238,7 @@ pub fn ablation_study(
     ablations: &[Ablation],
     reference: Option<&[String]>,
     cfg: &AblationConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     if set.queries.is_empty() {
         return Err(InterpError::Input("no queries to evaluate".into()));
     }
@@ -288,46 +288,42 @@ pub fn ablation_study(
         let names: Vec<String> = a.points.iter().map(|p| p.to_string()).collect();
         rows.push((a.label.clone(), a.mode.name(), names.join(","), ev));
     }
-    let n = rows.len();
-    Ok(DataFrame::new(
-        n,
-        vec![
-            col(
-                "label",
-                rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
-            ),
-            col(
-                "mode",
-                rows.iter().map(|r| r.1.to_string()).collect::<Vec<_>>(),
-            ),
-            col(
-                "points",
-                rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
-            ),
-            col(
-                "queries",
-                rows.iter()
-                    .map(|r| r.3.per_query.len() as i64)
-                    .collect::<Vec<_>>(),
-            ),
-            col(
-                "hits_at_1",
-                rows.iter().map(|r| r.3.hits_at_1).collect::<Vec<_>>(),
-            ),
-            col(
-                "hits_at_10",
-                rows.iter().map(|r| r.3.hits_at_10).collect::<Vec<_>>(),
-            ),
-            col(
-                "mrr_at_10",
-                rows.iter().map(|r| r.3.mrr_at_10).collect::<Vec<_>>(),
-            ),
-            col(
-                "delta_hits_at_1",
-                rows.iter()
-                    .map(|r| r.3.hits_at_1 - base.hits_at_1)
-                    .collect::<Vec<_>>(),
-            ),
-        ],
-    )?)
+    Ok(Table::new(vec![
+        col(
+            "label",
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        ),
+        col(
+            "mode",
+            rows.iter().map(|r| r.1.to_string()).collect::<Vec<_>>(),
+        ),
+        col(
+            "points",
+            rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>(),
+        ),
+        col(
+            "queries",
+            rows.iter()
+                .map(|r| r.3.per_query.len() as i64)
+                .collect::<Vec<_>>(),
+        ),
+        col(
+            "hits_at_1",
+            rows.iter().map(|r| r.3.hits_at_1).collect::<Vec<_>>(),
+        ),
+        col(
+            "hits_at_10",
+            rows.iter().map(|r| r.3.hits_at_10).collect::<Vec<_>>(),
+        ),
+        col(
+            "mrr_at_10",
+            rows.iter().map(|r| r.3.mrr_at_10).collect::<Vec<_>>(),
+        ),
+        col(
+            "delta_hits_at_1",
+            rows.iter()
+                .map(|r| r.3.hits_at_1 - base.hits_at_1)
+                .collect::<Vec<_>>(),
+        ),
+    ])?)
 }

@@ -14,15 +14,15 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use burn::prelude::*;
+use genir_data::Table;
 use genir_model::hooks::{Activation, HookPoint, Hooks, Intervention, Selection, Stack};
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use crate::common::{col, f64_col, host, i64_col, str_col};
 use crate::error::{InterpError, Result};
 use crate::patching::{
-    decoder_variants, prepare_pair, PatchConfig, PatchMetric, PatchPair, PatchTarget, PreparedPair,
-    Row, Table, Variant,
+    decoder_variants, prepare_pair, PatchConfig, PatchMetric, PatchPair, PatchRows, PatchTarget,
+    PreparedPair, Row, Variant,
 };
 
 /// Sum of per-element gradient-times-difference products over the selected slice of one activation (batch
@@ -99,7 +99,7 @@ pub fn attribution_patching(
     gm: &GenirModel,
     pairs: &[PatchPair],
     cfg: &PatchConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     if pairs.is_empty() {
         return Err(InterpError::Input("no query pairs to patch".into()));
     }
@@ -112,7 +112,7 @@ pub fn attribution_patching(
     let searcher = gm.searcher()?;
     let layers = model.decoder.blocks.len();
     let heads = model.config.num_heads;
-    let mut table = Table::default();
+    let mut table = PatchRows::default();
     for pair in pairs {
         let PreparedPair {
             run,
@@ -220,9 +220,9 @@ pub fn attribution_patching(
 /// on `qid, target, layer, component, head, position`; per target (and `all`), the number of matched rows
 /// `n`, the Pearson correlation of their `value`s and the mean absolute difference. Rows with a NaN value
 /// (pairs whose clean and corrupted metrics are equal) are left out.
-pub fn agreement(exact: &DataFrame, attribution: &DataFrame) -> Result<DataFrame> {
+pub fn agreement(exact: &Table, attribution: &Table) -> Result<Table> {
     type Key = (String, String, i64, String, i64, i64);
-    fn rows(df: &DataFrame) -> Result<Vec<(Key, f64)>> {
+    fn rows(df: &Table) -> Result<Vec<(Key, f64)>> {
         let (qid, target, component) = (
             str_col(df, "qid")?,
             str_col(df, "target")?,
@@ -270,15 +270,12 @@ pub fn agreement(exact: &DataFrame, attribution: &DataFrame) -> Result<DataFrame
         mad.push(v.iter().map(|(e, a)| (e - a).abs()).sum::<f64>() / v.len() as f64);
         target.push(t);
     }
-    Ok(DataFrame::new(
-        target.len(),
-        vec![
-            col("target", target),
-            col("n", n),
-            col("pearson", r),
-            col("mean_abs_diff", mad),
-        ],
-    )?)
+    Ok(Table::new(vec![
+        col("target", target),
+        col("n", n),
+        col("pearson", r),
+        col("mean_abs_diff", mad),
+    ])?)
 }
 
 /// Pearson correlation of pairs (NaN with fewer than two pairs or no variance).

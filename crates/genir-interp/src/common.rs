@@ -1,14 +1,13 @@
 //! Shared pieces: probes (a query and its document), the lens (final norm + scale + head), ranks, tables.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use genir_data::QuerySet;
+use genir_data::{Column, Table};
 use genir_model::hooks::{HookFilter, HookPoint, Hooks};
 use genir_model::t5::{Seq2SeqInput, T5Model};
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use crate::error::{InterpError, Result};
 
@@ -265,88 +264,36 @@ pub(crate) fn prob(row: &[f32], target: usize) -> f64 {
     (row[target] as f64 - max).exp() / z
 }
 
-/// Writes a table as `{stem}.parquet` and `{stem}.csv` (creating the folder); returns both paths.
-pub fn write_table(df: &mut DataFrame, stem: &Path) -> Result<(PathBuf, PathBuf)> {
+/// Writes a table as `{stem}.parquet` and `{stem}.csv` (creating the folder; each file atomically); returns both
+/// paths.
+pub fn write_table(df: &Table, stem: &Path) -> Result<(PathBuf, PathBuf)> {
     let parquet = stem.with_extension("parquet");
     let csv = stem.with_extension("csv");
-    genir_data::formats::parquet::write_frame(&parquet, df)?;
-    write_csv(df, &csv)?;
+    df.write_parquet(&parquet)?;
+    df.write_csv(&csv)?;
     tracing::info!(parquet = %parquet.display(), csv = %csv.display(), rows = df.height(), "wrote table");
     Ok((parquet, csv))
 }
 
-/// Writes a table as CSV (RFC 4180 quoting; nulls as empty fields).
-pub fn write_csv(df: &DataFrame, path: &Path) -> Result<()> {
-    let io = |source| InterpError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    let cols = df.columns();
-    let header: Vec<String> = cols.iter().map(|c| quote(c.name().as_str())).collect();
-    writeln!(out, "{}", header.join(",")).map_err(io)?;
-    for i in 0..df.height() {
-        let mut fields = Vec::with_capacity(cols.len());
-        for c in cols {
-            fields.push(match c.get(i)? {
-                AnyValue::Null => String::new(),
-                AnyValue::String(s) => quote(s),
-                AnyValue::StringOwned(s) => quote(s.as_str()),
-                AnyValue::Float64(v) => fmt_f64(v),
-                AnyValue::Float32(v) => fmt_f64(f64::from(v)),
-                v => quote(&v.to_string()),
-            });
-        }
-        writeln!(out, "{}", fields.join(",")).map_err(io)?;
-    }
-    out.flush().map_err(io)
-}
-
-fn fmt_f64(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else {
-        format!("{v}")
-    }
-}
-
-fn quote(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// A column of a table as f64 values (nulls as NaN), or an error naming it.
-pub(crate) fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
-    let c = df.column(name)?.cast(&DataType::Float64)?;
-    Ok(c.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+pub(crate) fn f64_col(df: &Table, name: &str) -> Result<Vec<f64>> {
+    Ok(df.f64s(name)?)
 }
 
 /// A column of a table as strings (nulls as empty).
-pub(crate) fn str_col(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-    let c = df.column(name)?.cast(&DataType::String)?;
-    Ok(c.str()?
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect())
+pub(crate) fn str_col(df: &Table, name: &str) -> Result<Vec<String>> {
+    Ok(df.strs(name)?)
 }
 
 /// A column of a table as integers (nulls as -1).
-pub(crate) fn i64_col(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
-    let c = df.column(name)?.cast(&DataType::Int64)?;
-    Ok(c.i64()?.iter().map(|v| v.unwrap_or(-1)).collect())
+pub(crate) fn i64_col(df: &Table, name: &str) -> Result<Vec<i64>> {
+    Ok(df.i64s(name)?)
 }
 
 /// Builds a column from values.
-pub(crate) fn col<T, P>(name: &str, values: Vec<T>) -> Column
+pub(crate) fn col<T>(name: &str, values: Vec<T>) -> Column
 where
-    Series: NamedFrom<Vec<T>, P>,
-    P: ?Sized,
+    Vec<T>: Into<genir_data::Values>,
 {
-    Column::new(name.into(), values)
+    Column::new(name, values)
 }

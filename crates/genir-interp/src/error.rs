@@ -14,12 +14,9 @@ pub enum InterpError {
     /// Training, search or evaluation code failed.
     #[error(transparent)]
     Train(#[from] TrainError),
-    /// The data layer failed (writing a Parquet table).
+    /// The data layer failed (building, reading or writing a table).
     #[error(transparent)]
     Data(#[from] genir_data::Error),
-    /// Building a table failed.
-    #[error("table: {0}")]
-    Polars(#[from] polars::error::PolarsError),
     /// A file could not be written.
     #[error("{path}: {source}")]
     Io {

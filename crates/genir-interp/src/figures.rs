@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use genir_data::Table;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use polars::prelude::DataFrame;
 
 use crate::common::{f64_col, i64_col, str_col};
 use crate::error::{InterpError, Result};
@@ -338,7 +338,7 @@ fn render(
 /// Line plot of the logit lens table ([`crate::lens::logit_lens`]): mean rank of the correct docid token per
 /// layer for each component (x = 0 is the decoder input, x = l + 1 is inside / after layer l), and the mean
 /// rank of all docid and non-docid tokens in the residual stream; log scale.
-pub fn logit_lens_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn logit_lens_figure(df: &Table, path: &Path) -> Result<()> {
     let layer = i64_col(df, "layer")?;
     let comp = str_col(df, "component")?;
     let rank = f64_col(df, "rank")?;
@@ -393,7 +393,7 @@ pub fn logit_lens_figure(df: &DataFrame, path: &Path) -> Result<()> {
 
 /// Line plots of the component contributions table ([`crate::lens::component_contributions`]): per layer,
 /// each component's norm relative to the residual change, and its cosine similarity with the layer output.
-pub fn contribution_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn contribution_figure(df: &Table, path: &Path) -> Result<()> {
     let layer = i64_col(df, "layer")?;
     let comp = str_col(df, "component")?;
     let keys: Vec<(String, i64)> = comp.iter().cloned().zip(layer.iter().copied()).collect();
@@ -432,7 +432,7 @@ pub fn contribution_figure(df: &DataFrame, path: &Path) -> Result<()> {
 /// Heatmaps of the patching table ([`crate::patching::activation_patching`]), mean normalised value over
 /// pairs: layer x component, layer x head (self- and cross-attention), encoder position, and layer x
 /// decoder position, one panel for each target present.
-pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn patching_figure(df: &Table, path: &Path) -> Result<()> {
     let target = str_col(df, "target")?;
     let layer = i64_col(df, "layer")?;
     let comp = str_col(df, "component")?;
@@ -493,7 +493,7 @@ pub fn patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
 
 /// Heatmap of a path-patching table ([`crate::stages::path_patching`]): the mean normalised effect of each
 /// sender (columns) on each receiver (rows).
-pub fn path_patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn path_patching_figure(df: &Table, path: &Path) -> Result<()> {
     let short = |s: &str| {
         s.trim_start_matches("decoder.blocks.")
             .replace(".hook_", " ")
@@ -530,7 +530,7 @@ pub fn path_patching_figure(df: &DataFrame, path: &Path) -> Result<()> {
 /// Line plot of a stage-evidence table ([`crate::stages::derive_stages`]): per decoder layer, the lens's
 /// reciprocal rank of the correct docid and the patching effect of each component, with the stage of each
 /// layer in the legend.
-pub fn stages_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn stages_figure(df: &Table, path: &Path) -> Result<()> {
     let layer = i64_col(df, "layer")?;
     let stage = str_col(df, "stage")?;
     let mut bounds = String::new();
@@ -569,7 +569,7 @@ pub fn stages_figure(df: &DataFrame, path: &Path) -> Result<()> {
 
 /// Bar chart of an encoder-swap table ([`crate::swap::SwapEvaluation::to_frame`], several concatenated):
 /// Hits@1 and Hits@10 per label and subset.
-pub fn swap_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn swap_figure(df: &Table, path: &Path) -> Result<()> {
     let label = str_col(df, "label")?;
     let subset = str_col(df, "subset")?;
     let names: Vec<String> = label
@@ -587,7 +587,7 @@ pub fn swap_figure(df: &DataFrame, path: &Path) -> Result<()> {
 }
 
 /// Bar chart of an ablation table ([`crate::ablation::ablation_study`]): Hits@1 and Hits@10 per ablation.
-pub fn ablation_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn ablation_figure(df: &Table, path: &Path) -> Result<()> {
     let label = str_col(df, "label")?;
     let mode = str_col(df, "mode")?;
     let names: Vec<String> = label
@@ -612,7 +612,7 @@ pub fn ablation_figure(df: &DataFrame, path: &Path) -> Result<()> {
 
 /// Heatmap of the head projection table ([`crate::heads::head_vocab_projection`]): per layer and head, the
 /// mean rank of the correct docid token among docid tokens in the head's projection (darker = better).
-pub fn head_projection_figure(df: &DataFrame, path: &Path) -> Result<()> {
+pub fn head_projection_figure(df: &Table, path: &Path) -> Result<()> {
     let part = str_col(df, "part")?;
     let layer = i64_col(df, "layer")?;
     let head = i64_col(df, "head")?;
@@ -676,10 +676,10 @@ pub fn head_projection_figure(df: &DataFrame, path: &Path) -> Result<()> {
 /// Writes an analysis's table (`{stem}.parquet`, `{stem}.csv`) and figure (`{stem}.svg`, `{stem}.png`) into
 /// `dir`; returns the four paths in that order.
 pub fn write_analysis(
-    df: &mut DataFrame,
+    df: &Table,
     dir: &Path,
     stem: &str,
-    figure: fn(&DataFrame, &Path) -> Result<()>,
+    figure: fn(&Table, &Path) -> Result<()>,
 ) -> Result<[std::path::PathBuf; 4]> {
     let (parquet, csv) = crate::common::write_table(df, &dir.join(stem))?;
     let svg = dir.join(format!("{stem}.svg"));

@@ -3,10 +3,10 @@
 //! LM head.
 
 use burn::prelude::*;
+use genir_data::Table;
 use genir_model::hooks::{AttnKind, AttnSite, HookFilter, HookPoint, Stack};
 use genir_model::t5::T5Model;
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use crate::common::{col, docid_block, first_step, host, lens_logits, prepare, Probe};
 use crate::error::{InterpError, Result};
@@ -73,7 +73,7 @@ pub fn head_vocab_projection(
     gm: &GenirModel,
     probes: &[Probe],
     cfg: &HeadProjectionConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let layers = gm.model.decoder.blocks.len();
     let points: Vec<HookPoint> = (0..layers)
@@ -139,19 +139,15 @@ pub fn head_vocab_projection(
             }
         }
     }
-    let n = t.0.len();
-    Ok(DataFrame::new(
-        n,
-        vec![
-            col("qid", t.0),
-            col("docid", t.1),
-            col("layer", t.2),
-            col("head", t.3),
-            col("part", t.4),
-            col("rank", t.5),
-            col("token_id", t.6),
-            col("token", t.7),
-            col("score", t.8),
-        ],
-    )?)
+    Ok(Table::new(vec![
+        col("qid", t.0),
+        col("docid", t.1),
+        col("layer", t.2),
+        col("head", t.3),
+        col("part", t.4),
+        col("rank", t.5),
+        col("token_id", t.6),
+        col("token", t.7),
+        col("score", t.8),
+    ])?)
 }

@@ -6,9 +6,9 @@
 //! the first `k` tokens of the correct docid and reads the prediction of token `k`.
 
 use burn::prelude::*;
+use genir_data::{Column, Table};
 use genir_model::hooks::{HookFilter, HookPoint, Site, Stack};
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use crate::common::{
     cached3_at, col, docid_block, first_step, host, lens_logits, prepare, prob, row_ranks,
@@ -98,8 +98,7 @@ impl RankRows {
     }
 
     /// These columns followed by `extra` (of the same height).
-    fn frame(self, extra: Vec<Column>) -> PolarsResult<DataFrame> {
-        let h = self.qid.len();
+    fn frame(self, extra: Vec<Column>) -> genir_data::Result<Table> {
         let mut cols = vec![
             col("qid", self.qid),
             col("docid", self.docid),
@@ -111,7 +110,7 @@ impl RankRows {
             col("mean_rank_non_docids", self.mean_n),
         ];
         cols.extend(extra);
-        DataFrame::new(h, cols)
+        Table::new(cols)
     }
 }
 
@@ -122,7 +121,7 @@ impl RankRows {
 /// One row per query x layer x component: `qid, docid, layer, component, rank` (1 = top, among the whole
 /// vocabulary), `rank_in_docids` (among docid tokens), `mean_rank_docids`, `mean_rank_non_docids`, `logit`,
 /// `prob` (of the correct docid token).
-pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<DataFrame> {
+pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let layers = gm.model.decoder.blocks.len();
     let points = lens_points(layers);
@@ -166,7 +165,7 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
 /// One row per query x layer x component: `qid, docid, layer, component, rank` (mean-pooled; 1 = top of
 /// the vocabulary), `rank_in_docids`, `mean_rank_docids`, `mean_rank_non_docids` (mean-pooled), `best_rank`
 /// (best over positions) and `best_position`.
-pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<DataFrame> {
+pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let model = &gm.model;
     let device = model.shared.val().device();
@@ -267,7 +266,7 @@ pub fn component_contributions(
     gm: &GenirModel,
     probes: &[Probe],
     cfg: &LensConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let layers = gm.model.decoder.blocks.len();
     let sites = [
@@ -345,18 +344,14 @@ pub fn component_contributions(
             }
         }
     }
-    let h = qid.len();
-    Ok(DataFrame::new(
-        h,
-        vec![
-            col("qid", qid),
-            col("layer", layer),
-            col("component", comp),
-            col("norm", nrm),
-            col("ratio_to_delta", ratio),
-            col("share", share),
-            col("cos_resid_post", cos),
-            col("decomposition_error", err),
-        ],
-    )?)
+    Ok(Table::new(vec![
+        col("qid", qid),
+        col("layer", layer),
+        col("component", comp),
+        col("norm", nrm),
+        col("ratio_to_delta", ratio),
+        col("share", share),
+        col("cos_resid_post", cos),
+        col("decomposition_error", err),
+    ])?)
 }

@@ -14,7 +14,7 @@
 //! - [`heads`]: vocabulary projection of each attention head's output.
 //! - [`figures`]: SVG figures of the tables.
 //!
-//! Every analysis returns a polars `DataFrame`; [`write_table`] writes it as Parquet and CSV.
+//! Every analysis returns a [`genir_data::Table`]; [`write_table`] writes it as Parquet and CSV.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -29,13 +29,13 @@
 //! let probes = Probe::from_query_set(wiki.split("test").expect("test split"));
 //! let out = Path::new("out/interp");
 //!
-//! let mut df = lens::logit_lens(&gm, &probes, &lens::LensConfig::default())?;
-//! write_table(&mut df, &out.join("logit_lens"))?;
+//! let df = lens::logit_lens(&gm, &probes, &lens::LensConfig::default())?;
+//! write_table(&df, &out.join("logit_lens"))?;
 //! figures::logit_lens_figure(&df, &out.join("logit_lens.svg"))?;
 //!
 //! let pairs = patching::make_pairs(&probes[..20], &patching::Corruption::OtherQuery { seed: 0 })?;
-//! let mut df = patching::activation_patching(&gm, &pairs, &patching::PatchConfig::default())?;
-//! write_table(&mut df, &out.join("patching"))?;
+//! let df = patching::activation_patching(&gm, &pairs, &patching::PatchConfig::default())?;
+//! write_table(&df, &out.join("patching"))?;
 //! figures::patching_figure(&df, &out.join("patching.svg"))?;
 //! # Ok(()) }
 //! ```
@@ -52,9 +52,7 @@ pub mod png;
 pub mod stages;
 pub mod swap;
 
-pub use common::{
-    correctly_retrieved, correctly_retrieved_in, lens_logits, write_csv, write_table, Probe,
-};
+pub use common::{correctly_retrieved, correctly_retrieved_in, lens_logits, write_table, Probe};
 pub use error::{InterpError, Result};
 
 /// The README's example, compiled as a doctest.

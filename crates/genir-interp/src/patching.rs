@@ -10,13 +10,13 @@
 //! so 0 is the corrupted run and 1 the clean run.
 
 use burn::prelude::*;
+use genir_data::Table;
 use genir_model::hooks::{
     Activation, ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention,
     Selection, Site, Stack,
 };
 use genir_model::t5::{pad_batch, KvPair};
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -926,7 +926,7 @@ pub(crate) fn prepare_pair<'m>(
 
 /// Columns of the patching table being built.
 #[derive(Default)]
-pub(crate) struct Table {
+pub(crate) struct PatchRows {
     qid: Vec<String>,
     clean_docid: Vec<String>,
     corrupt_docid: Vec<String>,
@@ -942,7 +942,7 @@ pub(crate) struct Table {
     value: Vec<f64>,
 }
 
-impl Table {
+impl PatchRows {
     /// Adds one row; `value` is normalised by the clean and corrupted metrics (NaN when they are equal).
     pub(crate) fn push(
         &mut self,
@@ -973,26 +973,22 @@ impl Table {
         });
     }
 
-    pub(crate) fn into_frame(self) -> Result<DataFrame> {
-        let h = self.qid.len();
-        Ok(DataFrame::new(
-            h,
-            vec![
-                col("qid", self.qid),
-                col("clean_docid", self.clean_docid),
-                col("corrupt_docid", self.corrupt_docid),
-                col("target", self.target),
-                col("layer", self.layer),
-                col("component", self.component),
-                col("head", self.head),
-                col("position", self.position),
-                col("metric", self.metric),
-                col("raw", self.raw),
-                col("clean", self.clean),
-                col("corrupt", self.corrupt),
-                col("value", self.value),
-            ],
-        )?)
+    pub(crate) fn into_frame(self) -> Result<Table> {
+        Ok(Table::new(vec![
+            col("qid", self.qid),
+            col("clean_docid", self.clean_docid),
+            col("corrupt_docid", self.corrupt_docid),
+            col("target", self.target),
+            col("layer", self.layer),
+            col("component", self.component),
+            col("head", self.head),
+            col("position", self.position),
+            col("metric", self.metric),
+            col("raw", self.raw),
+            col("clean", self.clean),
+            col("corrupt", self.corrupt),
+            col("value", self.value),
+        ])?)
     }
 }
 
@@ -1007,7 +1003,7 @@ pub fn activation_patching(
     gm: &GenirModel,
     pairs: &[PatchPair],
     cfg: &PatchConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     if pairs.is_empty() {
         return Err(InterpError::Input("no query pairs to patch".into()));
     }
@@ -1015,7 +1011,7 @@ pub fn activation_patching(
     let searcher = gm.searcher()?;
     let layers = model.decoder.blocks.len();
     let heads = model.config.num_heads;
-    let mut table = Table::default();
+    let mut table = PatchRows::default();
     for pair in pairs {
         let PreparedPair {
             run,

@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
+use genir_data::Table;
 use genir_model::hooks::{
     Activation, ActivationCache, HookFilter, HookPoint, Hooks, Intervention, Selection, Site, Stack,
 };
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use crate::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use crate::common::Probe;
@@ -177,10 +177,10 @@ fn layer_means(layer: &[i64], keep: impl Fn(usize) -> bool, value: &[f64]) -> BT
 /// `1 / rank_in_docids` at `resid_post`), `self_attn_patch`, `cross_attn_patch`, `mlp_patch` (mean
 /// normalised patching effect of each component output).
 pub fn derive_stages(
-    lens: &DataFrame,
-    patching: &DataFrame,
+    lens: &Table,
+    patching: &Table,
     cfg: &StageConfig,
-) -> Result<(StageSplit, DataFrame)> {
+) -> Result<(StageSplit, Table)> {
     let (l_layer, l_comp) = (i64_col(lens, "layer")?, str_col(lens, "component")?);
     let rr: Vec<f64> = i64_col(lens, "rank_in_docids")?
         .iter()
@@ -227,34 +227,31 @@ pub fn derive_stages(
         .unwrap_or(interaction_start);
     let split = StageSplit::new(layers, bridging_start, interaction_start)?;
     let get = |m: &BTreeMap<i64, f64>, l: usize| m.get(&(l as i64)).copied().unwrap_or(f64::NAN);
-    let df = DataFrame::new(
-        layers,
-        vec![
-            col("layer", (0..layers as i64).collect::<Vec<_>>()),
-            col(
-                "stage",
-                (0..layers)
-                    .map(|l| split.stage(l).name().to_string())
-                    .collect::<Vec<_>>(),
-            ),
-            col(
-                "lens_reciprocal_rank",
-                (0..layers).map(|l| get(&lens_rr, l)).collect::<Vec<_>>(),
-            ),
-            col(
-                "self_attn_patch",
-                (0..layers).map(|l| get(&sa, l)).collect::<Vec<_>>(),
-            ),
-            col(
-                "cross_attn_patch",
-                (0..layers).map(|l| get(&ca, l)).collect::<Vec<_>>(),
-            ),
-            col(
-                "mlp_patch",
-                (0..layers).map(|l| get(&mlp, l)).collect::<Vec<_>>(),
-            ),
-        ],
-    )?;
+    let df = Table::new(vec![
+        col("layer", (0..layers as i64).collect::<Vec<_>>()),
+        col(
+            "stage",
+            (0..layers)
+                .map(|l| split.stage(l).name().to_string())
+                .collect::<Vec<_>>(),
+        ),
+        col(
+            "lens_reciprocal_rank",
+            (0..layers).map(|l| get(&lens_rr, l)).collect::<Vec<_>>(),
+        ),
+        col(
+            "self_attn_patch",
+            (0..layers).map(|l| get(&sa, l)).collect::<Vec<_>>(),
+        ),
+        col(
+            "cross_attn_patch",
+            (0..layers).map(|l| get(&ca, l)).collect::<Vec<_>>(),
+        ),
+        col(
+            "mlp_patch",
+            (0..layers).map(|l| get(&mlp, l)).collect::<Vec<_>>(),
+        ),
+    ])?;
     Ok((split, df))
 }
 
@@ -406,7 +403,7 @@ pub fn path_patching(
     senders: &[HookPoint],
     receivers: &[HookPoint],
     cfg: &PatchConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     if pairs.is_empty() {
         return Err(InterpError::Input("no query pairs to patch".into()));
     }
@@ -450,20 +447,17 @@ pub fn path_patching(
             });
         }
     }
-    Ok(DataFrame::new(
-        qid.len(),
-        vec![
-            col("qid", qid),
-            col("sender", snd),
-            col("receiver", rcv),
-            col("sender_layer", sl),
-            col("receiver_layer", rl),
-            col("raw", raw),
-            col("clean", clean),
-            col("corrupt", corrupt),
-            col("value", value),
-        ],
-    )?)
+    Ok(Table::new(vec![
+        col("qid", qid),
+        col("sender", snd),
+        col("receiver", rcv),
+        col("sender_layer", sl),
+        col("receiver_layer", rl),
+        col("raw", raw),
+        col("clean", clean),
+        col("corrupt", corrupt),
+        col("value", value),
+    ])?)
 }
 
 /// Everything [`stage_analysis`] finds.
@@ -471,13 +465,13 @@ pub struct StageAnalysis {
     /// The derived split.
     pub split: StageSplit,
     /// Per-layer evidence ([`derive_stages`]).
-    pub evidence: DataFrame,
+    pub evidence: Table,
     /// Path patching from every decoder component into the cross-attention of the bridging and interaction
     /// layers and the MLPs of the interaction layers ([`path_patching`]).
-    pub paths: DataFrame,
+    pub paths: Table,
     /// Hits@1 / Hits@10 of the full model and of its minimal circuit on the split
     /// ([`StageSplit::minimal_circuit`], [`ablation_study`]).
-    pub circuit: DataFrame,
+    pub circuit: Table,
 }
 
 /// The stage analysis end to end: logit lens over `probes`, component patching of `pairs`, the split derived

@@ -2,6 +2,7 @@
 //! component ablation measured by retrieval quality.
 
 use burn::prelude::*;
+use genir_data::Table;
 use genir_data::{Queries, QuerySet, Run, RunEntry};
 use genir_model::hooks::Hooks;
 use genir_model::t5::{pad_batch, T5Model};
@@ -9,7 +10,6 @@ use genir_train::bundle::GenirModel;
 use genir_train::docid::DocidScheme;
 use genir_train::metrics::{evaluate, Evaluation};
 use genir_train::search::{Hit, Searcher};
-use polars::prelude::*;
 
 use crate::common::{col, host};
 use crate::error::{InterpError, Result};
@@ -213,41 +213,38 @@ pub struct SwapEvaluation {
 
 impl SwapEvaluation {
     /// One row per subset (`all`, `unseen`): `label, subset, queries, hits_at_1, hits_at_10, mrr_at_10`.
-    pub fn to_frame(&self, label: &str) -> Result<DataFrame> {
+    pub fn to_frame(&self, label: &str) -> Result<Table> {
         let mut rows = vec![("all", &self.all)];
         if let Some(u) = &self.unseen {
             rows.push(("unseen", u));
         }
-        Ok(DataFrame::new(
-            rows.len(),
-            vec![
-                col(
-                    "label",
-                    rows.iter().map(|_| label.to_string()).collect::<Vec<_>>(),
-                ),
-                col(
-                    "subset",
-                    rows.iter().map(|r| r.0.to_string()).collect::<Vec<_>>(),
-                ),
-                col(
-                    "queries",
-                    rows.iter()
-                        .map(|r| r.1.per_query.len() as i64)
-                        .collect::<Vec<_>>(),
-                ),
-                col(
-                    "hits_at_1",
-                    rows.iter().map(|r| r.1.hits_at_1).collect::<Vec<_>>(),
-                ),
-                col(
-                    "hits_at_10",
-                    rows.iter().map(|r| r.1.hits_at_10).collect::<Vec<_>>(),
-                ),
-                col(
-                    "mrr_at_10",
-                    rows.iter().map(|r| r.1.mrr_at_10).collect::<Vec<_>>(),
-                ),
-            ],
-        )?)
+        Ok(Table::new(vec![
+            col(
+                "label",
+                rows.iter().map(|_| label.to_string()).collect::<Vec<_>>(),
+            ),
+            col(
+                "subset",
+                rows.iter().map(|r| r.0.to_string()).collect::<Vec<_>>(),
+            ),
+            col(
+                "queries",
+                rows.iter()
+                    .map(|r| r.1.per_query.len() as i64)
+                    .collect::<Vec<_>>(),
+            ),
+            col(
+                "hits_at_1",
+                rows.iter().map(|r| r.1.hits_at_1).collect::<Vec<_>>(),
+            ),
+            col(
+                "hits_at_10",
+                rows.iter().map(|r| r.1.hits_at_10).collect::<Vec<_>>(),
+            ),
+            col(
+                "mrr_at_10",
+                rows.iter().map(|r| r.1.mrr_at_10).collect::<Vec<_>>(),
+            ),
+        ])?)
     }
 }

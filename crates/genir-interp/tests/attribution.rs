@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use genir_data::{Column, Table};
 use genir_interp::attribution::{agreement, attribution_patching};
 use genir_interp::lens::{logit_lens, LensConfig};
 use genir_interp::patching::{
@@ -22,31 +23,19 @@ use genir_model::hooks::{
 };
 use genir_model::t5::Seq2SeqInput;
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use common::*;
 
-fn col_f64(df: &DataFrame, name: &str) -> Vec<f64> {
-    let c = df.column(name).unwrap().cast(&DataType::Float64).unwrap();
-    c.f64()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or(f64::NAN))
-        .collect()
+fn col_f64(df: &Table, name: &str) -> Vec<f64> {
+    df.f64s(name).unwrap()
 }
 
-fn col_i64(df: &DataFrame, name: &str) -> Vec<i64> {
-    let c = df.column(name).unwrap();
-    c.i64().unwrap().iter().map(|v| v.unwrap_or(-1)).collect()
+fn col_i64(df: &Table, name: &str) -> Vec<i64> {
+    df.i64s(name).unwrap()
 }
 
-fn col_str(df: &DataFrame, name: &str) -> Vec<String> {
-    let c = df.column(name).unwrap();
-    c.str()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect()
+fn col_str(df: &Table, name: &str) -> Vec<String> {
+    df.strs(name).unwrap()
 }
 
 /// The hook point and selection of a table row (what the naive loop must patch).
@@ -439,9 +428,8 @@ fn path_patching_equals_two_naive_runs_per_edge() {
     assert!(path_patching(&gm, &[], &first, &last, &cfg).is_err());
 }
 
-fn frame(columns: Vec<Column>) -> DataFrame {
-    let h = columns[0].len();
-    DataFrame::new(h, columns).unwrap()
+fn frame(columns: Vec<Column>) -> Table {
+    Table::new(columns).unwrap()
 }
 
 #[test]
@@ -471,15 +459,15 @@ fn stages_are_derived_from_the_lens_and_patching_tables() {
         }
     }
     let lens = frame(vec![
-        Column::new("layer".into(), lens.0),
-        Column::new("component".into(), lens.1),
-        Column::new("rank_in_docids".into(), lens.2),
+        Column::new("layer", lens.0),
+        Column::new("component", lens.1),
+        Column::new("rank_in_docids", lens.2),
     ]);
     let patching = frame(vec![
-        Column::new("layer".into(), patch.0),
-        Column::new("target".into(), patch.1),
-        Column::new("component".into(), patch.2),
-        Column::new("value".into(), patch.3),
+        Column::new("layer", patch.0),
+        Column::new("target", patch.1),
+        Column::new("component", patch.2),
+        Column::new("value", patch.3),
     ]);
     let (split, evidence) = derive_stages(&lens, &patching, &StageConfig::default()).unwrap();
     // interaction: first reciprocal rank >= 0.5 (layer 4); bridging: first cross-attention >= 0.25 x 0.8
@@ -507,10 +495,10 @@ fn stages_are_derived_from_the_lens_and_patching_tables() {
     assert!(StageSplit::new(4, 1, 5).is_err());
     // the patching table must have components
     let empty = frame(vec![
-        Column::new("layer".into(), vec![0i64]),
-        Column::new("target".into(), vec!["heads".to_string()]),
-        Column::new("component".into(), vec!["self_attn".to_string()]),
-        Column::new("value".into(), vec![0.5f64]),
+        Column::new("layer", vec![0i64]),
+        Column::new("target", vec!["heads".to_string()]),
+        Column::new("component", vec!["self_attn".to_string()]),
+        Column::new("value", vec![0.5f64]),
     ]);
     assert!(derive_stages(&lens, &empty, &StageConfig::default()).is_err());
 

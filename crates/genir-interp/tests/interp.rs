@@ -3,6 +3,7 @@
 mod common;
 
 use burn::prelude::*;
+use genir_data::Table;
 use genir_data::{Queries, QuerySet};
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
 use genir_interp::figures;
@@ -18,7 +19,6 @@ use genir_model::hooks::{AttnKind, AttnSite, HookFilter, HookPoint, Site, Stack}
 use genir_model::t5::Seq2SeqInput;
 use genir_model::ModelError;
 use genir_train::bundle::GenirModel;
-use polars::prelude::*;
 
 use common::*;
 
@@ -28,36 +28,18 @@ fn probes() -> Vec<Probe> {
     Probe::from_query_set(&train_set())
 }
 
-fn f64s(df: &DataFrame, name: &str) -> Vec<f64> {
-    df.column(name)
-        .unwrap()
-        .cast(&DataType::Float64)
-        .unwrap()
-        .f64()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or(f64::NAN))
-        .collect()
+fn f64s(df: &Table, name: &str) -> Vec<f64> {
+    df.f64s(name).unwrap()
 }
 
-fn strs(df: &DataFrame, name: &str) -> Vec<String> {
-    df.column(name)
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect()
+fn strs(df: &Table, name: &str) -> Vec<String> {
+    df.strs(name).unwrap()
 }
 
-fn i64s(df: &DataFrame, name: &str) -> Vec<i64> {
-    df.column(name)
-        .unwrap()
-        .i64()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or(-99))
-        .collect()
+fn i64s(df: &Table, name: &str) -> Vec<i64> {
+    let c = df.column(name).unwrap();
+    assert_eq!(c.null_count(), 0, "column {name} has nulls");
+    c.i64s().unwrap()
 }
 
 #[test]
@@ -843,8 +825,8 @@ fn tables_and_figures_are_written() {
     let gm = atomic();
     let dir = tempfile::tempdir().unwrap();
     let p = &probes()[..3];
-    let mut lens = logit_lens(&gm, p, &LensConfig::default()).unwrap();
-    let (pq, csv) = write_table(&mut lens, &dir.path().join("lens")).unwrap();
+    let lens = logit_lens(&gm, p, &LensConfig::default()).unwrap();
+    let (pq, csv) = write_table(&lens, &dir.path().join("lens")).unwrap();
     assert!(pq.exists());
     let text = std::fs::read_to_string(&csv).unwrap();
     assert!(
@@ -852,8 +834,8 @@ fn tables_and_figures_are_written() {
         "{text}"
     );
     assert_eq!(text.lines().count(), lens.height() + 1);
-    let back = genir_data::formats::parquet::read_frame(&pq).unwrap();
-    assert_eq!(back.height(), lens.height());
+    let back = Table::read_parquet(&pq).unwrap();
+    assert_eq!(back, lens, "the table round-trips through Parquet");
     let contrib = component_contributions(&gm, p, &LensConfig::default()).unwrap();
     let pairs = make_pairs(p, &Corruption::OtherQuery { seed: 1 }).unwrap();
     let patch = activation_patching(&gm, &pairs, &PatchConfig::default()).unwrap();

@@ -1,8 +1,8 @@
 //! Attention patterns (`encoder.blocks.{l}.self_attn.hook_pattern`) of the original and perturbed inputs, as a
 //! long table.
 
+use genir_data::{Column, Table};
 use genir_model::hooks::{AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Stack};
-use polars::prelude::*;
 
 use crate::error::{MechirError, Result};
 use crate::pairs::PairDataset;
@@ -27,7 +27,7 @@ pub fn attention_patterns<M: PatchModel + ?Sized>(
     pairs: &PairDataset,
     encode: &EncodeConfig,
     filter: &PatternFilter,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     let encoder = model.encoder();
     let depth = encoder.depth();
     let layers: Vec<usize> = filter
@@ -90,15 +90,15 @@ pub fn attention_patterns<M: PatchModel + ?Sized>(
             }
         }
     }
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("pair".into(), pair),
-        Column::new("input".into(), which),
-        Column::new("layer".into(), lay),
-        Column::new("head".into(), hd),
-        Column::new("query_pos".into(), qp),
-        Column::new("key_pos".into(), kp),
-        Column::new("query_token".into(), qt),
-        Column::new("key_token".into(), kt),
-        Column::new("weight".into(), w),
+    Ok(Table::new(vec![
+        Column::new("pair", pair),
+        Column::new("input", which),
+        Column::new("layer", lay),
+        Column::new("head", hd),
+        Column::new("query_pos", qp),
+        Column::new("key_pos", kp),
+        Column::new("query_token", qt),
+        Column::new("key_token", kt),
+        Column::new("weight", w),
     ])?)
 }

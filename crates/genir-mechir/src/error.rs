@@ -8,20 +8,9 @@ pub enum MechirError {
     /// The model failed (bad input, hook shape, tokenizer, ...).
     #[error(transparent)]
     Model(#[from] genir_model::ModelError),
-    /// Reading a collection failed.
+    /// Reading a collection, or building or writing a table, failed.
     #[error(transparent)]
     Data(#[from] genir_data::Error),
-    /// Building or writing a table failed.
-    #[error("table: {0}")]
-    Table(#[from] polars::error::PolarsError),
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// Drawing a figure failed.
     #[error("figure {path}: {message}")]
     Plot {
@@ -33,15 +22,6 @@ pub enum MechirError {
     /// Inputs that cannot be patched (no pairs, unequal lengths after padding, ...).
     #[error("{0}")]
     Input(String),
-}
-
-impl MechirError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
-    }
 }
 
 /// Result with [`MechirError`].

@@ -21,11 +21,11 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::{Bool, TensorData};
+use genir_data::{Column, Table};
 use genir_model::bert::{attention_bias, BertBlock, BertEncoder, BertInput};
 use genir_model::hooks::{
     ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Site, Stack,
 };
-use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MechirError, Result};
@@ -143,7 +143,7 @@ impl BlockPatching {
 
     /// A long table: `component` (str), `layer` (u32), `position` (u32), `token` (str, the first pair's
     /// token at that position or empty), `value` (f32).
-    pub fn to_frame(&self) -> Result<DataFrame> {
+    pub fn to_frame(&self) -> Result<Table> {
         let (mut c, mut l, mut p, mut t, mut v) = (vec![], vec![], vec![], vec![], vec![]);
         for (ci, comp) in self.components.iter().enumerate() {
             for (li, layer) in self.layers.iter().enumerate() {
@@ -156,12 +156,12 @@ impl BlockPatching {
                 }
             }
         }
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new("component".into(), c),
-            Column::new("layer".into(), l),
-            Column::new("position".into(), p),
-            Column::new("token".into(), t),
-            Column::new("value".into(), v),
+        Ok(Table::new(vec![
+            Column::new("component", c),
+            Column::new("layer", l),
+            Column::new("position", p),
+            Column::new("token", t),
+            Column::new("value", v),
         ])?)
     }
 }
@@ -194,7 +194,7 @@ impl HeadPatching {
 
     /// A long table: `layer`, `head` (u32), `position` (u32, null when all positions were patched at once),
     /// `value` (f32).
-    pub fn to_frame(&self) -> Result<DataFrame> {
+    pub fn to_frame(&self) -> Result<Table> {
         let (mut l, mut h, mut p, mut v) = (vec![], vec![], vec![], vec![]);
         for (li, layer) in self.layers.iter().enumerate() {
             for head in 0..self.heads {
@@ -216,31 +216,28 @@ impl HeadPatching {
                 }
             }
         }
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new("layer".into(), l),
-            Column::new("head".into(), h),
-            Column::new("position".into(), p),
-            Column::new("value".into(), v),
+        Ok(Table::new(vec![
+            Column::new("layer", l),
+            Column::new("head", h),
+            Column::from_options("position", p),
+            Column::new("value", v),
         ])?)
     }
 }
 
 /// A table of pairs and their scores: `qid`, `docid`, `grade`, `query`, `document`, `perturbed`,
 /// `score_original`, `score_perturbed`.
-pub fn pairs_frame(pairs: &[Pair], scores: &PairScores) -> Result<DataFrame> {
+pub fn pairs_frame(pairs: &[Pair], scores: &PairScores) -> Result<Table> {
     let s = |f: fn(&Pair) -> &str| pairs.iter().map(f).map(String::from).collect::<Vec<_>>();
-    Ok(DataFrame::new_infer_height(vec![
-        Column::new("qid".into(), s(|p| &p.qid)),
-        Column::new("docid".into(), s(|p| &p.docid)),
-        Column::new(
-            "grade".into(),
-            pairs.iter().map(|p| p.grade).collect::<Vec<_>>(),
-        ),
-        Column::new("query".into(), s(|p| &p.query)),
-        Column::new("document".into(), s(|p| &p.document)),
-        Column::new("perturbed".into(), s(|p| &p.perturbed)),
-        Column::new("score_original".into(), scores.original.clone()),
-        Column::new("score_perturbed".into(), scores.perturbed.clone()),
+    Ok(Table::new(vec![
+        Column::new("qid", s(|p| &p.qid)),
+        Column::new("docid", s(|p| &p.docid)),
+        Column::from_options("grade", pairs.iter().map(|p| p.grade).collect::<Vec<_>>()),
+        Column::new("query", s(|p| &p.query)),
+        Column::new("document", s(|p| &p.document)),
+        Column::new("perturbed", s(|p| &p.perturbed)),
+        Column::new("score_original", scores.original.clone()),
+        Column::new("score_perturbed", scores.perturbed.clone()),
     ])?)
 }
 
@@ -249,7 +246,7 @@ pub fn patch_blocks<M: PatchModel + ?Sized>(
     model: &M,
     pairs: &PairDataset,
     config: &PatchConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     sweep_blocks(model, pairs, config)?.to_frame()
 }
 
@@ -259,7 +256,7 @@ pub fn patch_heads<M: PatchModel + ?Sized>(
     pairs: &PairDataset,
     positions: Option<&[usize]>,
     config: &PatchConfig,
-) -> Result<DataFrame> {
+) -> Result<Table> {
     sweep_heads(model, pairs, positions, config)?.to_frame()
 }
 

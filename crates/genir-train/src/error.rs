@@ -55,14 +55,6 @@ pub enum TrainError {
     /// A tensor operation failed (e.g. reading a result back from the device).
     #[error("tensor: {0}")]
     Tensor(String),
-    /// Writing a table failed.
-    #[error("{path}: {message}")]
-    Table {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }
 
 impl TrainError {

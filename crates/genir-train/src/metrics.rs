@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use genir_data::{Column, Table};
 use genir_data::{Qrels, Run, RunEntry};
-use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 
 /// The measures of one query.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,49 +112,34 @@ pub fn evaluate(run: &Run, qrels: &Qrels, qids: Option<&[String]>) -> Evaluation
 
 impl Evaluation {
     /// Per-query measures as a table: `qid, hits_at_1, hits_at_10, mrr_at_10, recall_at_{k}...,
-    /// first_relevant_rank`.
-    pub fn to_frame(&self) -> PolarsResult<DataFrame> {
+    /// first_relevant_rank` (null when no relevant document was returned).
+    pub fn to_table(&self) -> Table {
         let q = &self.per_query;
+        let f = |name: String, get: &dyn Fn(&QueryMetrics) -> f64| {
+            Column::new(name, q.iter().map(get).collect::<Vec<f64>>())
+        };
         let mut cols: Vec<Column> = vec![
-            Column::new(
-                "qid".into(),
-                q.iter().map(|m| m.qid.clone()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "hits_at_1".into(),
-                q.iter().map(|m| m.hits_at_1).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "hits_at_10".into(),
-                q.iter().map(|m| m.hits_at_10).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "mrr_at_10".into(),
-                q.iter().map(|m| m.mrr_at_10).collect::<Vec<_>>(),
-            ),
+            Column::new("qid", q.iter().map(|m| m.qid.as_str()).collect::<Vec<_>>()),
+            f("hits_at_1".into(), &|m| m.hits_at_1),
+            f("hits_at_10".into(), &|m| m.hits_at_10),
+            f("mrr_at_10".into(), &|m| m.mrr_at_10),
         ];
         for (i, k) in RECALL_CUTOFFS.iter().enumerate() {
-            cols.push(Column::new(
-                format!("recall_at_{k}").into(),
-                q.iter().map(|m| m.recall[i]).collect::<Vec<_>>(),
-            ));
+            cols.push(f(format!("recall_at_{k}"), &|m| m.recall[i]));
         }
-        cols.push(Column::new(
-            "first_relevant_rank".into(),
+        cols.push(Column::from_options(
+            "first_relevant_rank",
             q.iter()
                 .map(|m| m.first_relevant_rank.map(|r| r as u32))
                 .collect::<Vec<_>>(),
         ));
-        DataFrame::new(q.len(), cols)
+        // One value per query in every column, distinct names: cannot fail.
+        Table::new(cols).unwrap_or_default()
     }
 
     /// Writes the per-query table as Parquet (atomic).
     pub fn write_parquet(&self, path: &Path) -> Result<()> {
-        let mut df = self.to_frame().map_err(|e| TrainError::Table {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        genir_data::formats::parquet::write_frame(path, &mut df)?;
+        self.to_table().write_parquet(path)?;
         Ok(())
     }
 

@@ -78,7 +78,15 @@ fn per_query_table_round_trips_through_parquet() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("per_query.parquet");
     ev.write_parquet(&p).unwrap();
-    let df = genir_data::formats::parquet::read_frame(&p).unwrap();
-    assert_eq!(df.height(), ev.per_query.len());
-    assert!(df.column("mrr_at_10").is_ok() && df.column("recall_at_100").is_ok());
+    let t = genir_data::Table::read_parquet(&p).unwrap();
+    assert_eq!(t.height(), ev.per_query.len());
+    assert_eq!(
+        t.f64s("mrr_at_10").unwrap(),
+        ev.per_query.iter().map(|q| q.mrr_at_10).collect::<Vec<_>>()
+    );
+    assert!(t.column("recall_at_100").is_ok());
+    let ranks = t.column("first_relevant_rank").unwrap();
+    for (i, q) in ev.per_query.iter().enumerate() {
+        assert_eq!(ranks.is_null(i), q.first_relevant_rank.is_none());
+    }
 }

@@ -1,41 +1,26 @@
-//! Reading polars columns into plain vectors and grouping them (the report's summaries).
+//! Reading table columns into plain vectors and grouping them (the report's summaries).
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use polars::prelude::{DataFrame, DataType};
+use genir_data::Table;
 
 /// A column as `f64` (nulls as NaN).
-pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
-    let c = df
-        .column(name)
-        .with_context(|| format!("column {name}"))?
-        .cast(&DataType::Float64)
-        .with_context(|| format!("column {name} as f64"))?;
-    Ok(c.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+pub fn f64s(df: &Table, name: &str) -> Result<Vec<f64>> {
+    df.f64s(name)
+        .with_context(|| format!("column {name} as f64"))
 }
 
 /// A column as strings (nulls as "").
-pub fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-    let c = df
-        .column(name)
-        .with_context(|| format!("column {name}"))?
-        .cast(&DataType::String)
-        .with_context(|| format!("column {name} as string"))?;
-    Ok(c.str()?
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect())
+pub fn strs(df: &Table, name: &str) -> Result<Vec<String>> {
+    df.strs(name)
+        .with_context(|| format!("column {name} as string"))
 }
 
 /// A column as integers (nulls as -1).
-pub fn i64s(df: &DataFrame, name: &str) -> Result<Vec<i64>> {
-    let c = df
-        .column(name)
-        .with_context(|| format!("column {name}"))?
-        .cast(&DataType::Int64)
-        .with_context(|| format!("column {name} as i64"))?;
-    Ok(c.i64()?.iter().map(|v| v.unwrap_or(-1)).collect())
+pub fn i64s(df: &Table, name: &str) -> Result<Vec<i64>> {
+    df.i64s(name)
+        .with_context(|| format!("column {name} as i64"))
 }
 
 /// Values grouped by a key, in key order.
@@ -75,7 +60,7 @@ pub fn median(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use polars::prelude::Column;
+    use genir_data::Column;
 
     #[test]
     fn grouping_and_statistics() {
@@ -85,13 +70,10 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, f64::NAN, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0]), 2.5);
         assert!(mean(&[]).is_nan());
-        let df = DataFrame::new(
-            2,
-            vec![
-                Column::new("x".into(), [1i64, 2]),
-                Column::new("s".into(), ["a", "b"]),
-            ],
-        )
+        let df = Table::new(vec![
+            Column::new("x", vec![1i64, 2]),
+            Column::new("s", vec!["a", "b"]),
+        ])
         .unwrap();
         assert_eq!(f64s(&df, "x").unwrap(), [1.0, 2.0]);
         assert_eq!(i64s(&df, "x").unwrap(), [1, 2]);

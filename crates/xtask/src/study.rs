@@ -840,17 +840,17 @@ fn evaluate_model(
 
 /// Writes an analysis's table and figure into `dir` under `stem` (see [`figures::write_analysis`]).
 fn save(
-    mut df: polars::prelude::DataFrame,
+    df: genir_data::Table,
     dir: &Path,
     stem: &str,
-    figure: fn(&polars::prelude::DataFrame, &Path) -> genir_interp::Result<()>,
-) -> Result<polars::prelude::DataFrame> {
-    figures::write_analysis(&mut df, dir, stem, figure)?;
+    figure: fn(&genir_data::Table, &Path) -> genir_interp::Result<()>,
+) -> Result<genir_data::Table> {
+    figures::write_analysis(&df, dir, stem, figure)?;
     Ok(df)
 }
 
 /// `(layer, component)` of every row.
-fn layer_component(df: &polars::prelude::DataFrame) -> Result<Vec<(i64, String)>> {
+fn layer_component(df: &genir_data::Table) -> Result<Vec<(i64, String)>> {
     Ok(i64s(df, "layer")?
         .into_iter()
         .zip(strs(df, "component")?)
@@ -958,15 +958,12 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
                     }
                 }
             }
-            save(
-                frames
-                    .into_iter()
-                    .reduce(|a, b| a.vstack(&b).unwrap_or(a))
-                    .context("no swap rows")?,
-                dir,
-                "encoder_swap",
-                figures::swap_figure,
-            )?;
+            let mut frames = frames.into_iter();
+            let mut all = frames.next().context("no swap rows")?;
+            for f in frames {
+                all = all.vstack(&f)?;
+            }
+            save(all, dir, "encoder_swap", figures::swap_figure)?;
             Ok(rows)
         },
     )?;
@@ -1265,8 +1262,8 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             "attribution",
             figures::patching_figure,
         )?;
-        let mut ag = agreement(&exact, &attr)?;
-        genir_interp::write_table(&mut ag, &dir.join("attribution_agreement"))?;
+        let ag = agreement(&exact, &attr)?;
+        genir_interp::write_table(&ag, &dir.join("attribution_agreement"))?;
         let h1 = f64s(&circuit, "hits_at_1")?;
         let ev_stage = strs(&evidence, "stage")?;
         let (rr, sa, ca, mlp) = (
@@ -1483,11 +1480,10 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         b.finish_and_clear();
         report.write_parquet(&dir.join("edits.parquet"))?;
         let df = report.dataframe()?;
-        genir_interp::write_csv(&df, &dir.join("edits.csv"))?;
-        genir_interp::write_csv(
-            &report.references_dataframe()?,
-            &dir.join("edits_references.csv"),
-        )?;
+        df.write_csv(&dir.join("edits.csv"))?;
+        report
+            .references_dataframe()?
+            .write_csv(&dir.join("edits_references.csv"))?;
         // the models are large and not part of the report
         let _ = std::fs::remove_dir_all(dir.join("work"));
         Ok(EditsResult {
@@ -1541,7 +1537,7 @@ fn mechir_sweep<M: PatchModel>(
     pert: &str,
 ) -> Result<MechirRow> {
     let t = Instant::now();
-    let (mut df, panels, scores, top) = if patch == "blocks" {
+    let (df, panels, scores, top) = if patch == "blocks" {
         let r = sweep_blocks(m, pairs, cfg)?;
         let df = r.to_frame()?;
         let comp = strs(&df, "component")?;
@@ -1582,7 +1578,7 @@ fn mechir_sweep<M: PatchModel>(
         (df, head_panels(&r), r.scores, top)
     };
     let seconds = t.elapsed().as_secs_f64();
-    genir_mechir::table::write_table(&mut df, out, stem)?;
+    genir_mechir::table::write_table(&df, out, stem)?;
     let svg = out.join(format!("{stem}.svg"));
     heatmap(&panels, &svg)?;
     svg_to_png(&svg, 2.0)?;

@@ -1,88 +1,76 @@
-//! Parquet through polars, and conversions between the typed collections and polars `DataFrame`s.
+//! Parquet files of the typed collections, through [`Table`].
 //!
 //! Column layouts: documents `docid, title, text` (strings); queries `qid, text`; qrels `qid, docid` (strings),
-//! `grade` (i32); runs `qid, docid` (strings), `rank` (u32), `score` (f64), `tag` (string).
+//! `grade` (i32); runs `qid, docid` (strings), `rank` (u32), `score` (f64), `tag` (string). Reading takes any
+//! integer type for `grade` and `rank`, any float or integer type for `score`, and a missing or null `title`.
 
-use std::fs::File;
 use std::path::Path;
 
-use polars::prelude::*;
-
 use crate::error::{Error, Result};
+use crate::table::{Column, Table};
 use crate::types::{Corpus, Document, Qrel, Qrels, Queries, Query, Run, RunEntry};
-
-fn pe(path: &Path) -> impl Fn(PolarsError) -> Error + '_ {
-    move |source| Error::Parquet {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 fn strings<'a, T: 'a>(items: &'a [T], f: impl Fn(&'a T) -> &'a str) -> Vec<&'a str> {
     items.iter().map(f).collect()
 }
 
-/// A DataFrame with columns `docid, title, text`.
-pub fn corpus_to_frame(corpus: &Corpus) -> PolarsResult<DataFrame> {
+fn table(columns: Vec<Column>) -> Table {
+    // The columns are built from one slice each, so their lengths agree and names are distinct.
+    Table::new(columns).unwrap_or_default()
+}
+
+/// A table with columns `docid, title, text`.
+pub fn corpus_to_table(corpus: &Corpus) -> Table {
     let d = corpus.as_slice();
-    DataFrame::new_infer_height(vec![
-        Column::new("docid".into(), strings(d, |x| &x.docid)),
-        Column::new("title".into(), strings(d, |x| &x.title)),
-        Column::new("text".into(), strings(d, |x| &x.text)),
+    table(vec![
+        Column::new("docid", strings(d, |x| &x.docid)),
+        Column::new("title", strings(d, |x| &x.title)),
+        Column::new("text", strings(d, |x| &x.text)),
     ])
 }
 
-/// A DataFrame with columns `qid, text`.
-pub fn queries_to_frame(queries: &Queries) -> PolarsResult<DataFrame> {
+/// A table with columns `qid, text`.
+pub fn queries_to_table(queries: &Queries) -> Table {
     let q = queries.as_slice();
-    DataFrame::new_infer_height(vec![
-        Column::new("qid".into(), strings(q, |x| &x.qid)),
-        Column::new("text".into(), strings(q, |x| &x.text)),
+    table(vec![
+        Column::new("qid", strings(q, |x| &x.qid)),
+        Column::new("text", strings(q, |x| &x.text)),
     ])
 }
 
-/// A DataFrame with columns `qid, docid, grade`.
-pub fn qrels_to_frame(qrels: &Qrels) -> PolarsResult<DataFrame> {
+/// A table with columns `qid, docid, grade`.
+pub fn qrels_to_table(qrels: &Qrels) -> Table {
     let q = qrels.as_slice();
-    DataFrame::new_infer_height(vec![
-        Column::new("qid".into(), strings(q, |x| &x.qid)),
-        Column::new("docid".into(), strings(q, |x| &x.docid)),
-        Column::new(
-            "grade".into(),
-            q.iter().map(|x| x.grade).collect::<Vec<i32>>(),
-        ),
+    table(vec![
+        Column::new("qid", strings(q, |x| &x.qid)),
+        Column::new("docid", strings(q, |x| &x.docid)),
+        Column::new("grade", q.iter().map(|x| x.grade).collect::<Vec<i32>>()),
     ])
 }
 
-/// A DataFrame with columns `qid, docid, rank, score, tag`.
-pub fn run_to_frame(run: &Run) -> PolarsResult<DataFrame> {
+/// A table with columns `qid, docid, rank, score, tag`.
+pub fn run_to_table(run: &Run) -> Table {
     let r = run.entries.as_slice();
-    DataFrame::new_infer_height(vec![
-        Column::new("qid".into(), strings(r, |x| &x.qid)),
-        Column::new("docid".into(), strings(r, |x| &x.docid)),
-        Column::new(
-            "rank".into(),
-            r.iter().map(|x| x.rank).collect::<Vec<u32>>(),
-        ),
-        Column::new(
-            "score".into(),
-            r.iter().map(|x| x.score).collect::<Vec<f64>>(),
-        ),
-        Column::new("tag".into(), strings(r, |x| &x.tag)),
+    table(vec![
+        Column::new("qid", strings(r, |x| &x.qid)),
+        Column::new("docid", strings(r, |x| &x.docid)),
+        Column::new("rank", r.iter().map(|x| x.rank).collect::<Vec<u32>>()),
+        Column::new("score", r.iter().map(|x| x.score).collect::<Vec<f64>>()),
+        Column::new("tag", strings(r, |x| &x.tag)),
     ])
 }
 
-fn str_column(df: &DataFrame, name: &str, path: &Path, optional: bool) -> Result<Vec<String>> {
-    let col = match df.column(name) {
+fn str_column(t: &Table, name: &str, path: &Path, optional: bool) -> Result<Vec<String>> {
+    let col = match t.column(name) {
         Ok(c) => c,
-        Err(_) if optional => return Ok(vec![String::new(); df.height()]),
-        Err(_) => return Err(Error::parse(path, 0, name, "column missing")),
+        Err(_) if optional => return Ok(vec![String::new(); t.height()]),
+        Err(e) => return Err(Error::parse(path, 0, name, e.to_string())),
     };
     let values = col
-        .str()
-        .map_err(|e| Error::parse(path, 0, name, format!("not a string column: {e}")))?;
+        .opt_strs()
+        .map_err(|e| Error::parse(path, 0, name, e.to_string()))?;
     values
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, v)| match v {
             Some(s) => Ok(s.to_string()),
@@ -92,32 +80,41 @@ fn str_column(df: &DataFrame, name: &str, path: &Path, optional: bool) -> Result
         .collect()
 }
 
-fn cast_column<T>(
-    df: &DataFrame,
-    name: &str,
-    dtype: DataType,
-    path: &Path,
-    get: impl Fn(&Column) -> PolarsResult<Vec<Option<T>>>,
-) -> Result<Vec<T>> {
-    let col = df
+fn no_nulls(t: &Table, name: &str, path: &Path) -> Result<()> {
+    let c = t
         .column(name)
-        .map_err(|_| Error::parse(path, 0, name, "column missing"))?;
-    let cast = col
-        .strict_cast(&dtype)
-        .map_err(|e| Error::parse(path, 0, name, format!("cannot read as {dtype}: {e}")))?;
-    let values = get(&cast).map_err(pe(path))?;
-    values
-        .into_iter()
+        .map_err(|e| Error::parse(path, 0, name, e.to_string()))?;
+    match (0..c.len()).find(|&i| c.is_null(i)) {
+        Some(i) => Err(Error::parse(path, i as u64 + 1, name, "null")),
+        None => Ok(()),
+    }
+}
+
+fn int_column<T: TryFrom<i64>>(t: &Table, name: &str, path: &Path) -> Result<Vec<T>> {
+    no_nulls(t, name, path)?;
+    let v = t
+        .i64s(name)
+        .map_err(|e| Error::parse(path, 0, name, e.to_string()))?;
+    v.into_iter()
         .enumerate()
-        .map(|(i, v)| v.ok_or_else(|| Error::parse(path, i as u64 + 1, name, "null")))
+        .map(|(i, x)| {
+            T::try_from(x).map_err(|_| {
+                Error::parse(
+                    path,
+                    i as u64 + 1,
+                    name,
+                    format!("{x} is out of range for {}", std::any::type_name::<T>()),
+                )
+            })
+        })
         .collect()
 }
 
-/// Documents from a DataFrame with `docid, text` and optionally `title` columns; `path` labels errors.
-pub fn corpus_from_frame(df: &DataFrame, path: &Path) -> Result<Corpus> {
-    let ids = str_column(df, "docid", path, false)?;
-    let titles = str_column(df, "title", path, true)?;
-    let texts = str_column(df, "text", path, false)?;
+/// Documents from a table with `docid, text` and optionally `title` columns; `path` labels errors.
+pub fn corpus_from_table(t: &Table, path: &Path) -> Result<Corpus> {
+    let ids = str_column(t, "docid", path, false)?;
+    let titles = str_column(t, "title", path, true)?;
+    let texts = str_column(t, "text", path, false)?;
     Ok(ids
         .into_iter()
         .zip(titles)
@@ -126,10 +123,10 @@ pub fn corpus_from_frame(df: &DataFrame, path: &Path) -> Result<Corpus> {
         .collect())
 }
 
-/// Queries from a DataFrame with `qid, text` columns.
-pub fn queries_from_frame(df: &DataFrame, path: &Path) -> Result<Queries> {
-    let ids = str_column(df, "qid", path, false)?;
-    let texts = str_column(df, "text", path, false)?;
+/// Queries from a table with `qid, text` columns.
+pub fn queries_from_table(t: &Table, path: &Path) -> Result<Queries> {
+    let ids = str_column(t, "qid", path, false)?;
+    let texts = str_column(t, "text", path, false)?;
     Ok(ids
         .into_iter()
         .zip(texts)
@@ -137,13 +134,11 @@ pub fn queries_from_frame(df: &DataFrame, path: &Path) -> Result<Queries> {
         .collect())
 }
 
-/// Qrels from a DataFrame with `qid, docid, grade` columns (any integer type for `grade`).
-pub fn qrels_from_frame(df: &DataFrame, path: &Path) -> Result<Qrels> {
-    let qids = str_column(df, "qid", path, false)?;
-    let docids = str_column(df, "docid", path, false)?;
-    let grades = cast_column(df, "grade", DataType::Int32, path, |c| {
-        Ok(c.i32()?.iter().collect())
-    })?;
+/// Qrels from a table with `qid, docid, grade` columns (any integer type for `grade`).
+pub fn qrels_from_table(t: &Table, path: &Path) -> Result<Qrels> {
+    let qids = str_column(t, "qid", path, false)?;
+    let docids = str_column(t, "docid", path, false)?;
+    let grades: Vec<i32> = int_column(t, "grade", path)?;
     Ok(qids
         .into_iter()
         .zip(docids)
@@ -152,17 +147,16 @@ pub fn qrels_from_frame(df: &DataFrame, path: &Path) -> Result<Qrels> {
         .collect())
 }
 
-/// A run from a DataFrame with `qid, docid, rank, score, tag` columns.
-pub fn run_from_frame(df: &DataFrame, path: &Path) -> Result<Run> {
-    let qids = str_column(df, "qid", path, false)?;
-    let docids = str_column(df, "docid", path, false)?;
-    let ranks = cast_column(df, "rank", DataType::UInt32, path, |c| {
-        Ok(c.u32()?.iter().collect())
-    })?;
-    let scores = cast_column(df, "score", DataType::Float64, path, |c| {
-        Ok(c.f64()?.iter().collect())
-    })?;
-    let tags = str_column(df, "tag", path, false)?;
+/// A run from a table with `qid, docid, rank, score, tag` columns.
+pub fn run_from_table(t: &Table, path: &Path) -> Result<Run> {
+    let qids = str_column(t, "qid", path, false)?;
+    let docids = str_column(t, "docid", path, false)?;
+    let ranks: Vec<u32> = int_column(t, "rank", path)?;
+    no_nulls(t, "score", path)?;
+    let scores = t
+        .f64s("score")
+        .map_err(|e| Error::parse(path, 0, "score", e.to_string()))?;
+    let tags = str_column(t, "tag", path, false)?;
     let entries = qids
         .into_iter()
         .zip(docids)
@@ -180,55 +174,42 @@ pub fn run_from_frame(df: &DataFrame, path: &Path) -> Result<Run> {
     Ok(Run::new(entries))
 }
 
-/// Reads a whole Parquet file into a DataFrame.
-pub fn read_frame(path: &Path) -> Result<DataFrame> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    ParquetReader::new(file).finish().map_err(pe(path))
-}
-
-/// Writes a DataFrame to a Parquet file (creating parent folders).
-pub fn write_frame(path: &Path, df: &mut DataFrame) -> Result<()> {
-    let out = super::create(path)?;
-    ParquetWriter::new(out).finish(df).map_err(pe(path))?;
-    Ok(())
-}
-
 /// Reads documents from Parquet.
 pub fn read_corpus(path: &Path) -> Result<Corpus> {
-    corpus_from_frame(&read_frame(path)?, path)
+    corpus_from_table(&Table::read_parquet(path)?, path)
 }
 
 /// Reads queries from Parquet.
 pub fn read_queries(path: &Path) -> Result<Queries> {
-    queries_from_frame(&read_frame(path)?, path)
+    queries_from_table(&Table::read_parquet(path)?, path)
 }
 
 /// Reads qrels from Parquet.
 pub fn read_qrels(path: &Path) -> Result<Qrels> {
-    qrels_from_frame(&read_frame(path)?, path)
+    qrels_from_table(&Table::read_parquet(path)?, path)
 }
 
 /// Reads a run from Parquet.
 pub fn read_run(path: &Path) -> Result<Run> {
-    run_from_frame(&read_frame(path)?, path)
+    run_from_table(&Table::read_parquet(path)?, path)
 }
 
 /// Writes documents to Parquet.
 pub fn write_corpus(path: &Path, corpus: &Corpus) -> Result<()> {
-    write_frame(path, &mut corpus_to_frame(corpus).map_err(pe(path))?)
+    corpus_to_table(corpus).write_parquet(path)
 }
 
 /// Writes queries to Parquet.
 pub fn write_queries(path: &Path, queries: &Queries) -> Result<()> {
-    write_frame(path, &mut queries_to_frame(queries).map_err(pe(path))?)
+    queries_to_table(queries).write_parquet(path)
 }
 
 /// Writes qrels to Parquet.
 pub fn write_qrels(path: &Path, qrels: &Qrels) -> Result<()> {
-    write_frame(path, &mut qrels_to_frame(qrels).map_err(pe(path))?)
+    qrels_to_table(qrels).write_parquet(path)
 }
 
 /// Writes a run to Parquet.
 pub fn write_run(path: &Path, run: &Run) -> Result<()> {
-    write_frame(path, &mut run_to_frame(run).map_err(pe(path))?)
+    run_to_table(run).write_parquet(path)
 }

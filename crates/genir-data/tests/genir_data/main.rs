@@ -8,6 +8,8 @@ mod perturb;
 mod server;
 mod shipped;
 mod splits;
+#[cfg(feature = "parquet")]
+mod table;
 mod validate;
 
 use std::path::PathBuf;
