@@ -61,6 +61,25 @@ def main():
         }
     )
     pq.write_table(run, OUT / "run.parquet", compression="zstd")
+    # Columns genir does not read, before and between ones it does: a list first, a non-UTF-8 binary column,
+    # a decimal, a date and a timestamp (each must be left unread, not read as a plain number).
+    import datetime
+    import decimal
+
+    mixed = pa.table(
+        {
+            "tags": pa.array([["a"], [], ["b", "c"]], pa.list_(pa.string())),
+            "docid": pa.array(["x1", "x2", "x3"], pa.string()),
+            "blob": pa.array([b"\xff\x00", b"\x80", b"ok"], pa.binary()),
+            "price": pa.array([decimal.Decimal("12.34"), None, decimal.Decimal("-1.00")], pa.decimal128(9, 2)),
+            "day": pa.array([datetime.date(2026, 12, 3)] * 3, pa.date32()),
+            "grade": pa.array([2, None, 0], pa.int32()),
+            "at": pa.array([datetime.datetime(2026, 12, 3, 20, 0)] * 3, pa.timestamp("ms")),
+            "score": pa.array([0.25, 1.5, None], pa.float32()),
+        }
+    )
+    pq.write_table(mixed, OUT / "mixed.parquet", compression="snappy")
+
     polars_table = {
         "qid": ["q1", None, "q3"],
         "layer": [0, 1, 2],

@@ -27,6 +27,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::perturb::{tokenize, CorpusStats};
 use crate::types::{Corpus, Queries, Run};
@@ -43,7 +44,7 @@ pub struct Bm25 {
     mean_length: f64,
     /// term -> (document index, count), in document order.
     postings: HashMap<String, Vec<(u32, u32)>>,
-    stats: CorpusStats,
+    stats: Arc<CorpusStats>,
 }
 
 impl Bm25 {
@@ -74,7 +75,8 @@ impl Bm25 {
         for p in postings.values_mut() {
             p.sort_unstable();
         }
-        let stats = corpus.stats().as_ref().clone();
+        // The corpus caches its statistics (shared with the perturbations), so this is computed at most once.
+        let stats = corpus.stats();
         Bm25 {
             k1,
             b,

@@ -9,7 +9,6 @@
 //! `BOOLEAN` and UTF-8 `BYTE_ARRAY`. Other columns (nested lists, decimals, timestamps) are not read; asking for
 //! one names the column and says why.
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 
@@ -22,6 +21,8 @@ pub enum Values {
     Str(Vec<String>),
     /// 64-bit floats.
     F64(Vec<f64>),
+    /// 32-bit floats (written as Parquet `FLOAT`, printed with `f32`'s shortest form).
+    F32(Vec<f32>),
     /// 64-bit signed integers.
     I64(Vec<i64>),
     /// 32-bit signed integers.
@@ -38,6 +39,7 @@ impl Values {
         match self {
             Values::Str(v) => v.len(),
             Values::F64(v) => v.len(),
+            Values::F32(v) => v.len(),
             Values::I64(v) => v.len(),
             Values::I32(v) => v.len(),
             Values::U32(v) => v.len(),
@@ -55,6 +57,7 @@ impl Values {
         match self {
             Values::Str(_) => "string",
             Values::F64(_) => "f64",
+            Values::F32(_) => "f32",
             Values::I64(_) => "i64",
             Values::I32(_) => "i32",
             Values::U32(_) => "u32",
@@ -76,7 +79,7 @@ values_from!(String, Str, |x| x);
 values_from!(&str, Str, |x: &str| x.to_string());
 values_from!(&String, Str, |x: &String| x.clone());
 values_from!(f64, F64, |x| x);
-values_from!(f32, F64, f64::from);
+values_from!(f32, F32, |x| x);
 values_from!(i64, I64, |x| x);
 values_from!(i32, I32, |x| x);
 values_from!(u32, U32, |x| x);
@@ -84,7 +87,10 @@ values_from!(bool, Bool, |x| x);
 values_from!(usize, I64, |x: usize| i64::try_from(x).unwrap_or(i64::MAX));
 
 /// A named column: values and, when some are null, a validity mask (`true` = present).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Two columns are equal when their names, types and null rows agree and so do their values at the other rows
+/// (NaN equals NaN; the placeholders at null rows are not compared).
+#[derive(Debug, Clone)]
 pub struct Column {
     name: String,
     values: Values,
@@ -173,6 +179,7 @@ impl Column {
     pub fn f64s(&self) -> Result<Vec<f64>> {
         let v: Vec<f64> = match &self.values {
             Values::F64(v) => v.clone(),
+            Values::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
             Values::I64(v) => v.iter().map(|&x| x as f64).collect(),
             Values::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
             Values::U32(v) => v.iter().map(|&x| f64::from(x)).collect(),
@@ -182,18 +189,20 @@ impl Column {
         Ok(self.masked(v, f64::NAN))
     }
 
-    /// The values as `i64` (floats only when integral; nulls as -1).
+    /// The values as `i64` (floats only when integral; nulls and NaN as -1).
     pub fn i64s(&self) -> Result<Vec<i64>> {
         let v: Vec<i64> = match &self.values {
             Values::I64(v) => v.clone(),
             Values::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
             Values::U32(v) => v.iter().map(|&x| i64::from(x)).collect(),
             Values::Bool(v) => v.iter().map(|&x| i64::from(x)).collect(),
-            Values::F64(v) => {
+            Values::F64(_) | Values::F32(_) => {
+                let v = self.f64s()?;
                 let mut out = Vec::with_capacity(v.len());
                 for (i, &x) in v.iter().enumerate() {
-                    if self.is_null(i) {
-                        out.push(0);
+                    if x.is_nan() {
+                        // a null or NaN: the null marker below
+                        out.push(-1);
                     } else if x.fract() == 0.0 && x.abs() < 9.0e15 {
                         out.push(x as i64);
                     } else {
@@ -247,11 +256,47 @@ impl Column {
         match &self.values {
             Values::Str(v) => v[i].clone(),
             Values::F64(v) => fmt_f64(v[i]),
+            Values::F32(v) => {
+                if v[i].is_nan() {
+                    "NaN".into()
+                } else {
+                    format!("{}", v[i])
+                }
+            }
             Values::I64(v) => v[i].to_string(),
             Values::I32(v) => v[i].to_string(),
             Values::U32(v) => v[i].to_string(),
             Values::Bool(v) => v[i].to_string(),
         }
+    }
+}
+
+impl PartialEq for Column {
+    fn eq(&self, other: &Self) -> bool {
+        fn same<T: PartialEq>(a: &[T], b: &[T], i: usize) -> bool {
+            a[i] == b[i]
+        }
+        let float = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());
+        self.name == other.name
+            && self.len() == other.len()
+            && (0..self.len()).all(|i| {
+                let null = self.is_null(i);
+                null == other.is_null(i)
+                    && (null
+                        || match (&self.values, &other.values) {
+                            (Values::Str(a), Values::Str(b)) => same(a, b, i),
+                            (Values::F64(a), Values::F64(b)) => float(a[i], b[i]),
+                            (Values::F32(a), Values::F32(b)) => {
+                                float(f64::from(a[i]), f64::from(b[i]))
+                            }
+                            (Values::I64(a), Values::I64(b)) => same(a, b, i),
+                            (Values::I32(a), Values::I32(b)) => same(a, b, i),
+                            (Values::U32(a), Values::U32(b)) => same(a, b, i),
+                            (Values::Bool(a), Values::Bool(b)) => same(a, b, i),
+                            _ => false,
+                        })
+            })
+            && std::mem::discriminant(&self.values) == std::mem::discriminant(&other.values)
     }
 }
 
@@ -263,13 +308,19 @@ fn fmt_f64(v: f64) -> String {
     }
 }
 
-/// Named columns of equal length.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Named columns of equal length. Two tables are equal when their columns are, in order.
+#[derive(Debug, Clone, Default)]
 pub struct Table {
     columns: Vec<Column>,
     height: usize,
     /// Columns of a Parquet file that were not read, with the reason.
     unread: Vec<(String, String)>,
+}
+
+impl PartialEq for Table {
+    fn eq(&self, other: &Self) -> bool {
+        self.columns == other.columns
+    }
 }
 
 impl Table {
@@ -365,6 +416,7 @@ impl Table {
             let values = match (&a.values, &b.values) {
                 (Values::Str(x), Values::Str(y)) => Values::Str([x.clone(), y.clone()].concat()),
                 (Values::F64(x), Values::F64(y)) => Values::F64([x.clone(), y.clone()].concat()),
+                (Values::F32(x), Values::F32(y)) => Values::F32([x.clone(), y.clone()].concat()),
                 (Values::I64(x), Values::I64(y)) => Values::I64([x.clone(), y.clone()].concat()),
                 (Values::I32(x), Values::I32(y)) => Values::I32([x.clone(), y.clone()].concat()),
                 (Values::U32(x), Values::U32(y)) => Values::U32([x.clone(), y.clone()].concat()),
@@ -396,31 +448,38 @@ impl Table {
         Table::new(columns)
     }
 
-    /// The table as CSV text: a header row, RFC 4180 quoting (fields with a comma, quote, line break or
+    /// Writes the table as CSV to `out`: a header row, RFC 4180 quoting (fields with a comma, quote, line break or
     /// leading/trailing space are quoted), floats by `{}` with NaN as `NaN`, nulls as empty fields.
-    pub fn to_csv(&self) -> String {
-        let mut out = String::new();
+    pub fn write_csv_to(&self, out: &mut impl Write) -> std::io::Result<()> {
         let header: Vec<String> = self.columns.iter().map(|c| csv_quote(&c.name)).collect();
-        out.push_str(&header.join(","));
-        out.push('\n');
+        writeln!(out, "{}", header.join(","))?;
+        let mut line = String::new();
         for i in 0..self.height {
+            line.clear();
             for (j, c) in self.columns.iter().enumerate() {
                 if j > 0 {
-                    out.push(',');
+                    line.push(',');
                 }
-                let t = c.text(i);
-                let _ = write!(out, "{}", csv_quote(&t));
+                line.push_str(&csv_quote(&c.text(i)));
             }
-            out.push('\n');
+            line.push('\n');
+            out.write_all(line.as_bytes())?;
         }
-        out
+        Ok(())
     }
 
-    /// Writes [`Table::to_csv`] to `path` atomically (creating parent folders).
+    /// The table as CSV text (see [`Table::write_csv_to`]).
+    pub fn to_csv(&self) -> String {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail, and every cell is valid UTF-8.
+        let _ = self.write_csv_to(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Writes the table as CSV to `path` atomically (creating parent folders), row by row.
     pub fn write_csv(&self, path: &Path) -> Result<()> {
         write_atomic(path, |w| {
-            w.write_all(self.to_csv().as_bytes())
-                .map_err(|e| Error::io(path, e))
+            self.write_csv_to(w).map_err(|e| Error::io(path, e))
         })
     }
 }
@@ -480,7 +539,8 @@ fn csv_quote(s: &str) -> String {
 }
 
 /// Writes a file through `fill` into a temporary file beside `path`, then renames it over `path`, so a reader
-/// never sees a half-written file (parent folders are created).
+/// never sees a half-written file (parent folders are created; the temporary file is removed on error). A
+/// symbolic link at `path` is replaced by the file, not written through.
 pub(crate) fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
@@ -492,9 +552,12 @@ pub(crate) fn write_atomic(
     let name = path
         .file_name()
         .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
+    // Unique per process and per call, so threads writing the same path do not share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    tmp_name.push(format!(".{}-{n}.tmp", std::process::id()));
     let tmp = parent.map_or_else(|| tmp_name.clone().into(), |d| d.join(&tmp_name));
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -543,6 +606,7 @@ mod pq {
         let (physical, logical) = match c.values() {
             Values::Str(_) => (Physical::BYTE_ARRAY, Some(LogicalType::String)),
             Values::F64(_) => (Physical::DOUBLE, None),
+            Values::F32(_) => (Physical::FLOAT, None),
             Values::I64(_) => (Physical::INT64, None),
             Values::I32(_) => (Physical::INT32, None),
             Values::U32(_) => (
@@ -620,6 +684,9 @@ mod pq {
                         (ColumnWriter::DoubleColumnWriter(w), Values::F64(v)) => {
                             w.write_batch(&present(c, v), defs, None)
                         }
+                        (ColumnWriter::FloatColumnWriter(w), Values::F32(v)) => {
+                            w.write_batch(&present(c, v), defs, None)
+                        }
                         (ColumnWriter::Int64ColumnWriter(w), Values::I64(v)) => {
                             w.write_batch(&present(c, v), defs, None)
                         }
@@ -690,7 +757,10 @@ mod pq {
                 for ((i, desc), slot) in leaves.iter().zip(columns.iter_mut()) {
                     let Some(part) = slot else { continue };
                     let cr = rg.get_column_reader(*i).map_err(pe(path))?;
-                    part.read(cr, desc, path)?;
+                    if let Some(why) = part.read(cr, desc, path)? {
+                        unread.push((desc.name().to_string(), why));
+                        *slot = None;
+                    }
                 }
             }
             let mut out = Vec::new();
@@ -714,9 +784,12 @@ mod pq {
         }
     }
 
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, PartialEq)]
     enum Kind {
+        /// UTF-8 strings (annotated `STRING`, `JSON` or `ENUM`).
         Str,
+        /// Unannotated `BYTE_ARRAY`: read as strings when every value is UTF-8, else left unread.
+        Bytes,
         F64,
         F32,
         I64,
@@ -726,39 +799,54 @@ mod pq {
         Bool,
     }
 
+    /// How a leaf column is read, or why it is not. Older writers (parquet-mr before 1.11: Spark 2, Hive,
+    /// Impala) record only the converted type, so both annotations are checked: a `DATE`, `DECIMAL`, `TIME_*` or
+    /// `TIMESTAMP_*` integer must not be read as a plain number.
     fn kind(d: &ColumnDescriptor) -> std::result::Result<Kind, String> {
+        use parquet::basic::ConvertedType as C;
+        if d.max_rep_level() > 0 {
+            return Err("a repeated column".into());
+        }
         let logical = d.logical_type_ref();
+        let converted = d.converted_type();
         let unsigned = matches!(
             logical,
             Some(LogicalType::Integer(IntType {
                 is_signed: false,
                 ..
             }))
-        ) || matches!(
-            d.converted_type(),
-            parquet::basic::ConvertedType::UINT_8
-                | parquet::basic::ConvertedType::UINT_16
-                | parquet::basic::ConvertedType::UINT_32
-                | parquet::basic::ConvertedType::UINT_64
-        );
-        let plain_int = matches!(logical, None | Some(LogicalType::Integer(_)));
+        ) || matches!(converted, C::UINT_8 | C::UINT_16 | C::UINT_32 | C::UINT_64);
+        let plain_int = matches!(logical, None | Some(LogicalType::Integer(_)))
+            && matches!(
+                converted,
+                C::NONE
+                    | C::INT_8
+                    | C::INT_16
+                    | C::INT_32
+                    | C::INT_64
+                    | C::UINT_8
+                    | C::UINT_16
+                    | C::UINT_32
+                    | C::UINT_64
+            );
+        let described = || match (logical, converted) {
+            (Some(l), _) => format!(" of logical type {l:?}"),
+            (None, C::NONE) => String::new(),
+            (None, c) => format!(" of converted type {c}"),
+        };
         match d.physical_type() {
-            Physical::BYTE_ARRAY => match logical {
-                None
-                | Some(LogicalType::String)
-                | Some(LogicalType::Json)
-                | Some(LogicalType::Enum) => Ok(Kind::Str),
-                Some(other) => Err(format!("BYTE_ARRAY column of logical type {other:?}")),
+            Physical::BYTE_ARRAY => match (logical, converted) {
+                (Some(LogicalType::String | LogicalType::Json | LogicalType::Enum), _)
+                | (None, C::UTF8 | C::JSON | C::ENUM) => Ok(Kind::Str),
+                (None, C::NONE) => Ok(Kind::Bytes),
+                _ => Err(format!("a BYTE_ARRAY column{}", described())),
             },
             Physical::DOUBLE => Ok(Kind::F64),
             Physical::FLOAT => Ok(Kind::F32),
             Physical::BOOLEAN => Ok(Kind::Bool),
             Physical::INT32 if plain_int => Ok(if unsigned { Kind::U32 } else { Kind::I32 }),
             Physical::INT64 if plain_int => Ok(if unsigned { Kind::U64 } else { Kind::I64 }),
-            p => Err(format!(
-                "{p} column{}",
-                logical.map_or(String::new(), |l| format!(" of logical type {l:?}"))
-            )),
+            p => Err(format!("a {p} column{}", described())),
         }
     }
 
@@ -774,8 +862,9 @@ mod pq {
     impl Partial {
         fn new(kind: Kind) -> Self {
             let values = match kind {
-                Kind::Str => Values::Str(Vec::new()),
-                Kind::F64 | Kind::F32 => Values::F64(Vec::new()),
+                Kind::Str | Kind::Bytes => Values::Str(Vec::new()),
+                Kind::F64 => Values::F64(Vec::new()),
+                Kind::F32 => Values::F32(Vec::new()),
                 Kind::I64 | Kind::U64 => Values::I64(Vec::new()),
                 Kind::I32 => Values::I32(Vec::new()),
                 Kind::U32 => Values::U32(Vec::new()),
@@ -788,7 +877,14 @@ mod pq {
             }
         }
 
-        fn read(&mut self, cr: ColumnReader, desc: &ColumnDescriptor, path: &Path) -> Result<()> {
+        /// Reads one column chunk; `Ok(Some(reason))` when the column turns out not to be readable (binary
+        /// values that are not UTF-8 in an unannotated column).
+        fn read(
+            &mut self,
+            cr: ColumnReader,
+            desc: &ColumnDescriptor,
+            path: &Path,
+        ) -> Result<Option<String>> {
             let name = desc.name();
             let max_def = desc.max_def_level();
             let bad = |msg: String| Error::parse(path, 0, name, msg);
@@ -813,35 +909,36 @@ mod pq {
                     (vals, defs)
                 }};
             }
-            let n_before = self.values.len();
-            let defs = match (cr, &mut self.values, self.kind) {
-                (ColumnReader::ByteArrayColumnReader(mut r), Values::Str(out), _) => {
+            let kind = self.kind;
+            let rows = match (cr, &mut self.values) {
+                (ColumnReader::ByteArrayColumnReader(mut r), Values::Str(out)) => {
                     let (vals, defs) = drain!(r, ByteArray);
-                    let strs = vals
-                        .iter()
-                        .map(|b| {
-                            std::str::from_utf8(b.data())
-                                .map(str::to_string)
-                                .map_err(|e| bad(format!("not UTF-8: {e}")))
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    spread(out, strs, &defs, max_def, String::new());
+                    let mut strs = Vec::with_capacity(vals.len());
+                    for b in &vals {
+                        match std::str::from_utf8(b.data()) {
+                            Ok(t) => strs.push(t.to_string()),
+                            Err(_) if kind == Kind::Bytes => {
+                                return Ok(Some("a binary column (values are not UTF-8)".into()))
+                            }
+                            Err(e) => return Err(bad(format!("not UTF-8: {e}"))),
+                        }
+                    }
+                    spread(out, strs, &defs, max_def, String::new()).map_err(bad)?;
                     defs
                 }
-                (ColumnReader::DoubleColumnReader(mut r), Values::F64(out), _) => {
+                (ColumnReader::DoubleColumnReader(mut r), Values::F64(out)) => {
                     let (vals, defs) = drain!(r, f64);
-                    spread(out, vals, &defs, max_def, f64::NAN);
+                    spread(out, vals, &defs, max_def, f64::NAN).map_err(bad)?;
                     defs
                 }
-                (ColumnReader::FloatColumnReader(mut r), Values::F64(out), _) => {
+                (ColumnReader::FloatColumnReader(mut r), Values::F32(out)) => {
                     let (vals, defs) = drain!(r, f32);
-                    let vals = vals.into_iter().map(f64::from).collect();
-                    spread(out, vals, &defs, max_def, f64::NAN);
+                    spread(out, vals, &defs, max_def, f32::NAN).map_err(bad)?;
                     defs
                 }
-                (ColumnReader::Int64ColumnReader(mut r), Values::I64(out), kind) => {
+                (ColumnReader::Int64ColumnReader(mut r), Values::I64(out)) => {
                     let (vals, defs) = drain!(r, i64);
-                    if matches!(kind, Kind::U64) {
+                    if kind == Kind::U64 {
                         if let Some(x) = vals.iter().find(|&&x| x < 0) {
                             return Err(bad(format!(
                                 "unsigned value {} does not fit in i64",
@@ -849,34 +946,34 @@ mod pq {
                             )));
                         }
                     }
-                    spread(out, vals, &defs, max_def, 0);
+                    spread(out, vals, &defs, max_def, 0).map_err(bad)?;
                     defs
                 }
-                (ColumnReader::Int32ColumnReader(mut r), Values::I32(out), _) => {
+                (ColumnReader::Int32ColumnReader(mut r), Values::I32(out)) => {
                     let (vals, defs) = drain!(r, i32);
-                    spread(out, vals, &defs, max_def, 0);
+                    spread(out, vals, &defs, max_def, 0).map_err(bad)?;
                     defs
                 }
-                (ColumnReader::Int32ColumnReader(mut r), Values::U32(out), _) => {
+                (ColumnReader::Int32ColumnReader(mut r), Values::U32(out)) => {
                     let (vals, defs) = drain!(r, i32);
                     let vals = vals.into_iter().map(|x| x as u32).collect();
-                    spread(out, vals, &defs, max_def, 0);
+                    spread(out, vals, &defs, max_def, 0).map_err(bad)?;
                     defs
                 }
-                (ColumnReader::BoolColumnReader(mut r), Values::Bool(out), _) => {
+                (ColumnReader::BoolColumnReader(mut r), Values::Bool(out)) => {
                     let (vals, defs) = drain!(r, bool);
-                    spread(out, vals, &defs, max_def, false);
+                    spread(out, vals, &defs, max_def, false).map_err(bad)?;
                     defs
                 }
                 _ => return Err(bad("column type changed between row groups".into())),
             };
-            let n_new = self.values.len() - n_before;
             if max_def > 0 {
-                self.valid.extend(defs.iter().map(|&d| d == max_def));
+                self.valid.extend(rows.iter().map(|&d| d == max_def));
             } else {
-                self.valid.extend(std::iter::repeat_n(true, n_new));
+                let n = self.values.len() - self.valid.len();
+                self.valid.extend(std::iter::repeat_n(true, n));
             }
-            Ok(())
+            Ok(None)
         }
 
         fn finish(self, name: &str, path: &Path) -> Result<Column> {
@@ -887,19 +984,74 @@ mod pq {
     }
 
     /// Appends one row per definition level (a placeholder at nulls), or the values as they are for a
-    /// required column.
-    fn spread<T: Clone>(out: &mut Vec<T>, vals: Vec<T>, defs: &[i16], max_def: i16, null: T) {
+    /// required column; an error when the levels and the values disagree (a corrupt chunk).
+    fn spread<T: Clone>(
+        out: &mut Vec<T>,
+        vals: Vec<T>,
+        defs: &[i16],
+        max_def: i16,
+        null: T,
+    ) -> std::result::Result<(), String> {
         if max_def == 0 {
             out.extend(vals);
-            return;
+            return Ok(());
+        }
+        let present = defs.iter().filter(|&&d| d == max_def).count();
+        if present != vals.len() {
+            return Err(format!(
+                "{} values for {present} non-null definition levels",
+                vals.len()
+            ));
         }
         let mut it = vals.into_iter();
         for &d in defs {
-            if d == max_def {
-                out.push(it.next().unwrap_or_else(|| null.clone()));
-            } else {
-                out.push(null.clone());
+            match (d == max_def).then(|| it.next()).flatten() {
+                Some(v) => out.push(v),
+                None => out.push(null.clone()),
             }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::sync::Arc;
+
+        use parquet::basic::{ConvertedType, Repetition, Type as Physical};
+        use parquet::schema::types::{ColumnDescriptor, ColumnPath, Type};
+
+        use super::{kind, Kind};
+
+        fn desc(physical: Physical, converted: ConvertedType, rep: i16) -> ColumnDescriptor {
+            let mut b = Type::primitive_type_builder("c", physical)
+                .with_repetition(Repetition::OPTIONAL)
+                .with_converted_type(converted);
+            if converted == ConvertedType::DECIMAL {
+                b = b.with_precision(9).with_scale(2);
+            }
+            let t = b.build().unwrap();
+            ColumnDescriptor::new(Arc::new(t), 1, rep, ColumnPath::new(vec!["c".into()]))
+        }
+
+        #[test]
+        fn converted_types_alone_decide_what_is_read() {
+            use ConvertedType as C;
+            // Annotations only in the old converted-type field (no logical type), as parquet-mr < 1.11 writes.
+            for c in [C::DATE, C::DECIMAL, C::TIME_MILLIS] {
+                let e = kind(&desc(Physical::INT32, c, 0)).err().unwrap();
+                assert!(e.contains(&c.to_string()), "{e}");
+            }
+            for c in [C::TIMESTAMP_MILLIS, C::TIMESTAMP_MICROS] {
+                assert!(kind(&desc(Physical::INT64, c, 0)).is_err());
+            }
+            assert!(kind(&desc(Physical::INT32, C::UINT_32, 0)) == Ok(Kind::U32));
+            assert!(kind(&desc(Physical::INT32, C::INT_16, 0)) == Ok(Kind::I32));
+            assert!(kind(&desc(Physical::INT64, C::NONE, 0)) == Ok(Kind::I64));
+            assert!(kind(&desc(Physical::BYTE_ARRAY, C::UTF8, 0)) == Ok(Kind::Str));
+            assert!(kind(&desc(Physical::BYTE_ARRAY, C::NONE, 0)) == Ok(Kind::Bytes));
+            assert!(kind(&desc(Physical::BYTE_ARRAY, C::BSON, 0)).is_err());
+            let e = kind(&desc(Physical::INT32, C::NONE, 1)).err().unwrap();
+            assert!(e.contains("repeated"), "{e}");
         }
     }
 }
@@ -1011,6 +1163,18 @@ mod tests {
         assert_eq!((x[0], x[2]), (1.5, -2.0));
         assert!(x[1].is_nan());
 
+        // f32 stays f32; a table with nulls and NaN round-trips equal (placeholders at nulls not compared).
+        let f = Table::new(vec![
+            Column::new("f", vec![0.1f32, f32::NAN, 2.0]),
+            Column::from_options("o", vec![Some(1.5f64), None, Some(f64::NAN)]),
+        ])
+        .unwrap();
+        f.write_parquet(&p).unwrap();
+        let back = Table::read_parquet(&p).unwrap();
+        assert_eq!(back, f);
+        assert!(matches!(back.column("f").unwrap().values(), Values::F32(_)));
+        assert_eq!(back.strs("f").unwrap(), ["0.1", "NaN", "2"]);
+
         let n = Table::new(vec![
             Column::new("s", vec!["a", "", "c"])
                 .with_validity(vec![true, false, true])
@@ -1026,6 +1190,8 @@ mod tests {
         assert_eq!(s.opt_strs().unwrap(), [Some("a"), None, Some("c")]);
         assert_eq!(back.i64s("i").unwrap(), [-1, 0, 3]);
         assert_eq!(back.column("i").unwrap().null_count(), 1);
+        assert_eq!(back, n);
+        assert_ne!(back, f);
 
         // A corrupt file is an error naming it, not a panic.
         std::fs::write(&p, b"PAR1 not really").unwrap();

@@ -48,9 +48,6 @@ pub enum EditError {
     /// A tensor could not be read back from the device.
     #[error("tensor: {0}")]
     Tensor(String),
-    /// The evaluation table could not be built or written.
-    #[error("table: {0}")]
-    Table(String),
 }
 
 impl EditError {

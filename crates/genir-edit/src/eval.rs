@@ -674,7 +674,7 @@ impl EvalReport {
                 .collect();
             cols.push(Column::from_options(format!("retention_after_{p}"), v));
         }
-        Table::new(cols).map_err(|e| EditError::Table(e.to_string()))
+        Ok(Table::new(cols)?)
     }
 
     /// The table in markdown.
@@ -738,7 +738,7 @@ impl EvalReport {
     /// The reference measures as a table.
     pub fn references_dataframe(&self) -> Result<Table> {
         let r = &self.references;
-        Table::new(vec![
+        Ok(Table::new(vec![
             Column::new(
                 "reference",
                 r.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
@@ -755,15 +755,12 @@ impl EvalReport {
                 "hits_at_10",
                 r.iter().map(|r| r.hits_at_10).collect::<Vec<_>>(),
             ),
-        ])
-        .map_err(|e| EditError::Table(e.to_string()))
+        ])?)
     }
 
     /// Writes the table as Parquet (atomically).
     pub fn write_parquet(&self, path: &Path) -> Result<()> {
-        self.dataframe()?
-            .write_parquet(path)
-            .map_err(|e| EditError::Table(e.to_string()))
+        Ok(self.dataframe()?.write_parquet(path)?)
     }
 }
 

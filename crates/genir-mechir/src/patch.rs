@@ -23,6 +23,7 @@ use burn::prelude::*;
 use burn::tensor::{Bool, TensorData};
 use genir_data::{Column, Table};
 use genir_model::bert::{attention_bias, BertBlock, BertEncoder, BertInput};
+use genir_model::device::index_tensor;
 use genir_model::hooks::{
     ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Site, Stack,
 };
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MechirError, Result};
 use crate::pairs::{Pair, PairDataset};
-use crate::ranker::{index_tensor, EncodeConfig, EncodedPairs, PatchModel, ScoreContext};
+use crate::ranker::{EncodeConfig, EncodedPairs, PatchModel, ScoreContext};
 
 /// MechIR's patching metric: `(patched - original) / (perturbed - original)`, 0 where
 /// `|perturbed - original| < 1e-8`.

@@ -2,6 +2,7 @@
 
 use burn::prelude::*;
 use genir_model::bert::{BertEncoder, BertInput, Cat, Dot};
+use genir_model::device::index_tensor;
 use genir_model::hooks::Hooks;
 use genir_model::tokenizer::{Encoded, TextTokenizer};
 use serde::{Deserialize, Serialize};
@@ -298,14 +299,4 @@ impl PatchModel for Cat {
         let col = if n == 2 { 1 } else { 0 };
         Ok(logits.slice([0..b, col..col + 1]).reshape([b]))
     }
-}
-
-pub(crate) fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(
-        burn::tensor::TensorData::new(
-            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-            [rows.len()],
-        ),
-        device,
-    )
 }

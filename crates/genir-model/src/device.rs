@@ -1,6 +1,6 @@
 //! Backend selection: which burn devices this build has, by name (`--backend flex|wgpu|cuda`).
 
-use burn::prelude::Device;
+use burn::prelude::{Device, Int, Tensor, TensorData};
 
 use crate::error::ModelError;
 
@@ -119,6 +119,17 @@ pub fn reuse_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// Row indices as an `Int` tensor on `device`, for `select` along a batch axis (keep, reorder or repeat rows).
+pub fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    Tensor::from_data(
+        TensorData::new(
+            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+            [rows.len()],
+        ),
+        device,
+    )
 }
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ pub fn evaluate(run: &Run, qrels: &Qrels, qids: Option<&[String]>) -> Evaluation
 impl Evaluation {
     /// Per-query measures as a table: `qid, hits_at_1, hits_at_10, mrr_at_10, recall_at_{k}...,
     /// first_relevant_rank` (null when no relevant document was returned).
-    pub fn to_table(&self) -> Table {
+    pub fn to_table(&self) -> Result<Table> {
         let q = &self.per_query;
         let f = |name: String, get: &dyn Fn(&QueryMetrics) -> f64| {
             Column::new(name, q.iter().map(get).collect::<Vec<f64>>())
@@ -133,13 +133,12 @@ impl Evaluation {
                 .map(|m| m.first_relevant_rank.map(|r| r as u32))
                 .collect::<Vec<_>>(),
         ));
-        // One value per query in every column, distinct names: cannot fail.
-        Table::new(cols).unwrap_or_default()
+        Ok(Table::new(cols)?)
     }
 
     /// Writes the per-query table as Parquet (atomic).
     pub fn write_parquet(&self, path: &Path) -> Result<()> {
-        self.to_table().write_parquet(path)?;
+        self.to_table()?.write_parquet(path)?;
         Ok(())
     }
 

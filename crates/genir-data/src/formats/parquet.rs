@@ -14,15 +14,10 @@ fn strings<'a, T: 'a>(items: &'a [T], f: impl Fn(&'a T) -> &'a str) -> Vec<&'a s
     items.iter().map(f).collect()
 }
 
-fn table(columns: Vec<Column>) -> Table {
-    // The columns are built from one slice each, so their lengths agree and names are distinct.
-    Table::new(columns).unwrap_or_default()
-}
-
 /// A table with columns `docid, title, text`.
-pub fn corpus_to_table(corpus: &Corpus) -> Table {
+pub fn corpus_to_table(corpus: &Corpus) -> Result<Table> {
     let d = corpus.as_slice();
-    table(vec![
+    Table::new(vec![
         Column::new("docid", strings(d, |x| &x.docid)),
         Column::new("title", strings(d, |x| &x.title)),
         Column::new("text", strings(d, |x| &x.text)),
@@ -30,18 +25,18 @@ pub fn corpus_to_table(corpus: &Corpus) -> Table {
 }
 
 /// A table with columns `qid, text`.
-pub fn queries_to_table(queries: &Queries) -> Table {
+pub fn queries_to_table(queries: &Queries) -> Result<Table> {
     let q = queries.as_slice();
-    table(vec![
+    Table::new(vec![
         Column::new("qid", strings(q, |x| &x.qid)),
         Column::new("text", strings(q, |x| &x.text)),
     ])
 }
 
 /// A table with columns `qid, docid, grade`.
-pub fn qrels_to_table(qrels: &Qrels) -> Table {
+pub fn qrels_to_table(qrels: &Qrels) -> Result<Table> {
     let q = qrels.as_slice();
-    table(vec![
+    Table::new(vec![
         Column::new("qid", strings(q, |x| &x.qid)),
         Column::new("docid", strings(q, |x| &x.docid)),
         Column::new("grade", q.iter().map(|x| x.grade).collect::<Vec<i32>>()),
@@ -49,9 +44,9 @@ pub fn qrels_to_table(qrels: &Qrels) -> Table {
 }
 
 /// A table with columns `qid, docid, rank, score, tag`.
-pub fn run_to_table(run: &Run) -> Table {
+pub fn run_to_table(run: &Run) -> Result<Table> {
     let r = run.entries.as_slice();
-    table(vec![
+    Table::new(vec![
         Column::new("qid", strings(r, |x| &x.qid)),
         Column::new("docid", strings(r, |x| &x.docid)),
         Column::new("rank", r.iter().map(|x| x.rank).collect::<Vec<u32>>()),
@@ -196,20 +191,20 @@ pub fn read_run(path: &Path) -> Result<Run> {
 
 /// Writes documents to Parquet.
 pub fn write_corpus(path: &Path, corpus: &Corpus) -> Result<()> {
-    corpus_to_table(corpus).write_parquet(path)
+    corpus_to_table(corpus)?.write_parquet(path)
 }
 
 /// Writes queries to Parquet.
 pub fn write_queries(path: &Path, queries: &Queries) -> Result<()> {
-    queries_to_table(queries).write_parquet(path)
+    queries_to_table(queries)?.write_parquet(path)
 }
 
 /// Writes qrels to Parquet.
 pub fn write_qrels(path: &Path, qrels: &Qrels) -> Result<()> {
-    qrels_to_table(qrels).write_parquet(path)
+    qrels_to_table(qrels)?.write_parquet(path)
 }
 
 /// Writes a run to Parquet.
 pub fn write_run(path: &Path, run: &Run) -> Result<()> {
-    run_to_table(run).write_parquet(path)
+    run_to_table(run)?.write_parquet(path)
 }

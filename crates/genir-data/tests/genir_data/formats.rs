@@ -143,7 +143,7 @@ fn files_round_trip_by_extension() {
 #[cfg(feature = "parquet")]
 #[test]
 fn parquet_tables_have_the_documented_columns() {
-    let t = formats::parquet::qrels_to_table(&qrels());
+    let t = formats::parquet::qrels_to_table(&qrels()).unwrap();
     assert_eq!(t.names(), ["qid", "docid", "grade"]);
     assert_eq!(t.height(), 3);
 }

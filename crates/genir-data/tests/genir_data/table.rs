@@ -119,3 +119,27 @@ fn a_polars_written_table_reads() {
     assert!(v[2].is_nan() && want["value"][2] == "NaN");
     assert_eq!(t.strs("hit").unwrap(), ["true", "false", "true"]);
 }
+
+#[test]
+fn columns_genir_does_not_read_are_left_out_by_name_and_the_rest_read_right() {
+    // A list column first (leaf indices shift), a non-UTF-8 binary column, a decimal, a date and a timestamp
+    // between flat columns genir reads.
+    let t = Table::read_parquet(&fixture("parquet/mixed.parquet")).unwrap();
+    assert_eq!(t.names(), ["docid", "grade", "score"]);
+    assert_eq!(t.strs("docid").unwrap(), ["x1", "x2", "x3"]);
+    assert_eq!(t.i64s("grade").unwrap(), [2, -1, 0]);
+    let score = t.column("score").unwrap();
+    assert!(matches!(score.values(), genir_data::Values::F32(_)));
+    assert_eq!(score.f64s().unwrap()[..2], [0.25, 1.5]);
+    assert!(score.is_null(2));
+    for (name, why) in [
+        ("tags", "nested"),
+        ("blob", "UTF-8"),
+        ("price", "Decimal"),
+        ("day", "Date"),
+        ("at", "Timestamp"),
+    ] {
+        let e = t.column(name).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(why), "{name}: {e}");
+    }
+}

@@ -85,13 +85,7 @@ impl BertInput {
     /// Keeps (reorders, repeats) batch rows.
     pub fn select(&self, rows: &[usize]) -> Self {
         let device = self.input_ids.device();
-        let idx: Tensor<1, Int> = Tensor::from_data(
-            TensorData::new(
-                rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-                [rows.len()],
-            ),
-            &device,
-        );
+        let idx = crate::device::index_tensor(rows, &device);
         Self {
             input_ids: self.input_ids.clone().select(0, idx.clone()),
             token_type_ids: self.token_type_ids.clone().select(0, idx.clone()),

@@ -15,6 +15,7 @@ use super::layers::{
     host1, host2, linear, param1, param2, position_bias, ActKind, AttnAt, FeedForward, KvPair,
     RmsNorm, RowGroups, T5Attention, MASK_VALUE,
 };
+use crate::device::index_tensor;
 use crate::error::ModelError;
 use crate::hooks::{ActivationCache, AttnKind, HookFilter, HookPoint, Hooks, Site, Stack};
 use crate::weights::{write_atomic, write_safetensors, HostTensor, WeightFile};
@@ -300,16 +301,6 @@ pub struct DecoderState {
     pub sources: Option<Vec<usize>>,
     /// Decoder positions already processed.
     pub past_len: usize,
-}
-
-fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(
-        TensorData::new(
-            rows.iter().map(|&r| r as i64).collect::<Vec<_>>(),
-            [rows.len()],
-        ),
-        device,
-    )
 }
 
 impl DecoderState {
