@@ -270,7 +270,7 @@ fn attribution_is_exact_on_a_linear_path_and_first_order_elsewhere() {
     let (va, ve) = (col_f64(&attr, "value"), col_f64(&exact, "value"));
     let (raw, corrupt) = (col_f64(&attr, "raw"), col_f64(&attr, "corrupt"));
     let exact_raw = col_f64(&exact, "raw");
-    let mut linear = 0;
+    let (mut linear, mut normalised) = (0, 0);
     for i in 0..attr.height() {
         if !va[i].is_finite() {
             continue;
@@ -288,6 +288,7 @@ fn attribution_is_exact_on_a_linear_path_and_first_order_elsewhere() {
                 // and so the normalised value is 1, where the clean and corrupted runs differ enough for
                 // the normalisation not to magnify that rounding (a gap of 1e-3 turns 1e-6 into 1e-3)
                 if (exact_raw[i] - corrupt[i]).abs() > 0.05 {
+                    normalised += 1;
                     assert!(
                         (va[i] - ve[i]).abs() < 1e-4 && (va[i] - 1.0).abs() < 1e-4,
                         "final norm: attribution {} exact {}",
@@ -301,6 +302,7 @@ fn attribution_is_exact_on_a_linear_path_and_first_order_elsewhere() {
         }
     }
     assert_eq!(linear, pairs.len());
+    assert!(normalised > 0, "no pair's clean-corrupt gap exceeds 0.05");
 
     // finite differences on the first pair, every component and head and a few encoder positions
     let n = Naive::new(&gm, &pairs[0]);

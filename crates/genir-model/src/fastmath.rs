@@ -29,6 +29,8 @@ use rayon::prelude::*;
 
 #[cfg(feature = "flex")]
 mod attention_grad;
+#[cfg(feature = "flex")]
+mod linear_grad;
 
 /// Whether the fused path is on (`GENIR_FLEX_FASTMATH` is not `0`).
 pub fn enabled() -> bool {
@@ -210,7 +212,7 @@ fn row_max(row: &[f32]) -> f32 {
 /// Elsewhere, and for a non-contiguous `x`, it is burn's product and add.
 pub fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if let Some(y) = flex_linear(&x, w, b) {
+    if let Some(y) = flex_linear(&x, w, b).or_else(|| linear_grad::linear(&x, w, b)) {
         return y;
     }
     linear_burn(x, w, b)
@@ -285,6 +287,42 @@ fn output_buffer(m: usize, n: usize) -> Vec<f32> {
     }
 }
 
+/// flex's threshold for letting gemm use rayon's threads on an `m x n x k` product (burn-flex `ops::matmul`).
+#[cfg(feature = "flex")]
+fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if m * n * k >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// A 2-D f32 flex tensor's storage, start offset and (row, column) strides, when every element its
+/// `rows x cols` strides reach lies in the storage (a layout flex made always does; strides may be negative).
+#[cfg(feature = "flex")]
+fn view2(
+    t: &burn_flex::FlexTensor,
+    rows: usize,
+    cols: usize,
+) -> Option<(&[f32], usize, isize, isize)> {
+    let layout = t.layout();
+    if t.dtype() != burn::tensor::DType::F32 || layout.strides().len() != 2 || rows * cols == 0 {
+        return None;
+    }
+    let (rs, cs) = (layout.strides()[0], layout.strides()[1]);
+    let storage = t.storage::<f32>();
+    let span = |len: usize, stride: isize| (len as isize - 1) * stride;
+    let start = layout.start_offset() as isize;
+    let last = start + span(rows, rs).max(0) + span(cols, cs).max(0);
+    let first = start + span(rows, rs).min(0) + span(cols, cs).min(0);
+    (first >= 0 && (last as usize) < storage.len()).then_some((
+        storage,
+        layout.start_offset(),
+        rs,
+        cs,
+    ))
+}
+
 /// The fused path of [`linear`]; `None` when it does not apply (see there).
 #[cfg(feature = "flex")]
 fn flex_linear<const D: usize>(
@@ -316,25 +354,13 @@ fn flex_linear<const D: usize>(
         Some(bp) => Some(bp.as_slice::<f32>()?),
         None => None,
     };
-    let layout = wp.layout();
-    let (w_rs, w_cs) = (layout.strides()[0], layout.strides()[1]);
-    let ws = wp.storage::<f32>();
-    // the last element the strides reach must lie in the buffer (a layout flex made always does)
-    let span = |len: usize, stride: isize| (len as isize - 1) * stride;
-    let start = layout.start_offset() as isize;
-    let last = start + span(k, w_rs).max(0) + span(n, w_cs).max(0);
-    let first = start + span(k, w_rs).min(0) + span(n, w_cs).min(0);
-    if xs.len() != m * k || first < 0 || last as usize >= ws.len() {
+    let (ws, w_start, w_rs, w_cs) = view2(&wp, k, n)?;
+    if xs.len() != m * k {
         return None;
     }
-    let w_ptr = ws[layout.start_offset()..].as_ptr();
+    let w_ptr = ws[w_start..].as_ptr();
     let mut out = output_buffer(m, n);
-    // flex's threshold for letting gemm use rayon's threads (burn-flex `ops::matmul`)
-    let parallelism = if m * n * k >= 192 * 192 * 192 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = gemm_parallelism(m, n, k);
     // SAFETY: `x` is `m x k` row-major in `xs`; `w`'s `k x n` elements at its strides lie in `ws` (checked
     // above); `out` has room for `m x n` values, and with `read_dst` false gemm writes every one of them
     // (alpha is zero, the old values are never read) before the length is set ([`output_buffer`]).
@@ -1515,6 +1541,98 @@ mod tests {
         assert_eq!(gb, vec![2.0, 2.0]);
     }
 
+    #[test]
+    fn linear_on_autodiff_gives_burns_values_and_gradients() {
+        for ad in [
+            Device::flex().autodiff(),
+            Device::flex().autodiff().gradient_checkpointing(),
+        ] {
+            linear_gradients_on(&ad);
+        }
+    }
+
+    fn linear_gradients_on(ad: &Device) {
+        // (batch, rows, d_in, d_out, bias, weight stored transposed, which inputs want gradients [x, w, b]);
+        // sizes past flex's threshold for threads, single rows and columns (gemm's matrix-vector paths)
+        for (bsz, s, k, n, with_bias, transposed, want) in [
+            (2, 3, 5, 7, true, false, [true, true, true]),
+            (1, 1, 64, 300, false, true, [true, true, false]),
+            (4, 64, 96, 200, true, true, [true, true, true]),
+            (2, 5, 8, 1, true, false, [true, true, true]),
+            (3, 4, 1, 6, false, false, [true, true, false]),
+            (2, 3, 5, 7, true, false, [false, true, true]),
+            (2, 3, 5, 7, true, true, [true, false, false]),
+        ] {
+            let make = |dims: [usize; 2], seed, grad: bool| {
+                let t = Tensor::<2>::from_data(
+                    TensorData::new(spread(dims[0] * dims[1], seed, 0.8), dims),
+                    ad,
+                );
+                if grad {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            };
+            let x0 = make([bsz * s, k], 1, want[0]);
+            let w0 = if transposed {
+                make([n, k], 2, want[1])
+            } else {
+                make([k, n], 2, want[1])
+            };
+            let b0 = Tensor::<1>::from_data(TensorData::new(spread(n, 3, 0.5), [n]), ad);
+            let b0 = if want[2] { b0.require_grad() } else { b0 };
+            let what = format!(
+                "{bsz}x{s}x{k} -> {n}, bias {with_bias}, transposed {transposed}, {want:?}"
+            );
+            // each pass its own views of the leaves (burn's tape is consumed by a backward pass)
+            let inputs = || {
+                let x = x0.clone().reshape([bsz, s, k]);
+                let w = if transposed {
+                    w0.clone().transpose()
+                } else {
+                    w0.clone()
+                };
+                (x, w)
+            };
+            let bias = with_bias.then_some(&b0);
+            let weights = Tensor::<3>::from_data(
+                TensorData::new(spread(bsz * s * n, 4, 1.0), [bsz, s, n]),
+                ad,
+            );
+            let (x, w) = inputs();
+            let fused = linear_grad::linear(&x, &w, bias).expect("fused on autodiff");
+            let (x, w) = inputs();
+            let want_y = linear_burn(x, &w, bias);
+            let diff = max_rel_diff(fused.clone(), want_y.clone());
+            assert!(diff < 1e-6, "values: {diff}, {what}");
+            let got = (fused * weights.clone()).sum().backward();
+            let reference = (want_y * weights).sum().backward();
+            let leaves: [(&str, Option<Tensor<2>>, Option<Tensor<2>>); 3] = [
+                ("x", x0.grad(&got), x0.grad(&reference)),
+                ("w", w0.grad(&got), w0.grad(&reference)),
+                (
+                    "b",
+                    b0.grad(&got).map(|g| g.reshape([1, n])),
+                    b0.grad(&reference).map(|g| g.reshape([1, n])),
+                ),
+            ];
+            for (i, (name, g, r)) in leaves.into_iter().enumerate() {
+                let expected = want[i] && (i < 2 || with_bias);
+                assert_eq!(g.is_some(), expected, "{name} has a gradient: {what}");
+                assert_eq!(
+                    r.is_some(),
+                    expected,
+                    "{name} has a reference gradient: {what}"
+                );
+                if let (Some(g), Some(r)) = (g, r) {
+                    let diff = max_rel_diff(g, r);
+                    assert!(diff < 1e-5, "{name}: {diff}, {what}");
+                }
+            }
+        }
+    }
+
     /// burn's operations that [`attention_heads`] replaces.
     fn attention_reference(
         q: Tensor<4>,
@@ -1622,10 +1740,19 @@ mod tests {
 
     #[test]
     fn attention_heads_on_autodiff_gives_burns_values_and_gradients() {
-        let ad = Device::flex().autodiff();
+        // without and with gradient checkpointing (the two strategies an autodiff tensor can carry)
+        for ad in [
+            Device::flex().autodiff(),
+            Device::flex().autodiff().gradient_checkpointing(),
+        ] {
+            attention_gradients_on(&ad);
+        }
+    }
+
+    fn attention_gradients_on(ad: &Device) {
         let leaf = |dims: [usize; 4], seed, scale, grad: bool| {
             let n = dims.iter().product();
-            let t = Tensor::<4>::from_data(TensorData::new(spread(n, seed, scale), dims), &ad);
+            let t = Tensor::<4>::from_data(TensorData::new(spread(n, seed, scale), dims), ad);
             if grad {
                 t.require_grad()
             } else {
@@ -1633,26 +1760,39 @@ mod tests {
             }
         };
         // (batch, q_len, k_len, heads, d_head, bias dims, divisor, keys/values as views of projections,
-        // whether the bias wants a gradient): T5's encoder (a relative-position bias shared by the batch),
-        // a decoding step over a mask, BERT (divided, a padding bias), a single key, a bias per sequence and
-        // head, and a size past one cache line per row
-        for (b, lq, lk, h, dh, bd, divisor, views, bias_grad) in [
-            (2, 9, 9, 4, 8, [1, 4, 9, 9], None, true, true),
-            (3, 1, 6, 4, 16, [3, 1, 1, 6], None, false, false),
-            (2, 7, 7, 3, 4, [2, 1, 1, 7], Some(2.0), true, true),
-            (2, 5, 1, 3, 4, [1, 3, 5, 1], None, false, true),
-            (2, 6, 5, 2, 8, [2, 2, 6, 5], Some(8f64.sqrt()), false, true),
-            (2, 33, 40, 4, 32, [2, 4, 33, 40], None, true, true),
+        // whether the bias wants a gradient, whether the keys do): T5's encoder (a relative-position bias
+        // shared by the batch), a decoding step over a mask, BERT (divided, a padding bias), a single key, a
+        // bias per sequence and head, one sequence and one head with untracked keys, and a size past one
+        // cache line per row
+        for (b, lq, lk, h, dh, bd, divisor, views, bias_grad, k_grad) in [
+            (2, 9, 9, 4, 8, [1, 4, 9, 9], None, true, true, true),
+            (3, 1, 6, 4, 16, [3, 1, 1, 6], None, false, false, true),
+            (2, 7, 7, 3, 4, [2, 1, 1, 7], Some(2.0), true, true, true),
+            (2, 5, 1, 3, 4, [1, 3, 5, 1], None, false, true, true),
+            (
+                2,
+                6,
+                5,
+                2,
+                8,
+                [2, 2, 6, 5],
+                Some(8f64.sqrt()),
+                false,
+                true,
+                true,
+            ),
+            (1, 4, 6, 1, 8, [1, 1, 4, 6], None, true, true, false),
+            (2, 33, 40, 4, 32, [2, 4, 33, 40], None, true, true, true),
         ] {
             let q0 = leaf([b, lq, h, dh], 4, 2.0, true);
-            let kv = |seed| {
+            let kv = |seed, grad| {
                 if views {
-                    leaf([b, lk, h, dh], seed, 2.0, true)
+                    leaf([b, lk, h, dh], seed, 2.0, grad)
                 } else {
-                    leaf([b, h, lk, dh], seed, 2.0, true)
+                    leaf([b, h, lk, dh], seed, 2.0, grad)
                 }
             };
-            let (k0, v0) = (kv(5), kv(6));
+            let (k0, v0) = (kv(5, k_grad), kv(6, true));
             let as_heads = |t: &Tensor<4>, views| {
                 if views {
                     t.clone().swap_dims(1, 2)
@@ -1681,11 +1821,14 @@ mod tests {
             // a loss that weighs every output differently
             let w = Tensor::<3>::from_data(
                 TensorData::new(spread(b * lq * h * dh, 9, 1.0), [b, lq, h * dh]),
-                &ad,
+                ad,
             );
             let got = (fused * w.clone()).sum().backward();
             let reference = (want * w).sum().backward();
-            let mut leaves = vec![("q", &q0), ("k", &k0), ("v", &v0)];
+            let mut leaves = vec![("q", &q0), ("v", &v0)];
+            if k_grad {
+                leaves.push(("k", &k0));
+            }
             if bias_grad {
                 leaves.push(("bias", &bias));
             }
@@ -1699,6 +1842,10 @@ mod tests {
             assert!(
                 bias_grad || bias.grad(&got).is_none(),
                 "no gradient for an untracked bias"
+            );
+            assert!(
+                k_grad || k0.grad(&got).is_none(),
+                "no gradient for untracked keys"
             );
         }
     }
