@@ -411,7 +411,10 @@ impl Run {
         Run { entries }
     }
 
-    /// Builds a run from scored documents per query, ranking by descending score (ties by docid).
+    /// Builds a run from scored documents per query, ranking by descending score, equal scores by ascending
+    /// docid (byte order). Evaluation ignores these ranks: trec_eval, and genir-train's metrics which follow
+    /// it, re-sort a run by score with equal scores in descending docid order, so where scores tie the
+    /// `rank` column and the evaluated order differ.
     pub fn from_scores<'a>(
         tag: &str,
         scores: impl IntoIterator<Item = (&'a str, Vec<(String, f64)>)>,

@@ -358,7 +358,8 @@ fn flex_linear<const D: usize>(
     if xs.len() != m * k {
         return None;
     }
-    let w_ptr = ws[w_start..].as_ptr();
+    // the whole buffer's pointer: negative strides reach elements before `w_start`
+    let w_ptr = ws.as_ptr().wrapping_add(w_start);
     let mut out = output_buffer(m, n);
     let parallelism = gemm_parallelism(m, n, k);
     // SAFETY: `x` is `m x k` row-major in `xs`; `w`'s `k x n` elements at its strides lie in `ws` (checked
@@ -1553,8 +1554,9 @@ mod tests {
 
     fn linear_gradients_on(ad: &Device) {
         // (batch, rows, d_in, d_out, bias, weight stored transposed, which inputs want gradients [x, w, b]);
-        // sizes past flex's threshold for threads, single rows and columns (gemm's matrix-vector paths)
-        for (bsz, s, k, n, with_bias, transposed, want) in [
+        // sizes past flex's threshold for threads, single rows and columns (gemm's matrix-vector paths); every
+        // other case reaches the product with a non-contiguous output gradient (the loss reads a transposed view)
+        let cases = [
             (2, 3, 5, 7, true, false, [true, true, true]),
             (1, 1, 64, 300, false, true, [true, true, false]),
             (4, 64, 96, 200, true, true, [true, true, true]),
@@ -1562,7 +1564,9 @@ mod tests {
             (3, 4, 1, 6, false, false, [true, true, false]),
             (2, 3, 5, 7, true, false, [false, true, true]),
             (2, 3, 5, 7, true, true, [true, false, false]),
-        ] {
+        ];
+        for (case, (bsz, s, k, n, with_bias, transposed, want)) in cases.into_iter().enumerate() {
+            let strided_dy = case % 2 == 1;
             let make = |dims: [usize; 2], seed, grad: bool| {
                 let t = Tensor::<2>::from_data(
                     TensorData::new(spread(dims[0] * dims[1], seed, 0.8), dims),
@@ -1583,7 +1587,8 @@ mod tests {
             let b0 = Tensor::<1>::from_data(TensorData::new(spread(n, 3, 0.5), [n]), ad);
             let b0 = if want[2] { b0.require_grad() } else { b0 };
             let what = format!(
-                "{bsz}x{s}x{k} -> {n}, bias {with_bias}, transposed {transposed}, {want:?}"
+                "{bsz}x{s}x{k} -> {n}, bias {with_bias}, transposed {transposed}, {want:?}, \
+                 strided dy {strided_dy}"
             );
             // each pass its own views of the leaves (burn's tape is consumed by a backward pass)
             let inputs = || {
@@ -1606,8 +1611,15 @@ mod tests {
             let want_y = linear_burn(x, &w, bias);
             let diff = max_rel_diff(fused.clone(), want_y.clone());
             assert!(diff < 1e-6, "values: {diff}, {what}");
-            let got = (fused * weights.clone()).sum().backward();
-            let reference = (want_y * weights).sum().backward();
+            let loss = |y: Tensor<3>| {
+                if strided_dy {
+                    (y.swap_dims(1, 2) * weights.clone().swap_dims(1, 2)).sum()
+                } else {
+                    (y * weights.clone()).sum()
+                }
+            };
+            let got = loss(fused).backward();
+            let reference = loss(want_y).backward();
             let leaves: [(&str, Option<Tensor<2>>, Option<Tensor<2>>); 3] = [
                 ("x", x0.grad(&got), x0.grad(&reference)),
                 ("w", w0.grad(&got), w0.grad(&reference)),
@@ -1630,6 +1642,26 @@ mod tests {
                     assert!(diff < 1e-5, "{name}: {diff}, {what}");
                 }
             }
+        }
+        // a 2-D input (BERT's `forward2`), through the public entry point
+        let x =
+            Tensor::<2>::from_data(TensorData::new(spread(30, 5, 0.8), [6, 5]), ad).require_grad();
+        let w =
+            Tensor::<2>::from_data(TensorData::new(spread(15, 6, 0.8), [5, 3]), ad).require_grad();
+        let b = Tensor::<1>::from_data(TensorData::new(spread(3, 7, 0.5), [3]), ad).require_grad();
+        let got = linear(x.clone(), &w, Some(&b)).sum().backward();
+        let reference = linear_burn(x.clone(), &w, Some(&b)).sum().backward();
+        for (name, g, r) in [
+            ("x", x.grad(&got), x.grad(&reference)),
+            ("w", w.grad(&got), w.grad(&reference)),
+            (
+                "b",
+                b.grad(&got).map(|g| g.reshape([1, 3])),
+                b.grad(&reference).map(|g| g.reshape([1, 3])),
+            ),
+        ] {
+            let diff = max_rel_diff(g.expect("a gradient"), r.expect("a reference gradient"));
+            assert!(diff < 1e-5, "2-D {name}: {diff}");
         }
     }
 
@@ -1734,7 +1766,17 @@ mod tests {
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(&b)
-            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .map(|(x, y)| {
+                let d = (x - y).abs() / y.abs().max(1.0);
+                // a NaN on either side is a difference, not something `max` may skip
+                if d.is_nan() && !(x.is_nan() && y.is_nan()) {
+                    f32::INFINITY
+                } else if d.is_nan() {
+                    0.0
+                } else {
+                    d
+                }
+            })
             .fold(0.0, f32::max)
     }
 

@@ -172,7 +172,7 @@ fn gradients(
                 [m, k, n],
                 (dx.as_mut_ptr(), k as isize),
                 (dy.as_ptr(), n as isize, 1),
-                (ws[w_start..].as_ptr(), w_cs, w_rs),
+                (ws.as_ptr().wrapping_add(w_start), w_cs, w_rs),
                 gemm_parallelism(m, k, n),
             );
             dx.set_len(m * k);
