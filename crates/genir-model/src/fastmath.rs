@@ -31,6 +31,8 @@ use rayon::prelude::*;
 mod attention_grad;
 #[cfg(feature = "flex")]
 mod linear_grad;
+#[cfg(feature = "flex")]
+mod norm_grad;
 
 /// Whether the fused path is on (`GENIR_FLEX_FASTMATH` is not `0`).
 pub fn enabled() -> bool {
@@ -79,21 +81,30 @@ pub fn layer_norm(x: Tensor<3>, weight: Tensor<1>, bias: Tensor<1>, eps: f64) ->
 }
 
 /// T5's norm over the last axis, `x / sqrt(mean(x^2) + eps) * weight` (no centring, no bias), fused on
-/// `flex` without autodiff like [`layer_norm`].
+/// `flex` without autodiff like [`layer_norm`]; on an autodiff `flex` device (training) the same pass is
+/// recorded as one operation with its own backward pass (values and gradients within 1e-6 and 1e-5 of
+/// burn's composition, tested).
 pub fn rms_norm(x: Tensor<3>, weight: Tensor<1>, eps: f64) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = norm_grad::rms_norm(&x, &weight, eps) {
+        return y;
+    }
     let d = x.dims()[2];
-    let burn = |x: Tensor<3>| {
-        let ms = x.clone().square().mean_dim(2);
-        x * ms.add_scalar(eps).sqrt().recip() * weight.clone().reshape([1, 1, d])
-    };
     match host_vec(&weight) {
         Some(w) if w.len() == d && d > 0 => fused(
             x,
             |values| norm_rows_in_place(values, &w, None, eps, false),
-            burn,
+            |x| rms_norm_burn(x, &weight, eps),
         ),
-        _ => burn(x),
+        _ => rms_norm_burn(x, &weight, eps),
     }
+}
+
+/// burn's composition of [`rms_norm`]: its fallback, and its reference in the tests.
+fn rms_norm_burn(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let d = x.dims()[2];
+    let ms = x.clone().square().mean_dim(2);
+    x * ms.add_scalar(eps).sqrt().recip() * weight.clone().reshape([1, 1, d])
 }
 
 /// Log-softmax over the last axis of `x: [rows, width]`, read at the columns `cols` only: `rows x cols.len()`
@@ -211,11 +222,49 @@ fn row_max(row: &[f32]) -> f32 {
 /// ours without filling it first, and adds the bias in place: bit-identical to burn's result (tested).
 /// Elsewhere, and for a non-contiguous `x`, it is burn's product and add.
 pub fn linear<const D: usize>(x: Tensor<D>, w: &Tensor<2>, b: Option<&Tensor<1>>) -> Tensor<D> {
+    linear_then(x, w, b, false)
+}
+
+/// `relu(x @ w (+ b))`: T5's ReLU feed-forward map, as [`linear`] with the ReLU applied in place to the
+/// product's buffer on `flex` (one pass and one buffer fewer), and on an autodiff `flex` device recorded with
+/// the product as one operation whose backward pass masks the output gradient by `y > 0` (burn's ReLU records
+/// its own operation, and its backward pass makes a mask tensor, then a masked copy). ReLU is exact, so the
+/// values are bit-identical to `relu(linear(x, w, b))` on every device (tested).
+pub fn linear_relu<const D: usize>(
+    x: Tensor<D>,
+    w: &Tensor<2>,
+    b: Option<&Tensor<1>>,
+) -> Tensor<D> {
+    linear_then(x, w, b, true)
+}
+
+/// [`linear`], then a ReLU when `relu`.
+fn linear_then<const D: usize>(
+    x: Tensor<D>,
+    w: &Tensor<2>,
+    b: Option<&Tensor<1>>,
+    relu: bool,
+) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if let Some(y) = flex_linear(&x, w, b).or_else(|| linear_grad::linear(&x, w, b)) {
+    if let Some(y) = flex_linear(&x, w, b, relu).or_else(|| linear_grad::linear(&x, w, b, relu)) {
         return y;
     }
-    linear_burn(x, w, b)
+    let y = linear_burn(x, w, b);
+    if relu {
+        activation::relu(y)
+    } else {
+        y
+    }
+}
+
+/// ReLU in place, as burn's (`x <= 0` becomes `+0`; NaN stays NaN).
+#[cfg(feature = "flex")]
+fn relu_in_place(values: &mut [f32]) {
+    // the value's bits and-ed with all ones or all zeros (branch-free, so the loop vectorises)
+    for v in values {
+        let keep = u32::from(*v <= 0.0).wrapping_sub(1);
+        *v = f32::from_bits(v.to_bits() & keep);
+    }
 }
 
 /// burn's `x @ w (+ b)`: the fallback of [`linear`], and its reference in the tests.
@@ -329,6 +378,7 @@ fn flex_linear<const D: usize>(
     x: &Tensor<D>,
     w: &Tensor<2>,
     b: Option<&Tensor<1>>,
+    relu: bool,
 ) -> Option<Tensor<D>> {
     use burn::tensor::DType;
     use burn_flex::{Flex, FlexTensor};
@@ -375,12 +425,17 @@ fn flex_linear<const D: usize>(
         );
         out.set_len(m * n);
     }
-    if let Some(bias) = bias {
+    if bias.is_some() || relu {
         par_rows(&mut out, n, |rows| {
-            for row in rows.chunks_exact_mut(n) {
-                for (o, &b) in row.iter_mut().zip(bias) {
-                    *o += b;
+            if let Some(bias) = bias {
+                for row in rows.chunks_exact_mut(n) {
+                    for (o, &b) in row.iter_mut().zip(bias) {
+                        *o += b;
+                    }
                 }
+            }
+            if relu {
+                relu_in_place(rows);
             }
         });
     }
@@ -620,6 +675,17 @@ pub fn fusable<const D: usize>(x: &Tensor<D>) -> bool {
         let _ = x;
         false
     }
+}
+
+/// Whether a tensor can take a fused pass recorded on the autodiff tape: on an autodiff `flex` device, f32,
+/// and fused passes are enabled.
+#[cfg(feature = "flex")]
+fn autodiff_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
+    let device = x.device();
+    enabled()
+        && device.is_autodiff()
+        && device == Device::flex()
+        && x.dtype() == burn::tensor::DType::F32
 }
 
 /// The values of a small parameter tensor when it can take the fused path (`None` otherwise).
@@ -1470,8 +1536,19 @@ mod tests {
             let b = Tensor::<1>::from_data(TensorData::new(vals(n, 3), [n]), &device);
             let case = format!("{bsz}x{s}x{k} @ {k}x{n}");
             assert!(
-                flex_linear(&x, &w, Some(&b)).is_some(),
+                flex_linear(&x, &w, Some(&b), false).is_some(),
                 "{case}: fused path not taken"
+            );
+            // with the ReLU applied in the product's buffer
+            assert_eq!(
+                bits(linear_relu(x.clone(), &w, Some(&b))),
+                bits(activation::relu(linear_burn(x.clone(), &w, Some(&b)))),
+                "{case}, ReLU after the bias"
+            );
+            assert_eq!(
+                bits(linear_relu(x.clone(), &w, None)),
+                bits(activation::relu(linear_burn(x.clone(), &w, None))),
+                "{case}, ReLU"
             );
             assert_eq!(
                 bits(linear(x.clone(), &w, Some(&b))),
@@ -1543,6 +1620,73 @@ mod tests {
     }
 
     #[test]
+    fn rms_norm_on_autodiff_gives_burns_values_and_gradients() {
+        for ad in [
+            Device::flex().autodiff(),
+            Device::flex().autodiff().gradient_checkpointing(),
+        ] {
+            // (batch, positions, width, which inputs want gradients [x, w]); sizes past the fused pass's
+            // task size (several tasks, so `w`'s gradient is summed over partial sums), single rows and a width
+            // of 1; every other case reaches the norm's backward pass with a non-contiguous output gradient
+            let cases = [
+                (2, 3, 8, [true, true]),
+                (32, 64, 256, [true, true]),
+                (1, 1, 5, [true, true]),
+                (3, 7, 1, [true, true]),
+                (4, 9, 33, [false, true]),
+                (4, 9, 33, [true, false]),
+                (2, 700, 64, [true, true]),
+            ];
+            for (case, (bsz, s, d, want)) in cases.into_iter().enumerate() {
+                let strided_dy = case % 2 == 1;
+                let x0 = Tensor::<2>::from_data(
+                    TensorData::new(spread(bsz * s * d, 1, 2.0), [bsz * s, d]),
+                    &ad,
+                );
+                let x0 = if want[0] { x0.require_grad() } else { x0 };
+                let w0 = Tensor::<1>::from_data(TensorData::new(spread(d, 2, 1.5), [d]), &ad);
+                let w0 = if want[1] { w0.require_grad() } else { w0 };
+                let weights = Tensor::<3>::from_data(
+                    TensorData::new(spread(bsz * s * d, 3, 1.0), [bsz, s, d]),
+                    &ad,
+                );
+                let what = format!("{bsz}x{s}x{d}, {want:?}, strided dy {strided_dy}");
+                let x = || x0.clone().reshape([bsz, s, d]);
+                let fused = norm_grad::rms_norm(&x(), &w0, 1e-6).expect("fused on autodiff");
+                let want_y = rms_norm_burn(x(), &w0, 1e-6);
+                let diff = max_rel_diff(fused.clone(), want_y.clone());
+                assert!(diff < 1e-6, "values: {diff}, {what}");
+                let loss = |y: Tensor<3>| {
+                    if strided_dy {
+                        (y.swap_dims(1, 2) * weights.clone().swap_dims(1, 2)).sum()
+                    } else {
+                        (y * weights.clone()).sum()
+                    }
+                };
+                let got = loss(fused).backward();
+                let reference = loss(want_y).backward();
+                let gx = (x0.grad(&got), x0.grad(&reference));
+                let gw = (
+                    w0.grad(&got).map(|g| g.reshape([1, d])),
+                    w0.grad(&reference).map(|g| g.reshape([1, d])),
+                );
+                for (name, wanted, (g, r)) in [("x", want[0], gx), ("w", want[1], gw)] {
+                    assert_eq!(g.is_some(), wanted, "{name} has a gradient: {what}");
+                    assert_eq!(
+                        r.is_some(),
+                        wanted,
+                        "{name} has a reference gradient: {what}"
+                    );
+                    if let (Some(g), Some(r)) = (g, r) {
+                        let diff = max_rel_diff(g, r);
+                        assert!(diff < 1e-5, "{name}'s gradient: {diff}, {what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn linear_on_autodiff_gives_burns_values_and_gradients() {
         for ad in [
             Device::flex().autodiff(),
@@ -1565,8 +1709,10 @@ mod tests {
             (2, 3, 5, 7, true, false, [false, true, true]),
             (2, 3, 5, 7, true, true, [true, false, false]),
         ];
-        for (case, (bsz, s, k, n, with_bias, transposed, want)) in cases.into_iter().enumerate() {
-            let strided_dy = case % 2 == 1;
+        // each case without and with a ReLU after the product (`linear_relu`)
+        let cases = cases.into_iter().flat_map(|c| [(c, false), (c, true)]);
+        for (case, ((bsz, s, k, n, with_bias, transposed, want), relu)) in cases.enumerate() {
+            let strided_dy = (case / 2) % 2 == 1;
             let make = |dims: [usize; 2], seed, grad: bool| {
                 let t = Tensor::<2>::from_data(
                     TensorData::new(spread(dims[0] * dims[1], seed, 0.8), dims),
@@ -1588,7 +1734,7 @@ mod tests {
             let b0 = if want[2] { b0.require_grad() } else { b0 };
             let what = format!(
                 "{bsz}x{s}x{k} -> {n}, bias {with_bias}, transposed {transposed}, {want:?}, \
-                 strided dy {strided_dy}"
+                 strided dy {strided_dy}, ReLU {relu}"
             );
             // each pass its own views of the leaves (burn's tape is consumed by a backward pass)
             let inputs = || {
@@ -1606,9 +1752,14 @@ mod tests {
                 ad,
             );
             let (x, w) = inputs();
-            let fused = linear_grad::linear(&x, &w, bias).expect("fused on autodiff");
+            let fused = linear_grad::linear(&x, &w, bias, relu).expect("fused on autodiff");
             let (x, w) = inputs();
             let want_y = linear_burn(x, &w, bias);
+            let want_y = if relu {
+                activation::relu(want_y)
+            } else {
+                want_y
+            };
             let diff = max_rel_diff(fused.clone(), want_y.clone());
             assert!(diff < 1e-6, "values: {diff}, {what}");
             let loss = |y: Tensor<3>| {

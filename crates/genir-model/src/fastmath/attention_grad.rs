@@ -19,7 +19,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchKindConversion, TensorMetadata};
 use burn::prelude::*;
-use burn::tensor::{DType, DispatchTensor};
+use burn::tensor::DispatchTensor;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
@@ -32,12 +32,7 @@ pub(super) fn attention(
     bias: &Tensor<4>,
     divisor: Option<f64>,
 ) -> Option<Tensor<3>> {
-    let device = q.device();
-    if !super::enabled()
-        || !device.is_autodiff()
-        || device != Device::flex()
-        || q.dtype() != DType::F32
-    {
+    if !super::autodiff_flex_f32(q) {
         return None;
     }
     attention_with::<NoCheckpointing>(q, k, v, bias, divisor)

@@ -2,9 +2,10 @@
 //! buffer it fills, any weight strides) recorded as one autodiff operation whose backward pass makes the two
 //! products `dx = dy w^T` and `dw = x^T dy` the same way, and `db` as column sums of `dy`. burn's composition
 //! records a reshape, a product and a broadcast add, and each of its three products zero-fills its output and
-//! copies it again, and copies a transposed operand first.
+//! copies it again, and copies a transposed operand first. With a ReLU ([`super::linear_relu`]) the output
+//! is kept too, and the backward pass masks `dy` by `y > 0` first.
 
-use super::{gemm_into, gemm_parallelism, output_buffer, view2};
+use super::{gemm_into, gemm_parallelism, output_buffer, view2, PAR_GRAIN};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -15,27 +16,24 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchKindConversion, TensorMetadata};
 use burn::prelude::*;
-use burn::tensor::{DType, DispatchTensor};
+use burn::tensor::DispatchTensor;
 use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
 use std::borrow::Cow;
 
-/// `x @ w (+ b)` of autodiff `flex` tensors, or `None` when it does not apply (another device, no autodiff,
+/// `x @ w (+ b)`, then a ReLU when `relu`, of autodiff `flex` tensors, or `None` when it does not apply (another device, no autodiff,
 /// fused passes disabled, or what [`super::flex_linear`] declines: a non-contiguous `x`, mismatched shapes).
 pub(super) fn linear<const D: usize>(
     x: &Tensor<D>,
     w: &Tensor<2>,
     b: Option<&Tensor<1>>,
+    relu: bool,
 ) -> Option<Tensor<D>> {
-    let device = x.device();
-    if !super::enabled()
-        || !device.is_autodiff()
-        || device != Device::flex()
-        || x.dtype() != DType::F32
-    {
+    if !super::autodiff_flex_f32(x) {
         return None;
     }
-    linear_with::<NoCheckpointing, D>(x, w, b)
-        .or_else(|| linear_with::<BalancedCheckpointing, D>(x, w, b))
+    linear_with::<NoCheckpointing, D>(x, w, b, relu)
+        .or_else(|| linear_with::<BalancedCheckpointing, D>(x, w, b, relu))
 }
 
 /// [`linear`] for tensors recorded with the checkpointing strategy `C` (`None` for another one).
@@ -43,6 +41,7 @@ fn linear_with<C: CheckpointStrategy, const D: usize>(
     x: &Tensor<D>,
     w: &Tensor<2>,
     b: Option<&Tensor<1>>,
+    relu: bool,
 ) -> Option<Tensor<D>>
 where
     DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
@@ -53,7 +52,7 @@ where
     let plain_w = Tensor::<2>::from_primitive::<Flex>(wa.primitive().clone());
     let out = match b {
         None => {
-            let y = super::flex_linear(&plain_x, &plain_w, None)?;
+            let y = super::flex_linear(&plain_x, &plain_w, None, relu)?;
             let y: FlexTensor = y.try_into_primitive::<Flex>().ok()?;
             match FusedLinear
                 .prepare::<C>([xa.node(), wa.node()])
@@ -61,7 +60,11 @@ where
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    prep.finish([xa.primitive().clone(), wa.primitive().clone()], y)
+                    let state = (
+                        [xa.primitive().clone(), wa.primitive().clone()],
+                        relu.then(|| y.clone()),
+                    );
+                    prep.finish(state, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             }
@@ -70,7 +73,7 @@ where
             let ba: FloatTensor<Autodiff<Flex, C>> =
                 b.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
             let plain_b = Tensor::<1>::from_primitive::<Flex>(ba.primitive().clone());
-            let y = super::flex_linear(&plain_x, &plain_w, Some(&plain_b))?;
+            let y = super::flex_linear(&plain_x, &plain_w, Some(&plain_b), relu)?;
             let y: FlexTensor = y.try_into_primitive::<Flex>().ok()?;
             match FusedLinearBias
                 .prepare::<C>([xa.node(), wa.node(), ba.node()])
@@ -78,7 +81,11 @@ where
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    prep.finish([xa.primitive().clone(), wa.primitive().clone()], y)
+                    let state = (
+                        [xa.primitive().clone(), wa.primitive().clone()],
+                        relu.then(|| y.clone()),
+                    );
+                    prep.finish(state, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(y),
             }
@@ -87,7 +94,8 @@ where
     Some(Tensor::<D>::from_primitive::<Autodiff<Flex, C>>(out))
 }
 
-/// `x @ w` recorded; its state is the inputs `[x, w]` (shared buffers, not copies).
+/// `x @ w` recorded; its state is the inputs `[x, w]` and, after a ReLU, the output (shared buffers, not
+/// copies).
 #[derive(Debug)]
 struct FusedLinear;
 
@@ -95,14 +103,17 @@ struct FusedLinear;
 #[derive(Debug)]
 struct FusedLinearBias;
 
+/// The state of both: the inputs `[x, w]`, and the output when a ReLU follows the product.
+type LinearState = ([FlexTensor; 2], Option<FlexTensor>);
+
 impl Backward<Flex, 2> for FusedLinear {
-    type State = [FlexTensor; 2];
+    type State = LinearState;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<Flex>(&ops.node);
         let [px, pw] = ops.parents;
-        let [x, w] = ops.state;
-        let g = gradients(&x, &w, &dy, px.is_some(), pw.is_some(), false);
+        let ([x, w], y) = ops.state;
+        let g = gradients(&x, &w, &dy, y.as_ref(), [px.is_some(), pw.is_some(), false]);
         for (parent, grad) in [(px, g.x), (pw, g.w)] {
             if let (Some(node), Some(grad)) = (parent, grad) {
                 grads.register::<Flex>(node.id, grad);
@@ -112,13 +123,19 @@ impl Backward<Flex, 2> for FusedLinear {
 }
 
 impl Backward<Flex, 3> for FusedLinearBias {
-    type State = [FlexTensor; 2];
+    type State = LinearState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = grads.consume::<Flex>(&ops.node);
         let [px, pw, pb] = ops.parents;
-        let [x, w] = ops.state;
-        let g = gradients(&x, &w, &dy, px.is_some(), pw.is_some(), pb.is_some());
+        let ([x, w], y) = ops.state;
+        let g = gradients(
+            &x,
+            &w,
+            &dy,
+            y.as_ref(),
+            [px.is_some(), pw.is_some(), pb.is_some()],
+        );
         for (parent, grad) in [(px, g.x), (pw, g.w), (pb, g.b)] {
             if let (Some(node), Some(grad)) = (parent, grad) {
                 grads.register::<Flex>(node.id, grad);
@@ -135,14 +152,14 @@ struct LinearGrads {
 }
 
 /// The backward pass of `y = x @ w (+ b)` on inputs the forward pass accepted (`x` contiguous, `w`'s view
-/// in its buffer), with `dy` in `y`'s shape.
+/// in its buffer), with `dy` in `y`'s shape; `relu_out`: the output of a ReLU that followed the product
+/// (`dy` is masked by `relu_out > 0` first). `want`: the gradients asked for, of `[x, w, b]`.
 fn gradients(
     x: &FlexTensor,
     w: &FlexTensor,
     dy: &FlexTensor,
-    want_x: bool,
-    want_w: bool,
-    want_b: bool,
+    relu_out: Option<&FlexTensor>,
+    [want_x, want_w, want_b]: [bool; 3],
 ) -> LinearGrads {
     const ACCEPTED: &str = "the fused forward pass accepted these inputs";
     let x_shape = x.shape();
@@ -161,6 +178,33 @@ fn gradients(
                 .try_into_vec::<f32>()
                 .expect("the gradient of an f32 output is f32"),
         ),
+    };
+    // after a ReLU: no gradient where its output is `<= 0` (burn's mask; a NaN passes its gradient on)
+    let dy = match relu_out {
+        None => dy,
+        Some(y) => {
+            let ys = y.as_slice::<f32>().expect(ACCEPTED);
+            debug_assert_eq!(ys.len(), m * n);
+            let mut masked = vec![0.0f32; m * n];
+            // the gradient's bits and-ed with all ones or all zeros (branch-free, so the loop vectorises;
+            // with a branch the random signs make it several times slower)
+            let mask = |((out, g), y): ((&mut [f32], &[f32]), &[f32])| {
+                for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
+                    let keep = u32::from(y <= 0.0).wrapping_sub(1);
+                    *o = f32::from_bits(g.to_bits() & keep);
+                }
+            };
+            if m * n <= PAR_GRAIN {
+                mask(((&mut masked[..], &dy[..]), ys));
+            } else {
+                masked
+                    .par_chunks_mut(PAR_GRAIN)
+                    .zip(dy.par_chunks(PAR_GRAIN))
+                    .zip(ys.par_chunks(PAR_GRAIN))
+                    .for_each(mask);
+            }
+            Cow::Owned(masked)
+        }
     };
     let dx = want_x.then(|| {
         let mut dx = output_buffer(m, k);

@@ -84,8 +84,11 @@ pub struct ActKind(pub Act);
 impl FeedForward {
     /// The hidden activations after the non-linearity (and gate), `[batch, pos, d_ff]`.
     pub fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = linear(x.clone(), &self.wi.val());
-        let h = self.act.0.apply(h);
+        let h = match self.act.0 {
+            // the product and the ReLU in one pass (`fastmath::linear_relu`: the same values)
+            Act::Relu => crate::fastmath::linear_relu(x.clone(), &self.wi.val(), None),
+            act => act.apply(linear(x.clone(), &self.wi.val())),
+        };
         match &self.wi_1 {
             Some(w1) => h * linear(x, &w1.val()),
             None => h,
