@@ -533,7 +533,35 @@ pub(crate) struct HeadViews<'a> {
 }
 
 #[cfg(feature = "flex")]
-impl HeadViews<'_> {
+impl<'a> HeadViews<'a> {
+    /// The views of `q: [b, h, lq, dh]`, `k: [b, h, lk, dh]` and a bias broadcast from
+    /// `[b | 1, h | 1, lq | 1, lk]` (its dimensions as given), or `None` when one of them does not lie in its
+    /// buffer or the bias's key axis is strided. `divisor` is rounded to f32, as burn's `div_scalar` rounds
+    /// the scalar to the tensor's type.
+    fn new(
+        [q, k, bias]: [&'a burn_flex::FlexTensor; 3],
+        [b, h, lq, lk, dh]: [usize; 5],
+        bias_dims: [usize; 4],
+        divisor: Option<f64>,
+    ) -> Option<Self> {
+        let q = view4(q, [b, h, lq, dh])?;
+        let k = view4(k, [b, h, lk, dh])?;
+        let bias = view4(bias, bias_dims)?;
+        if lk > 1 && bias.1[3] != 1 {
+            return None;
+        }
+        Some(Self {
+            q,
+            k,
+            bias,
+            h,
+            lq,
+            lk,
+            dh,
+            divisor: divisor.map(|d| d as f32),
+        })
+    }
+
     /// The pattern `softmax(q k^T / divisor + bias)` of block `t` (sequence `t / h`, head `t % h`) into
     /// `scores` (`lq x lk`, row-major): burn's batched product of the transposed view, its division and
     /// bias add, then [`softmax_rows_in_place`].
@@ -603,33 +631,18 @@ fn flex_attention(
     let prim =
         |t: &Tensor<4>| -> Option<FlexTensor> { t.clone().try_into_primitive::<Flex>().ok() };
     let (qp, kp, vp, bp) = (prim(q)?, prim(k)?, prim(v)?, prim(bias)?);
-    let (qs, qst) = view4(&qp, [b, h, lq, dh])?;
-    let (ks, kst) = view4(&kp, [b, h, lk, dh])?;
+    let views = HeadViews::new([&qp, &kp, &bp], [b, h, lq, lk, dh], bd, divisor)?;
     let (vs, vst) = view4(&vp, [b, h, lk, dh])?;
-    let (bs, bst) = view4(&bp, bd)?;
-    if lk > 1 && bst[3] != 1 {
-        return None;
-    }
-    let divisor = divisor.map(|d| d as f32); // burn's `div_scalar` rounds the scalar to the tensor's f32
-    let width = h * dh; // row stride of the output
-                        // `b * h` blocks of `lq x dh`, each one gemm's destination: zeroed where a block is a single row (see
-                        // [`output_buffer`]), else left for gemm to fill
+    // the output's row stride
+    let width = h * dh;
+    // `b * h` blocks of `lq x dh`, each one gemm's destination: zeroed where a block is a single row (see
+    // [`output_buffer`]), else left for gemm to fill
     let mut out: Vec<f32> = if lq == 1 {
         vec![0.0; b * lq * width]
     } else {
         Vec::with_capacity(b * lq * width)
     };
     let dst = SharedOut(out.as_mut_ptr());
-    let views = HeadViews {
-        q: (qs, qst),
-        k: (ks, kst),
-        bias: (bs, bst),
-        h,
-        lq,
-        lk,
-        dh,
-        divisor,
-    };
     let task = |scores: &mut Vec<f32>, t: usize| {
         let (seq, head) = (t / h, t % h);
         let v_at = seq * vst[0] + head * vst[1];
@@ -761,26 +774,31 @@ unsafe fn norm_avx2(values: &mut [f32], w: &[f32], bias: Option<&[f32]>, eps: f6
     }
 }
 
+/// `sum f(v)` over a row in f64, in four interleaved lanes (four independent chains of additions, so it
+/// runs at the adder's throughput rather than its latency): the norms' order of summation, shared by their
+/// forward and backward passes.
+#[inline(always)]
+fn lanes_sum(row: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let chunks = row.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 #[inline(always)]
 fn norm_row(row: &mut [f32], w: &[f32], bias: Option<&[f32]>, eps: f64, centre: bool) {
     let n = row.len() as f64;
-    let lanes_sum = |f: &dyn Fn(f32) -> f64| -> f64 {
-        let mut lanes = [0.0f64; 4];
-        let chunks = row.chunks_exact(4);
-        let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
-        for c in chunks {
-            for (l, &v) in lanes.iter_mut().zip(c) {
-                *l += f(v);
-            }
-        }
-        lanes.iter().sum::<f64>() + tail
-    };
     let mean = if centre {
-        lanes_sum(&|v| f64::from(v)) / n
+        lanes_sum(row, f64::from) / n
     } else {
         0.0
     };
-    let var = lanes_sum(&|v| {
+    let var = lanes_sum(row, |v| {
         let c = f64::from(v) - mean;
         c * c
     }) / n;

@@ -118,6 +118,16 @@ fn flex_tensor<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> FlexTensor
     FlexTensor::from_data(TensorData::new(values, dims))
 }
 
+/// `values` laid out as `[batch, len, heads, d_head]`, seen as `[batch, heads, len, d_head]` (a view, no
+/// copy): the layout of the projections the heads were cut from, so the gradient reaches them through the
+/// models' `swap_dims` and `reshape` without a copy.
+fn heads_view(values: Vec<f32>, [b, len, h, dh]: [usize; 4]) -> FlexTensor {
+    Tensor::<4>::from_primitive::<Flex>(flex_tensor(values, [b, len, h, dh]))
+        .swap_dims(1, 2)
+        .try_into_primitive::<Flex>()
+        .expect("a flex tensor stays a flex tensor")
+}
+
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let shape = t.shape();
     [shape[0], shape[1], shape[2], shape[3]]
@@ -133,21 +143,11 @@ fn gradients(
     const ACCEPTED: &str = "the fused forward pass accepted these inputs";
     let [b, h, lq, dh] = dims4(q);
     let lk = dims4(k)[2];
-    let (qs, qst) = view4(q, [b, h, lq, dh]).expect(ACCEPTED);
-    let (ks, kst) = view4(k, [b, h, lk, dh]).expect(ACCEPTED);
+    let views =
+        HeadViews::new([q, k, bias], [b, h, lq, lk, dh], dims4(bias), divisor).expect(ACCEPTED);
+    let ((qs, qst), (ks, kst)) = (views.q, views.k);
     let (vs, vst) = view4(v, [b, h, lk, dh]).expect(ACCEPTED);
-    let (bs, bst) = view4(bias, dims4(bias)).expect(ACCEPTED);
-    let divisor = divisor.map(|d| d as f32);
-    let views = HeadViews {
-        q: (qs, qst),
-        k: (ks, kst),
-        bias: (bs, bst),
-        h,
-        lq,
-        lk,
-        dh,
-        divisor,
-    };
+    let divisor = views.divisor;
     // `dz` as `[batch, q_len, heads * d_head]`, row-major whatever its layout
     let dz = Tensor::<3>::from_primitive::<Flex>(dz)
         .into_data()
@@ -207,13 +207,14 @@ fn gradients(
                 *x /= d;
             }
         }
-        // SAFETY: as above; the `[lq | lk, dh]` blocks of `dq`, `dk`, `dv` at `t` are this task's alone,
-        // and gemm writes all of each (`read_dst` false).
+        // SAFETY: as above; the (seq, head) blocks of `dq`, `dk`, `dv` (`lq | lk` rows of `dh` at row stride
+        // `width`: laid out `[batch, len, heads, d_head]`) are this task's alone, and gemm writes all of each
+        // (`read_dst` false).
         unsafe {
             // dq = dS k
             gemm_into(
                 [lq, dh, lk],
-                (dq_out.at(t * lq * dh), dh as isize),
+                (dq_out.at(seq * lq * width + head * dh), width as isize),
                 (ds.as_ptr(), lk as isize, 1),
                 (ks.as_ptr().add(k_at), kst[2] as isize, kst[3] as isize),
                 gemm::Parallelism::None,
@@ -221,7 +222,7 @@ fn gradients(
             // dk = dS^T q
             gemm_into(
                 [lk, dh, lq],
-                (dk_out.at(t * lk * dh), dh as isize),
+                (dk_out.at(seq * lk * width + head * dh), width as isize),
                 (ds.as_ptr(), 1, lk as isize),
                 (qs.as_ptr().add(q_at), qst[2] as isize, qst[3] as isize),
                 gemm::Parallelism::None,
@@ -229,7 +230,7 @@ fn gradients(
             // dv = P^T dz
             gemm_into(
                 [lk, dh, lq],
-                (dv_out.at(t * lk * dh), dh as isize),
+                (dv_out.at(seq * lk * width + head * dh), width as isize),
                 (p.as_ptr(), 1, lk as isize),
                 (dz.as_ptr().add(dz_at), width as isize, 1),
                 gemm::Parallelism::None,
@@ -240,9 +241,9 @@ fn gradients(
         .into_par_iter()
         .for_each_init(|| (vec![0.0f32; lq * lk], vec![0.0f32; lq * lk]), task);
     AttentionGrads {
-        q: flex_tensor(dq, [b, h, lq, dh]),
-        k: flex_tensor(dk, [b, h, lk, dh]),
-        v: flex_tensor(dv, [b, h, lk, dh]),
+        q: heads_view(dq, [b, lq, h, dh]),
+        k: heads_view(dk, [b, lk, h, dh]),
+        v: heads_view(dv, [b, lk, h, dh]),
         bias: want_bias.then(|| flex_tensor(dbias, [b, h, lq, lk])),
     }
 }

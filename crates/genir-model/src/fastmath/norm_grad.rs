@@ -7,7 +7,7 @@
 //! `dx = r (dy w) - r^3 x sum(dy w x) / n` and `dw = sum over rows of dy x r`, `r` recomputed from `x` as the
 //! forward pass made it.
 
-use super::{norm_rows_in_place, PAR_GRAIN};
+use super::{lanes_sum, norm_rows_in_place, PAR_GRAIN};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -123,11 +123,7 @@ fn gradients(
             .enumerate()
         {
             // as the forward pass (`norm_row`): the mean square in f64, its inverse root rounded to f32
-            let ms = x_row
-                .iter()
-                .map(|&v| f64::from(v) * f64::from(v))
-                .sum::<f64>()
-                / n;
+            let ms = lanes_sum(x_row, |v| f64::from(v) * f64::from(v)) / n;
             let inv = 1.0 / (ms + eps).sqrt();
             if want_w {
                 let r32 = inv as f32;
@@ -136,12 +132,20 @@ fn gradients(
                 }
             }
             if want_x {
-                let dot: f64 = x_row
-                    .iter()
-                    .zip(dy_row)
-                    .zip(ws)
-                    .map(|((&xv, &gy), &wv)| f64::from(gy) * f64::from(wv) * f64::from(xv))
-                    .sum();
+                // sum(dy w x) in four lanes too (as `lanes_sum`: throughput, not latency)
+                let mut lanes = [0.0f64; 4];
+                let mut tail = 0.0f64;
+                let term = |i: usize| f64::from(dy_row[i]) * f64::from(ws[i]) * f64::from(x_row[i]);
+                let body = d - d % 4;
+                for i in (0..body).step_by(4) {
+                    for (l, lane) in lanes.iter_mut().enumerate() {
+                        *lane += term(i + l);
+                    }
+                }
+                for i in body..d {
+                    tail += term(i);
+                }
+                let dot = lanes.iter().sum::<f64>() + tail;
                 let (a, b) = (inv as f32, (inv * inv * inv * dot / n) as f32);
                 let out = &mut dx[r * d..(r + 1) * d];
                 for (((o, &xv), &gy), &wv) in out.iter_mut().zip(x_row).zip(dy_row).zip(ws) {
