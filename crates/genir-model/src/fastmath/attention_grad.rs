@@ -104,7 +104,8 @@ impl Backward<Flex, 4> for FusedAttention {
     }
 }
 
-/// Gradients of one attention: `q`, `k`, `v` as `[batch, heads, len, d_head]`, and the bias's as the full
+/// Gradients of one attention: `q`, `k`, `v` as `[batch, heads, len, d_head]` (views of buffers laid out
+/// `[batch, len, heads, d_head]`, see [`heads_view`]), and the bias's as the full
 /// `[batch, heads, q_len, k_len]` (before summing over broadcast axes) when asked for.
 struct AttentionGrads {
     q: FlexTensor,
@@ -155,10 +156,16 @@ fn gradients(
         .expect("the gradient of an f32 output is f32");
     let width = h * dh;
     debug_assert_eq!(dz.len(), b * lq * width);
-    // zeroed: gemm's matrix-vector paths read a single-row or single-column destination
-    let mut dq = vec![0.0f32; b * h * lq * dh];
-    let mut dk = vec![0.0f32; b * h * lk * dh];
-    let mut dv = vec![0.0f32; b * h * lk * dh];
+    // zeroed only where a block is a single row (gemm's matrix-vector paths make a `&mut [f32]` over such a
+    // destination, see [`super::output_buffer`]); otherwise every value is written by a task below
+    let buffer = |rows: usize| {
+        if rows == 1 {
+            vec![0.0f32; b * h * rows * dh]
+        } else {
+            Vec::with_capacity(b * h * rows * dh)
+        }
+    };
+    let (mut dq, mut dk, mut dv) = (buffer(lq), buffer(lk), buffer(lk));
     let mut dbias = if want_bias {
         vec![0.0f32; b * h * lq * lk]
     } else {
@@ -240,6 +247,12 @@ fn gradients(
     (0..b * h)
         .into_par_iter()
         .for_each_init(|| (vec![0.0f32; lq * lk], vec![0.0f32; lq * lk]), task);
+    // SAFETY: the (sequence, head) blocks tile each buffer, and gemm wrote every value of each above
+    unsafe {
+        dq.set_len(b * h * lq * dh);
+        dk.set_len(b * h * lk * dh);
+        dv.set_len(b * h * lk * dh);
+    }
     AttentionGrads {
         q: heads_view(dq, [b, lq, h, dh]),
         k: heads_view(dk, [b, lk, h, dh]),

@@ -21,8 +21,9 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-/// `x @ w (+ b)`, then a ReLU when `relu`, of autodiff `flex` tensors, or `None` when it does not apply (another device, no autodiff,
-/// fused passes disabled, or what [`super::flex_linear`] declines: a non-contiguous `x`, mismatched shapes).
+/// `x @ w (+ b)`, then a ReLU when `relu`, of autodiff `flex` tensors, or `None` when it does not apply
+/// (another device, no autodiff, fused passes disabled, or what [`super::flex_linear`] declines: a
+/// non-contiguous `x`, mismatched shapes).
 pub(super) fn linear<const D: usize>(
     x: &Tensor<D>,
     w: &Tensor<2>,

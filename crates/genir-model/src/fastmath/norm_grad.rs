@@ -21,6 +21,7 @@ use burn::prelude::*;
 use burn::tensor::DispatchTensor;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// `x / sqrt(mean(x^2) + eps) * w` over the last axis of autodiff `flex` tensors, or `None` when it does not
 /// apply (another device, no autodiff, fused passes disabled, a non-contiguous `x` or `w`, mismatched widths).
@@ -99,10 +100,16 @@ fn gradients(
     let d = ws.len();
     let shape = x.shape().to_vec();
     // `dy` row-major whatever its layout
-    let dy = Tensor::<3>::from_primitive::<Flex>(dy)
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("the gradient of an f32 output is f32");
+    // `dy` row-major: its own buffer when contiguous, else a copy
+    let dy: Cow<'_, [f32]> = match dy.as_slice::<f32>() {
+        Some(s) if s.len() == xs.len() => Cow::Borrowed(s),
+        _ => Cow::Owned(
+            Tensor::<3>::from_primitive::<Flex>(dy.clone())
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("the gradient of an f32 output is f32"),
+        ),
+    };
     debug_assert_eq!(dy.len(), xs.len());
     let n = d as f64;
     // one task per fixed chunk of rows (the same split on any number of threads, so `dw`'s sum is too)
@@ -133,17 +140,26 @@ fn gradients(
             }
             if want_x {
                 // sum(dy w x) in four lanes too (as `lanes_sum`: throughput, not latency)
+                let term = |((&xv, &gy), &wv): ((&f32, &f32), &f32)| {
+                    f64::from(gy) * f64::from(wv) * f64::from(xv)
+                };
+                let (xc, gc, wc) = (
+                    x_row.chunks_exact(4),
+                    dy_row.chunks_exact(4),
+                    ws.chunks_exact(4),
+                );
+                let tail: f64 = xc
+                    .remainder()
+                    .iter()
+                    .zip(gc.remainder())
+                    .zip(wc.remainder())
+                    .map(term)
+                    .sum();
                 let mut lanes = [0.0f64; 4];
-                let mut tail = 0.0f64;
-                let term = |i: usize| f64::from(dy_row[i]) * f64::from(ws[i]) * f64::from(x_row[i]);
-                let body = d - d % 4;
-                for i in (0..body).step_by(4) {
-                    for (l, lane) in lanes.iter_mut().enumerate() {
-                        *lane += term(i + l);
+                for ((x4, g4), w4) in xc.zip(gc).zip(wc) {
+                    for (lane, v) in lanes.iter_mut().zip(x4.iter().zip(g4).zip(w4)) {
+                        *lane += term(v);
                     }
-                }
-                for i in body..d {
-                    tail += term(i);
                 }
                 let dot = lanes.iter().sum::<f64>() + tail;
                 let (a, b) = (inv as f32, (inv * inv * inv * dot / n) as f32);
