@@ -11,7 +11,7 @@ use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
 };
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchKindConversion, TensorMetadata};
@@ -51,24 +51,18 @@ where
     let wa = w.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
     let plain_x = Tensor::<D>::from_primitive::<Flex>(xa.primitive().clone());
     let plain_w = Tensor::<2>::from_primitive::<Flex>(wa.primitive().clone());
+    // the state: the inputs, and the output when a ReLU follows (shared buffers, not copies)
+    let state = |y: &FlexTensor| -> LinearState {
+        (
+            [xa.primitive().clone(), wa.primitive().clone()],
+            relu.then(|| y.clone()),
+        )
+    };
     let out = match b {
         None => {
             let y = super::flex_linear(&plain_x, &plain_w, None, relu)?;
             let y: FlexTensor = y.try_into_primitive::<Flex>().ok()?;
-            match FusedLinear
-                .prepare::<C>([xa.node(), wa.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let state = (
-                        [xa.primitive().clone(), wa.primitive().clone()],
-                        relu.then(|| y.clone()),
-                    );
-                    prep.finish(state, y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            }
+            record::<C, _, 2>(FusedLinear, [xa.node(), wa.node()], state, y)
         }
         Some(b) => {
             let ba: FloatTensor<Autodiff<Flex, C>> =
@@ -76,23 +70,26 @@ where
             let plain_b = Tensor::<1>::from_primitive::<Flex>(ba.primitive().clone());
             let y = super::flex_linear(&plain_x, &plain_w, Some(&plain_b), relu)?;
             let y: FlexTensor = y.try_into_primitive::<Flex>().ok()?;
-            match FusedLinearBias
-                .prepare::<C>([xa.node(), wa.node(), ba.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let state = (
-                        [xa.primitive().clone(), wa.primitive().clone()],
-                        relu.then(|| y.clone()),
-                    );
-                    prep.finish(state, y)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            }
+            record::<C, _, 3>(FusedLinearBias, [xa.node(), wa.node(), ba.node()], state, y)
         }
     };
     Some(Tensor::<D>::from_primitive::<Autodiff<Flex, C>>(out))
+}
+
+/// Records `y` as the output of `op` over the inputs' `nodes`, keeping `state(&y)` when a gradient is wanted.
+fn record<C: CheckpointStrategy, O: Backward<Flex, N, State = LinearState>, const N: usize>(
+    op: O,
+    nodes: [NodeGuard; N],
+    state: impl FnOnce(&FlexTensor) -> LinearState,
+    y: FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match op.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let state = state(&y);
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
 }
 
 /// `x @ w` recorded; its state is the inputs `[x, w]` and, after a ReLU, the output (shared buffers, not
