@@ -258,7 +258,7 @@ pub fn train(args: TrainArgs, device: &Device) -> Result<()> {
         return Ok(());
     }
     let info = serde_json::json!({ "corpus": args.corpus });
-    genir_model::weights::write_atomic(&args.out.join(RUN_INFO), info.to_string().as_bytes())?;
+    genir_io::write_atomic(&args.out.join(RUN_INFO), info.to_string().as_bytes())?;
     let last = summary.state.validation.last();
     eprintln!(
         "trained {} steps in {:.1} s ({:.1} examples/s this session){}; model in {}",

@@ -478,7 +478,7 @@ impl Table {
 
     /// Writes the table as CSV to `path` atomically (creating parent folders), row by row.
     pub fn write_csv(&self, path: &Path) -> Result<()> {
-        write_atomic(path, |w| {
+        genir_io::write_atomic_with(path, |w| {
             self.write_csv_to(w).map_err(|e| Error::io(path, e))
         })
     }
@@ -538,43 +538,6 @@ fn csv_quote(s: &str) -> String {
     }
 }
 
-/// Writes a file through `fill` into a temporary file beside `path`, then renames it over `path`, so a reader
-/// never sees a half-written file (parent folders are created; the temporary file is removed on error). A
-/// symbolic link at `path` is replaced by the file, not written through.
-pub(crate) fn write_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = parent {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", path.display())))?;
-    // Unique per process and per call, so threads writing the same path do not share a temporary file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}-{n}.tmp", std::process::id()));
-    let tmp = parent.map_or_else(|| tmp_name.clone().into(), |d| d.join(&tmp_name));
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::new(file);
-        fill(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(feature = "parquet")]
 mod pq {
     use std::fs::File;
@@ -592,7 +555,7 @@ mod pq {
     use parquet::file::writer::SerializedFileWriter;
     use parquet::schema::types::{ColumnDescriptor, Type};
 
-    use super::{write_atomic, Column, Table, Values};
+    use super::{Column, Table, Values};
     use crate::error::{Error, Result};
 
     fn pe(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> Error + '_ {
@@ -663,7 +626,7 @@ mod pq {
                     .set_created_by(format!("genir {}", env!("CARGO_PKG_VERSION")))
                     .build(),
             );
-            write_atomic(path, |out| {
+            genir_io::write_atomic_with(path, |out| {
                 let mut writer = SerializedFileWriter::new(out, schema, props).map_err(pe(path))?;
                 let mut rg = writer.next_row_group().map_err(pe(path))?;
                 for c in &self.columns {

@@ -50,6 +50,15 @@ pub enum EditError {
     Tensor(String),
 }
 
+impl From<genir_io::Error> for EditError {
+    fn from(e: genir_io::Error) -> Self {
+        EditError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl EditError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();

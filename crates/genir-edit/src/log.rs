@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use genir_model::weights::{write_atomic, write_safetensors, HostTensor, WeightFile};
+use genir_io::write_atomic;
+use genir_model::weights::{write_safetensors, HostTensor, WeightFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EditError, Result};

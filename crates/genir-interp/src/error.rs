@@ -46,3 +46,12 @@ pub enum InterpError {
 
 /// Result alias of this crate.
 pub type Result<T, E = InterpError> = std::result::Result<T, E>;
+
+impl From<genir_io::Error> for InterpError {
+    fn from(e: genir_io::Error) -> Self {
+        InterpError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

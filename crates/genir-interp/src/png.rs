@@ -56,13 +56,7 @@ pub fn svg_to_png(svg: &Path, scale: f32) -> Result<PathBuf> {
     let bytes = pixmap
         .encode_png()
         .map_err(|e| err(&png, format!("encoding: {e}")))?;
-    let tmp = png.with_extension("png.tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, &png))
-        .map_err(|source| InterpError::Io {
-            path: png.clone(),
-            source,
-        })?;
+    genir_io::write_atomic(&png, &bytes)?;
     Ok(png)
 }
 

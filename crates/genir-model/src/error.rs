@@ -94,6 +94,15 @@ pub enum ModelError {
     Tensor(String),
 }
 
+impl From<genir_io::Error> for ModelError {
+    fn from(e: genir_io::Error) -> Self {
+        ModelError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {

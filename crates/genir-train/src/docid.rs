@@ -319,7 +319,7 @@ impl DocidScheme {
             path: path.into(),
             message: e.to_string(),
         })?;
-        genir_model::weights::write_atomic(path, &text)?;
+        genir_io::write_atomic(path, &text)?;
         Ok(())
     }
 

@@ -57,6 +57,15 @@ pub enum TrainError {
     Tensor(String),
 }
 
+impl From<genir_io::Error> for TrainError {
+    fn from(e: genir_io::Error) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl TrainError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();

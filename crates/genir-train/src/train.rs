@@ -294,7 +294,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         path: path.into(),
         message: e.to_string(),
     })?;
-    genir_model::weights::write_atomic(path, &text)?;
+    genir_io::write_atomic(path, &text)?;
     Ok(())
 }
 
@@ -931,7 +931,7 @@ impl Trainer {
             std::fs::remove_dir_all(&final_dir).map_err(TrainError::io(&final_dir))?;
         }
         std::fs::rename(&tmp, &final_dir).map_err(TrainError::io(&final_dir))?;
-        genir_model::weights::write_atomic(&dir.join(LATEST), name.as_bytes())?;
+        genir_io::write_atomic(&dir.join(LATEST), name.as_bytes())?;
         // Keep the newest `keep_checkpoints` complete checkpoints.
         let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(TrainError::io(&dir))?

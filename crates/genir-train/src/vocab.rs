@@ -244,7 +244,7 @@ pub fn save_tokenizer(tok: &Tokenizer, path: &Path) -> Result<()> {
     let text = tok
         .to_string(false)
         .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
-    genir_model::weights::write_atomic(path, text.as_bytes())?;
+    genir_io::write_atomic(path, text.as_bytes())?;
     Ok(())
 }
 

@@ -376,7 +376,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Measured>> {
     );
     let sec = section(&measured, &torch, opts.quick, &when);
     let doc = std::fs::read_to_string(&opts.out).unwrap_or_else(|_| "# Benchmarks\n".into());
-    crate::steps::write_atomic(&opts.out, splice(&doc, &sec).as_bytes())?;
+    genir_io::write_atomic(&opts.out, splice(&doc, &sec).as_bytes())?;
     Ok(measured)
 }
 

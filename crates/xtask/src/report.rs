@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::steps::write_atomic;
 use crate::study::Study;
+use genir_io::write_atomic;
 
 /// A block of a section.
 enum Block {

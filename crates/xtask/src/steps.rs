@@ -1,6 +1,7 @@
 //! Cached steps: a step's result is kept with the hash of everything it depends on, and a second run skips
 //! every step whose key did not change.
 
+use genir_io::write_atomic;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -141,12 +142,6 @@ impl Steps {
         });
         Ok(stamp.result)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename
-/// ([`genir_model::weights::write_atomic`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(genir_model::weights::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]

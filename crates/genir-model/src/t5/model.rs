@@ -18,7 +18,8 @@ use super::layers::{
 use crate::device::index_tensor;
 use crate::error::ModelError;
 use crate::hooks::{ActivationCache, AttnKind, HookFilter, HookPoint, Hooks, Site, Stack};
-use crate::weights::{write_atomic, write_safetensors, HostTensor, WeightFile};
+use crate::weights::{write_safetensors, HostTensor, WeightFile};
+use genir_io::write_atomic;
 
 /// One encoder or decoder block: self-attention, cross-attention (decoder), feed-forward, each
 /// pre-normed and added to the residual stream.
