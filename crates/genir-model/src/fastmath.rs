@@ -336,6 +336,34 @@ fn output_buffer(m: usize, n: usize) -> Vec<f32> {
     }
 }
 
+/// `lhs @ rhs` as a fresh row-major `m x n` buffer: [`gemm_into`] an [`output_buffer`], threaded as flex
+/// would ([`gemm_parallelism`]).
+///
+/// # Safety
+/// `lhs` spans `m x k` and `rhs` `k x n` readable values at their (row, column) strides.
+#[cfg(feature = "flex")]
+unsafe fn gemm_new(
+    [m, n, k]: [usize; 3],
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+) -> Vec<f32> {
+    let mut out = output_buffer(m, n);
+    // SAFETY: the caller vouches for `lhs` and `rhs`; `out` is a fresh allocation (aliasing neither) with room
+    // for `m x n` values at row stride `n`, all written by gemm (`read_dst` false: alpha is zero, the old
+    // values are never read) before the length is set ([`output_buffer`]).
+    unsafe {
+        gemm_into(
+            [m, n, k],
+            (out.as_mut_ptr(), n as isize),
+            lhs,
+            rhs,
+            gemm_parallelism(m, n, k),
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
 /// flex's threshold for letting gemm use rayon's threads on an `m x n x k` product (burn-flex `ops::matmul`).
 #[cfg(feature = "flex")]
 fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
@@ -410,21 +438,9 @@ fn flex_linear<const D: usize>(
     }
     // the whole buffer's pointer: negative strides reach elements before `w_start`
     let w_ptr = ws.as_ptr().wrapping_add(w_start);
-    let mut out = output_buffer(m, n);
-    let parallelism = gemm_parallelism(m, n, k);
     // SAFETY: `x` is `m x k` row-major in `xs`; `w`'s `k x n` elements at its strides lie in `ws` (checked
-    // above); `out` has room for `m x n` values, and with `read_dst` false gemm writes every one of them
-    // (alpha is zero, the old values are never read) before the length is set ([`output_buffer`]).
-    unsafe {
-        gemm_into(
-            [m, n, k],
-            (out.as_mut_ptr(), n as isize),
-            (xs.as_ptr(), k as isize, 1),
-            (w_ptr, w_rs, w_cs),
-            parallelism,
-        );
-        out.set_len(m * n);
-    }
+    // above).
+    let mut out = unsafe { gemm_new([m, n, k], (xs.as_ptr(), k as isize, 1), (w_ptr, w_rs, w_cs)) };
     if bias.is_some() || relu {
         par_rows(&mut out, n, |rows| {
             if let Some(bias) = bias {

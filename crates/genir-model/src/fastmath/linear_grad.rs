@@ -5,7 +5,7 @@
 //! copies it again, and copies a transposed operand first. With a ReLU ([`super::linear_relu`]) the output
 //! is kept too, and the backward pass masks `dy` by `y > 0` first.
 
-use super::{gemm_into, gemm_parallelism, output_buffer, view2, PAR_GRAIN};
+use super::{gemm_new, view2, PAR_GRAIN};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
@@ -205,36 +205,26 @@ fn gradients(
         }
     };
     let dx = want_x.then(|| {
-        let mut dx = output_buffer(m, k);
         // SAFETY: `dy` is `m x n` row-major; `w`'s `k x n` elements at its strides lie in `ws` (`view2`),
-        // read here as `w^T` (`n x k`); `dx` has room for `m x k` values, all written by gemm (`read_dst`
-        // false) before the length is set ([`output_buffer`] zeroes a single row or column).
-        unsafe {
-            gemm_into(
+        // read here as `w^T` (`n x k`).
+        let dx = unsafe {
+            gemm_new(
                 [m, k, n],
-                (dx.as_mut_ptr(), k as isize),
                 (dy.as_ptr(), n as isize, 1),
                 (ws.as_ptr().wrapping_add(w_start), w_cs, w_rs),
-                gemm_parallelism(m, k, n),
-            );
-            dx.set_len(m * k);
-        }
+            )
+        };
         FlexTensor::from_data(TensorData::new(dx, x_shape.to_vec()))
     });
     let dw = want_w.then(|| {
-        let mut dw = output_buffer(k, n);
-        // SAFETY: `x` is `m x k` row-major in `xs` (read as `x^T`, `k x m`), `dy` `m x n`; `dw` has room for
-        // `k x n` values, all written by gemm before the length is set.
-        unsafe {
-            gemm_into(
+        // SAFETY: `x` is `m x k` row-major in `xs` (read as `x^T`, `k x m`), `dy` `m x n` row-major.
+        let dw = unsafe {
+            gemm_new(
                 [k, n, m],
-                (dw.as_mut_ptr(), n as isize),
                 (xs.as_ptr(), 1, k as isize),
                 (dy.as_ptr(), n as isize, 1),
-                gemm_parallelism(k, n, m),
-            );
-            dw.set_len(k * n);
-        }
+            )
+        };
         FlexTensor::from_data(TensorData::new(dw, [k, n]))
     });
     let db = want_b.then(|| {
