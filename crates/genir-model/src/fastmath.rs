@@ -1545,6 +1545,63 @@ mod tests {
             .collect()
     }
 
+    /// The two gradient strategies an autodiff tensor can carry: without and with checkpointing.
+    fn autodiff_devices() -> [Device; 2] {
+        [
+            Device::flex().autodiff(),
+            Device::flex().autodiff().gradient_checkpointing(),
+        ]
+    }
+
+    /// A tensor of [`spread`] values, tracked when `grad`.
+    fn leaf<const D: usize>(
+        dims: [usize; D],
+        seed: usize,
+        scale: f32,
+        grad: bool,
+        device: &Device,
+    ) -> Tensor<D> {
+        let n = dims.iter().product();
+        let t = Tensor::<D>::from_data(TensorData::new(spread(n, seed, scale), dims), device);
+        if grad {
+            t.require_grad()
+        } else {
+            t
+        }
+    }
+
+    /// A loss that weighs every output differently; through a transposed view of `y` when `strided`, so the
+    /// backward pass gets a non-contiguous output gradient.
+    fn weighted_loss(y: Tensor<3>, weights: &Tensor<3>, strided: bool) -> Tensor<1> {
+        if strided {
+            (y.swap_dims(1, 2) * weights.clone().swap_dims(1, 2)).sum()
+        } else {
+            (y * weights.clone()).sum()
+        }
+    }
+
+    /// A leaf's gradient from the fused pass against burn's: present in both exactly when `expected`, and
+    /// equal to `tol` ([`max_rel_diff`]).
+    fn check_grad<const D: usize>(
+        name: &str,
+        expected: bool,
+        (got, reference): (Option<Tensor<D>>, Option<Tensor<D>>),
+        tol: f32,
+        what: &str,
+    ) {
+        assert_eq!(got.is_some(), expected, "{name} has a gradient: {what}");
+        assert_eq!(
+            reference.is_some(),
+            expected,
+            "{name} has a reference gradient: {what}"
+        );
+        if let (Some(g), Some(r)) = (got, reference) {
+            assert_eq!(g.dims(), r.dims(), "{name}, {what}");
+            let diff = max_rel_diff(g, r);
+            assert!(diff < tol, "{name}'s gradient: {diff}, {what}");
+        }
+    }
+
     fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
         let v: Vec<f32> = t.into_data().try_into_vec().unwrap();
         v.into_iter().map(f32::to_bits).collect()
@@ -1655,10 +1712,7 @@ mod tests {
 
     #[test]
     fn rms_norm_on_autodiff_gives_burns_values_and_gradients() {
-        for ad in [
-            Device::flex().autodiff(),
-            Device::flex().autodiff().gradient_checkpointing(),
-        ] {
+        for ad in autodiff_devices() {
             // (batch, positions, width, which inputs want gradients [x, w]); sizes past the fused pass's
             // task size (several tasks, so `w`'s gradient is summed over partial sums), single rows and a width
             // of 1; every other case reaches the norm's backward pass with a non-contiguous output gradient
@@ -1673,17 +1727,9 @@ mod tests {
             ];
             for (case, (bsz, s, d, want)) in cases.into_iter().enumerate() {
                 let strided_dy = case % 2 == 1;
-                let x0 = Tensor::<2>::from_data(
-                    TensorData::new(spread(bsz * s * d, 1, 2.0), [bsz * s, d]),
-                    &ad,
-                );
-                let x0 = if want[0] { x0.require_grad() } else { x0 };
-                let w0 = Tensor::<1>::from_data(TensorData::new(spread(d, 2, 1.5), [d]), &ad);
-                let w0 = if want[1] { w0.require_grad() } else { w0 };
-                let weights = Tensor::<3>::from_data(
-                    TensorData::new(spread(bsz * s * d, 3, 1.0), [bsz, s, d]),
-                    &ad,
-                );
+                let x0 = leaf([bsz * s, d], 1, 2.0, want[0], &ad);
+                let w0 = leaf([d], 2, 1.5, want[1], &ad);
+                let weights = leaf([bsz, s, d], 3, 1.0, false, &ad);
                 let what = format!("{bsz}x{s}x{d}, {want:?}, strided dy {strided_dy}");
                 let x = || x0.clone().reshape([bsz, s, d]);
                 // T5's eps, except at width 1, where x's true gradient is about eps / x^2 and would pass
@@ -1693,32 +1739,12 @@ mod tests {
                 let want_y = rms_norm_burn(x(), &w0, eps);
                 let diff = max_rel_diff(fused.clone(), want_y.clone());
                 assert!(diff < 1e-6, "values: {diff}, {what}");
-                let loss = |y: Tensor<3>| {
-                    if strided_dy {
-                        (y.swap_dims(1, 2) * weights.clone().swap_dims(1, 2)).sum()
-                    } else {
-                        (y * weights.clone()).sum()
-                    }
-                };
-                let got = loss(fused).backward();
-                let reference = loss(want_y).backward();
+                let got = weighted_loss(fused, &weights, strided_dy).backward();
+                let reference = weighted_loss(want_y, &weights, strided_dy).backward();
                 let gx = (x0.grad(&got), x0.grad(&reference));
-                let gw = (
-                    w0.grad(&got).map(|g| g.reshape([1, d])),
-                    w0.grad(&reference).map(|g| g.reshape([1, d])),
-                );
-                for (name, wanted, (g, r)) in [("x", want[0], gx), ("w", want[1], gw)] {
-                    assert_eq!(g.is_some(), wanted, "{name} has a gradient: {what}");
-                    assert_eq!(
-                        r.is_some(),
-                        wanted,
-                        "{name} has a reference gradient: {what}"
-                    );
-                    if let (Some(g), Some(r)) = (g, r) {
-                        let diff = max_rel_diff(g, r);
-                        assert!(diff < 1e-5, "{name}'s gradient: {diff}, {what}");
-                    }
-                }
+                check_grad("x", want[0], gx, 1e-5, &what);
+                let gw = (w0.grad(&got), w0.grad(&reference));
+                check_grad("w", want[1], gw, 1e-5, &what);
             }
         }
     }
@@ -1771,10 +1797,7 @@ mod tests {
 
     #[test]
     fn linear_on_autodiff_gives_burns_values_and_gradients() {
-        for ad in [
-            Device::flex().autodiff(),
-            Device::flex().autodiff().gradient_checkpointing(),
-        ] {
+        for ad in autodiff_devices() {
             linear_gradients_on(&ad);
         }
     }
@@ -1796,25 +1819,10 @@ mod tests {
         let cases = cases.into_iter().flat_map(|c| [(c, false), (c, true)]);
         for (case, ((bsz, s, k, n, with_bias, transposed, want), relu)) in cases.enumerate() {
             let strided_dy = (case / 2) % 2 == 1;
-            let make = |dims: [usize; 2], seed, grad: bool| {
-                let t = Tensor::<2>::from_data(
-                    TensorData::new(spread(dims[0] * dims[1], seed, 0.8), dims),
-                    ad,
-                );
-                if grad {
-                    t.require_grad()
-                } else {
-                    t
-                }
-            };
-            let x0 = make([bsz * s, k], 1, want[0]);
-            let w0 = if transposed {
-                make([n, k], 2, want[1])
-            } else {
-                make([k, n], 2, want[1])
-            };
-            let b0 = Tensor::<1>::from_data(TensorData::new(spread(n, 3, 0.5), [n]), ad);
-            let b0 = if want[2] { b0.require_grad() } else { b0 };
+            let x0 = leaf([bsz * s, k], 1, 0.8, want[0], ad);
+            let w_dims = if transposed { [n, k] } else { [k, n] };
+            let w0 = leaf(w_dims, 2, 0.8, want[1], ad);
+            let b0 = leaf([n], 3, 0.5, want[2], ad);
             let what = format!(
                 "{bsz}x{s}x{k} -> {n}, bias {with_bias}, transposed {transposed}, {want:?}, \
                  strided dy {strided_dy}, ReLU {relu}"
@@ -1830,10 +1838,7 @@ mod tests {
                 (x, w)
             };
             let bias = with_bias.then_some(&b0);
-            let weights = Tensor::<3>::from_data(
-                TensorData::new(spread(bsz * s * n, 4, 1.0), [bsz, s, n]),
-                ad,
-            );
+            let weights = leaf([bsz, s, n], 4, 1.0, false, ad);
             let (x, w) = inputs();
             let fused = linear_grad::linear(&x, &w, bias, relu).expect("fused on autodiff");
             let (x, w) = inputs();
@@ -1845,58 +1850,24 @@ mod tests {
             };
             let diff = max_rel_diff(fused.clone(), want_y.clone());
             assert!(diff < 1e-6, "values: {diff}, {what}");
-            let loss = |y: Tensor<3>| {
-                if strided_dy {
-                    (y.swap_dims(1, 2) * weights.clone().swap_dims(1, 2)).sum()
-                } else {
-                    (y * weights.clone()).sum()
-                }
-            };
-            let got = loss(fused).backward();
-            let reference = loss(want_y).backward();
-            let leaves: [(&str, Option<Tensor<2>>, Option<Tensor<2>>); 3] = [
-                ("x", x0.grad(&got), x0.grad(&reference)),
-                ("w", w0.grad(&got), w0.grad(&reference)),
-                (
-                    "b",
-                    b0.grad(&got).map(|g| g.reshape([1, n])),
-                    b0.grad(&reference).map(|g| g.reshape([1, n])),
-                ),
-            ];
-            for (i, (name, g, r)) in leaves.into_iter().enumerate() {
-                let expected = want[i] && (i < 2 || with_bias);
-                assert_eq!(g.is_some(), expected, "{name} has a gradient: {what}");
-                assert_eq!(
-                    r.is_some(),
-                    expected,
-                    "{name} has a reference gradient: {what}"
-                );
-                if let (Some(g), Some(r)) = (g, r) {
-                    let diff = max_rel_diff(g, r);
-                    assert!(diff < 1e-5, "{name}: {diff}, {what}");
-                }
-            }
+            let got = weighted_loss(fused, &weights, strided_dy).backward();
+            let reference = weighted_loss(want_y, &weights, strided_dy).backward();
+            let gx = (x0.grad(&got), x0.grad(&reference));
+            check_grad("x", want[0], gx, 1e-5, &what);
+            let gw = (w0.grad(&got), w0.grad(&reference));
+            check_grad("w", want[1], gw, 1e-5, &what);
+            let gb = (b0.grad(&got), b0.grad(&reference));
+            check_grad("b", want[2] && with_bias, gb, 1e-5, &what);
         }
         // a 2-D input (BERT's `forward2`), through the public entry point
-        let x =
-            Tensor::<2>::from_data(TensorData::new(spread(30, 5, 0.8), [6, 5]), ad).require_grad();
-        let w =
-            Tensor::<2>::from_data(TensorData::new(spread(15, 6, 0.8), [5, 3]), ad).require_grad();
-        let b = Tensor::<1>::from_data(TensorData::new(spread(3, 7, 0.5), [3]), ad).require_grad();
+        let x = leaf([6, 5], 5, 0.8, true, ad);
+        let w = leaf([5, 3], 6, 0.8, true, ad);
+        let b = leaf([3], 7, 0.5, true, ad);
         let got = linear(x.clone(), &w, Some(&b)).sum().backward();
         let reference = linear_burn(x.clone(), &w, Some(&b)).sum().backward();
-        for (name, g, r) in [
-            ("x", x.grad(&got), x.grad(&reference)),
-            ("w", w.grad(&got), w.grad(&reference)),
-            (
-                "b",
-                b.grad(&got).map(|g| g.reshape([1, 3])),
-                b.grad(&reference).map(|g| g.reshape([1, 3])),
-            ),
-        ] {
-            let diff = max_rel_diff(g.expect("a gradient"), r.expect("a reference gradient"));
-            assert!(diff < 1e-5, "2-D {name}: {diff}");
-        }
+        check_grad("x", true, (x.grad(&got), x.grad(&reference)), 1e-5, "2-D");
+        check_grad("w", true, (w.grad(&got), w.grad(&reference)), 1e-5, "2-D");
+        check_grad("b", true, (b.grad(&got), b.grad(&reference)), 1e-5, "2-D");
     }
 
     /// burn's operations that [`attention_heads`] replaces.
@@ -2016,25 +1987,12 @@ mod tests {
 
     #[test]
     fn attention_heads_on_autodiff_gives_burns_values_and_gradients() {
-        // without and with gradient checkpointing (the two strategies an autodiff tensor can carry)
-        for ad in [
-            Device::flex().autodiff(),
-            Device::flex().autodiff().gradient_checkpointing(),
-        ] {
+        for ad in autodiff_devices() {
             attention_gradients_on(&ad);
         }
     }
 
     fn attention_gradients_on(ad: &Device) {
-        let leaf = |dims: [usize; 4], seed, scale, grad: bool| {
-            let n = dims.iter().product();
-            let t = Tensor::<4>::from_data(TensorData::new(spread(n, seed, scale), dims), ad);
-            if grad {
-                t.require_grad()
-            } else {
-                t
-            }
-        };
         // (batch, q_len, k_len, heads, d_head, bias dims, divisor, keys/values as views of projections,
         // whether the bias wants a gradient, whether the keys do): T5's encoder (a relative-position bias
         // shared by the batch), a decoding step over a mask, BERT (divided, a padding bias), a single key, a
@@ -2060,12 +2018,12 @@ mod tests {
             (1, 4, 6, 1, 8, [1, 1, 4, 6], None, true, true, false),
             (2, 33, 40, 4, 32, [2, 4, 33, 40], None, true, true, true),
         ] {
-            let q0 = leaf([b, lq, h, dh], 4, 2.0, true);
+            let q0 = leaf([b, lq, h, dh], 4, 2.0, true, ad);
             let kv = |seed, grad| {
                 if views {
-                    leaf([b, lk, h, dh], seed, 2.0, grad)
+                    leaf([b, lk, h, dh], seed, 2.0, grad, ad)
                 } else {
-                    leaf([b, h, lk, dh], seed, 2.0, grad)
+                    leaf([b, h, lk, dh], seed, 2.0, grad, ad)
                 }
             };
             let (k0, v0) = (kv(5, k_grad), kv(6, true));
@@ -2084,7 +2042,7 @@ mod tests {
                     as_heads(&v0, views),
                 )
             };
-            let bias = leaf(bd, 7, 6.0, bias_grad);
+            let bias = leaf(bd, 7, 6.0, bias_grad, ad);
             let what =
                 format!("{b}x{lq}x{lk}, {h} heads of {dh}, bias {bd:?}, divisor {divisor:?}");
             let (q, k, v) = heads();
@@ -2095,34 +2053,23 @@ mod tests {
             let diff = max_rel_diff(fused.clone(), want.clone());
             assert!(diff < 1e-6, "values: {diff}, {what}");
             // a loss that weighs every output differently
-            let w = Tensor::<3>::from_data(
-                TensorData::new(spread(b * lq * h * dh, 9, 1.0), [b, lq, h * dh]),
-                ad,
-            );
-            let got = (fused * w.clone()).sum().backward();
-            let reference = (want * w).sum().backward();
-            let mut leaves = vec![("q", &q0), ("v", &v0)];
-            if k_grad {
-                leaves.push(("k", &k0));
+            let w = leaf([b, lq, h * dh], 9, 1.0, false, ad);
+            let got = weighted_loss(fused, &w, false).backward();
+            let reference = weighted_loss(want, &w, false).backward();
+            for (name, t, tracked) in [
+                ("q", &q0, true),
+                ("k", &k0, k_grad),
+                ("v", &v0, true),
+                ("bias", &bias, bias_grad),
+            ] {
+                check_grad(
+                    name,
+                    tracked,
+                    (t.grad(&got), t.grad(&reference)),
+                    2e-5,
+                    &what,
+                );
             }
-            if bias_grad {
-                leaves.push(("bias", &bias));
-            }
-            for (name, t) in leaves {
-                let (g, r) = (t.grad(&got), t.grad(&reference));
-                let (g, r) = (g.expect("a gradient"), r.expect("a reference gradient"));
-                assert_eq!(g.dims(), r.dims(), "{name}, {what}");
-                let diff = max_rel_diff(g, r);
-                assert!(diff < 2e-5, "{name}: {diff}, {what}");
-            }
-            assert!(
-                bias_grad || bias.grad(&got).is_none(),
-                "no gradient for an untracked bias"
-            );
-            assert!(
-                k_grad || k0.grad(&got).is_none(),
-                "no gradient for untracked keys"
-            );
         }
     }
 }
