@@ -50,12 +50,6 @@ fn check_svg(path: &Path) -> Result<()> {
             "figures are written as SVG: give a path ending in .svg".into(),
         ));
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| InterpError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
     Ok(())
 }
 
@@ -325,12 +319,17 @@ fn render(
     draw: impl FnOnce(Vec<Area<'_>>) -> std::result::Result<(), String>,
 ) -> Result<()> {
     check_svg(path)?;
-    let root = SVGBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE)
-        .map_err(|x| fig_err(path)(x.to_string()))?;
-    let areas = root.split_evenly((panels.max(1), 1));
-    draw(areas).map_err(fig_err(path))?;
-    root.present().map_err(|x| fig_err(path)(x.to_string()))?;
+    // Drawn into memory, then written atomically: a reader never sees half a figure.
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|x| fig_err(path)(x.to_string()))?;
+        let areas = root.split_evenly((panels.max(1), 1));
+        draw(areas).map_err(fig_err(path))?;
+        root.present().map_err(|x| fig_err(path)(x.to_string()))?;
+    }
+    genir_io::write_atomic(path, svg.as_bytes())?;
     tracing::info!(path = %path.display(), "wrote figure");
     Ok(())
 }

@@ -11,6 +11,9 @@ pub enum MechirError {
     /// Reading a collection, or building or writing a table, failed.
     #[error(transparent)]
     Data(#[from] genir_data::Error),
+    /// Writing a file failed.
+    #[error(transparent)]
+    Io(#[from] genir_io::Error),
     /// Drawing a figure failed.
     #[error("figure {path}: {message}")]
     Plot {

@@ -130,22 +130,38 @@ pub fn heatmap(panels: &[Panel], path: &Path) -> Result<()> {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    // Drawn into memory, then written atomically: a reader never sees half a figure.
     match ext.as_str() {
         "svg" => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-            for (area, p) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
-                draw_labelled(area, p, scale).map_err(|e| plot_err(path, e))?;
+            let mut svg = String::new();
+            {
+                let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+                root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+                for (area, p) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
+                    draw_labelled(area, p, scale).map_err(|e| plot_err(path, e))?;
+                }
+                root.present().map_err(|e| plot_err(path, e))?;
             }
-            root.present().map_err(|e| plot_err(path, e))?;
+            genir_io::write_atomic(path, svg.as_bytes())?;
         }
         "png" => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-            for (area, p) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
-                draw_cells(area, p, scale).map_err(|e| plot_err(path, e))?;
+            let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+                root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+                for (area, p) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
+                    draw_cells(area, p, scale).map_err(|e| plot_err(path, e))?;
+                }
+                root.present().map_err(|e| plot_err(path, e))?;
             }
-            root.present().map_err(|e| plot_err(path, e))?;
+            genir_io::write_atomic_with(path, |w| {
+                let mut enc = png::Encoder::new(w, size.0, size.1);
+                enc.set_color(png::ColorType::Rgb);
+                enc.set_depth(png::BitDepth::Eight);
+                let mut png = enc.write_header().map_err(|e| plot_err(path, e))?;
+                png.write_image_data(&rgb).map_err(|e| plot_err(path, e))?;
+                png.finish().map_err(|e| plot_err(path, e))
+            })?;
         }
         other => {
             return Err(plot_err(
@@ -202,5 +218,78 @@ pub fn head_panels(r: &HeadPatching) -> Vec<Panel> {
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panel() -> Panel {
+        Panel {
+            title: "resid_pre".into(),
+            row_axis: "layer".into(),
+            col_axis: "position".into(),
+            rows: 1,
+            cols: 2,
+            values: vec![2.0, -2.0],
+        }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn png_heatmap_decodes_with_the_cells_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/heads.png");
+        heatmap(&[panel()], &path).unwrap();
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (900, 260));
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        let px = |x: usize, y: usize| {
+            let i = (y * 900 + x) * 3;
+            (buf[i], buf[i + 1], buf[i + 2])
+        };
+        // Full scale positive is red, full scale negative blue (the scale is the largest |value|).
+        assert_eq!(px(225, 100), (178, 24, 43));
+        assert_eq!(px(675, 100), (33, 102, 172));
+        assert_eq!(files(&dir.path().join("sub")), ["heads.png"]);
+    }
+
+    #[test]
+    fn svg_heatmap_is_a_whole_document_and_replaces_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heads.svg");
+        std::fs::write(&path, "old").unwrap();
+        heatmap(&[panel(), panel()], &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("height=\"480\""));
+        assert_eq!(svg.matches("resid_pre").count(), 2, "one title per panel");
+        assert_eq!(files(dir.path()), ["heads.svg"]);
+    }
+
+    #[test]
+    fn unknown_format_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heads.jpg");
+        let err = heatmap(&[panel()], &path).unwrap_err().to_string();
+        assert!(
+            err.contains("heads.jpg") && err.contains("svg, png"),
+            "{err}"
+        );
+        assert!(files(dir.path()).is_empty());
     }
 }

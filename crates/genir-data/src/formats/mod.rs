@@ -21,7 +21,7 @@ pub mod trec;
 pub mod tsv;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
@@ -74,15 +74,6 @@ pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     } else {
         Ok(Box::new(BufReader::new(file)))
     }
-}
-
-/// Creates (truncates) a file for buffered writing, creating its parent folders.
-pub(crate) fn create(path: &Path) -> Result<BufWriter<File>> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    Ok(BufWriter::new(file))
 }
 
 /// Parses one line (without its line ending) into a record, or `None` to skip it (blank lines, headers).
@@ -350,17 +341,20 @@ fn unsupported<T>(path: &Path, what: &str, format: Format) -> Result<T> {
     )))
 }
 
-/// Writes through `body` into a new file, mapping I/O errors to the path. A `.gz` name is compressed.
+/// Writes through `body` into a new file, atomically (a temporary file renamed over `path`), mapping I/O
+/// errors to the path. A `.gz` name is compressed.
 fn finish(path: &Path, body: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let mut out = create(path)?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
-        body(&mut gz).map_err(|e| relabel(e, path))?;
-        gz.finish().map_err(|e| Error::io(path, e))?;
-    } else {
-        body(&mut out).map_err(|e| relabel(e, path))?;
-    }
-    out.flush().map_err(|e| Error::io(path, e))
+    genir_io::write_atomic_with(path, |out| {
+        if path.extension().is_some_and(|e| e == "gz") {
+            let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            body(&mut gz).map_err(|e| relabel(e, path))?;
+            gz.finish().map_err(|e| Error::io(path, e))?;
+            Ok(())
+        } else {
+            body(out).map_err(|e| relabel(e, path))?;
+            out.flush().map_err(|e| Error::io(path, e))
+        }
+    })
 }
 
 fn relabel(e: Error, path: &Path) -> Error {

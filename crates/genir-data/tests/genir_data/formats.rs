@@ -140,6 +140,26 @@ fn files_round_trip_by_extension() {
     assert_eq!(run_text.lines().next(), Some("q1 Q0 d1 1 3.5 bm25"));
 }
 
+#[test]
+fn a_failed_save_keeps_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = corpus().filter(|d| !d.text.contains('\t'));
+    for name in ["c.tsv", "c.tsv.gz"] {
+        let p = dir.path().join(name);
+        formats::save_corpus(&p, &good).unwrap();
+        // d3's text has a tab, which TSV cannot hold: the save fails after writing d1 and d2.
+        let err = formats::save_corpus(&p, &corpus()).unwrap_err();
+        assert!(matches!(err, Error::Unwritable { .. }), "{err}");
+        assert_eq!(formats::load_corpus(&p).unwrap(), good, "{name}");
+    }
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["c.tsv", "c.tsv.gz"], "no temporary file is left");
+}
+
 #[cfg(feature = "parquet")]
 #[test]
 fn parquet_tables_have_the_documented_columns() {
