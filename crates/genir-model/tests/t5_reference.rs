@@ -730,3 +730,82 @@ fn padded_decoder_rows_do_not_leak_into_real_positions() {
         assert!(max_diff(got, want) < TOL, "row {row}");
     }
 }
+
+#[test]
+fn decoding_from_cached_cross_attention_keys_equals_decoding_from_the_encoder_output() {
+    let device = device();
+    for name in VARIANTS {
+        let f = load(name, &device);
+        let input = f.input(5, &device);
+        let (_, cache) = f.model.run_with_cache(&input, HookFilter::all()).unwrap();
+        let rank3 = |p: HookPoint| match cache.require(&p).unwrap() {
+            Activation::Rank3(t) => t.clone(),
+            Activation::Rank4(_) => panic!("{p} is not [batch, pos, d]"),
+        };
+        let want = values3(&rank3(HookPoint::final_norm(Stack::Decoder)));
+        let enc = f
+            .model
+            .encode(
+                input.input_ids.clone(),
+                input.attention_mask.clone(),
+                &mut Hooks::none(),
+            )
+            .unwrap();
+        let enc_bias = f.model.encoder_bias(input.attention_mask.clone());
+        let self_bias = f.model.decoder_self_bias(5, &device).unwrap();
+        let kv = f.model.cross_kv(&enc);
+        let (_, layers) = f.model.depth();
+        for start in 0..layers {
+            let x = rank3(HookPoint::block(Stack::Decoder, start, Site::ResidPre));
+            let from_enc = f
+                .model
+                .decode_from(
+                    x.clone(),
+                    start,
+                    self_bias.clone(),
+                    &enc,
+                    enc_bias.clone(),
+                    &mut Hooks::none(),
+                )
+                .unwrap();
+            // Layers below `start` are not run, so their keys/values may be missing.
+            let mut partial = kv.clone();
+            for pair in &mut partial[..start] {
+                *pair = Default::default();
+            }
+            let from_kv = f
+                .model
+                .decode_from_kv(
+                    x.clone(),
+                    start,
+                    self_bias.clone(),
+                    &partial,
+                    enc_bias.clone(),
+                    &mut Hooks::none(),
+                )
+                .unwrap();
+            assert!(
+                max_diff(&want, &values3(&from_enc)) < 1e-5,
+                "{name} {start}"
+            );
+            assert!(max_diff(&want, &values3(&from_kv)) < 1e-5, "{name} {start}");
+            // A layer that runs without its keys/values is an error naming its hook point.
+            let mut missing = kv.clone();
+            missing[layers - 1] = Default::default();
+            let err = f
+                .model
+                .decode_from_kv(
+                    x,
+                    start,
+                    self_bias.clone(),
+                    &missing,
+                    enc_bias.clone(),
+                    &mut Hooks::none(),
+                )
+                .unwrap_err()
+                .to_string();
+            let at = format!("decoder.blocks.{}.cross_attn", layers - 1);
+            assert!(err.contains(&at) && err.contains("cache"), "{err}");
+        }
+    }
+}

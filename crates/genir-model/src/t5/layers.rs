@@ -225,6 +225,19 @@ impl AttnAt {
     }
 }
 
+/// Where an attention layer takes its keys and values from.
+#[derive(Clone, Copy, Debug)]
+pub enum KvSource<'t> {
+    /// Its own input (self-attention); with a cache, new keys/values are appended to the cached ones.
+    Own,
+    /// Another sequence `[batch, len, d_model]`, e.g. the encoder output (cross-attention); a cache that
+    /// already holds keys/values is used instead, an empty one receives them.
+    Other(&'t Tensor<3>),
+    /// The keys/values the cache already holds (cross-attention over an encoder output projected earlier,
+    /// e.g. by [`T5Attention::project_kv`]); an empty cache is an error.
+    Cached,
+}
+
 impl T5Attention {
     fn heads(&self, x: Tensor<3>, w: &Param<Tensor<2>>) -> Tensor<4> {
         let [b, s, _] = x.dims();
@@ -242,13 +255,13 @@ impl T5Attention {
         }
     }
 
-    /// Attention of `x: [batch, q, d_model]` over `kv_input` (itself when `None`), with an additive
-    /// `bias` broadcastable to `[batch, head, q, k]`. With `cache`, new self-attention keys/values are
-    /// appended to it, and cross-attention keys/values are computed once and reused.
+    /// Attention of `x: [batch, q, d_model]` over the keys/values of `kv` (see [`KvSource`]), with an
+    /// additive `bias` broadcastable to `[batch, head, q, k]`. With `cache`, new self-attention keys/values
+    /// are appended to it, and cross-attention keys/values are computed once and reused.
     pub fn forward(
         &self,
         x: Tensor<3>,
-        kv_input: Option<&Tensor<3>>,
+        kv: KvSource<'_>,
         bias: Tensor<4>,
         cache: Option<&mut KvPair>,
         hooks: &mut Hooks<'_>,
@@ -258,15 +271,24 @@ impl T5Attention {
         let q = hooks.apply4(at.point(AttnSite::Q), self.heads(x.clone(), &self.q))?;
         let q = q.swap_dims(1, 2);
         let cached = cache.as_ref().and_then(|c| c.k.clone().zip(c.v.clone()));
-        let (k, v) = match (kv_input, cached) {
-            (Some(_), Some(kv)) => kv,
-            (kv_src, cached) => {
-                let src = kv_src.cloned().unwrap_or(x);
+        let (k, v) = match (kv, cached) {
+            (KvSource::Other(_) | KvSource::Cached, Some(kv)) => kv,
+            (KvSource::Cached, None) => {
+                return Err(ModelError::Input(format!(
+                    "{}: keys/values were to come from the cache, which holds none",
+                    at.point(AttnSite::K)
+                )))
+            }
+            (kv, cached) => {
+                let src = match kv {
+                    KvSource::Other(src) => src.clone(),
+                    _ => x,
+                };
                 let k = hooks.apply4(at.point(AttnSite::K), self.heads(src.clone(), &self.k))?;
                 let v = hooks.apply4(at.point(AttnSite::V), self.heads(src, &self.v))?;
                 let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
-                match (kv_input, cached) {
-                    (None, Some((pk, pv))) => {
+                match (kv, cached) {
+                    (KvSource::Own, Some((pk, pv))) => {
                         (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
                     }
                     _ => (k, v),
@@ -305,7 +327,7 @@ impl T5Attention {
     pub fn forward_grouped(
         &self,
         x: Tensor<3>,
-        src: &Tensor<3>,
+        src: KvSource<'_>,
         bias: Tensor<4>,
         cache: &mut KvPair,
         groups: &RowGroups,
@@ -318,6 +340,12 @@ impl T5Attention {
         let (k, v) = match cache.k.clone().zip(cache.v.clone()) {
             Some(kv) => kv,
             None => {
+                let KvSource::Other(src) = src else {
+                    return Err(ModelError::Input(format!(
+                        "{}: grouped cross-attention needs the sources or their cached keys/values",
+                        at.point(AttnSite::K)
+                    )));
+                };
                 let kv = self.project_kv(src.clone());
                 cache.k = kv.k.clone();
                 cache.v = kv.v.clone();

@@ -7,8 +7,8 @@ mod monot5;
 
 pub use config::{Activation, T5Config};
 pub use layers::{
-    linear, position_bias, relative_position_bucket, AttnAt, FeedForward, KvPair, RmsNorm,
-    RowGroups, T5Attention, MASK_VALUE,
+    linear, position_bias, relative_position_bucket, AttnAt, FeedForward, KvPair, KvSource,
+    RmsNorm, RowGroups, T5Attention, MASK_VALUE,
 };
 pub use model::{
     pad_batch, BlockInputs, DecoderState, Removed, Seq2SeqInput, T5Block, T5Model, T5Stack,

@@ -13,7 +13,7 @@ use rand_distr::{Distribution, Normal};
 use super::config::T5Config;
 use super::layers::{
     host1, host2, linear, param1, param2, position_bias, ActKind, AttnAt, FeedForward, KvPair,
-    RmsNorm, RowGroups, T5Attention, MASK_VALUE,
+    KvSource, RmsNorm, RowGroups, T5Attention, MASK_VALUE,
 };
 use crate::device::index_tensor;
 use crate::error::ModelError;
@@ -81,8 +81,9 @@ pub const REMOVED_MEANS_KEY: &str = "genir_removed_means";
 pub struct BlockInputs<'t> {
     /// Additive self-attention bias, `[batch or 1, head, q, k]`.
     pub self_bias: Tensor<4>,
-    /// Encoder output and its additive mask `[batch, 1, 1, src]` (decoder only).
-    pub cross: Option<(&'t Tensor<3>, Tensor<4>)>,
+    /// What cross-attention reads (the encoder output, or keys/values already in the block's cache) and the
+    /// encoder's additive mask `[batch, 1, 1, src]` (decoder only).
+    pub cross: Option<(KvSource<'t>, Tensor<4>)>,
     /// Decoder rows grouped by the source they read, when the encoder output, its mask and the
     /// cross-attention keys/values have one row per source rather than per decoder row (beam search).
     pub groups: Option<&'t RowGroups>,
@@ -115,7 +116,7 @@ impl T5Block {
         } else {
             self.self_attn.forward(
                 self.ln_self.forward(x.clone()),
-                None,
+                KvSource::Own,
                 inputs.self_bias.clone(),
                 self_kv,
                 hooks,
@@ -124,7 +125,7 @@ impl T5Block {
         };
         let a = hooks.apply3(p(Site::SelfAttnOut), a)?;
         let mut x = hooks.apply3(p(Site::ResidMid), x + a)?;
-        if let (Some(attn), Some(ln), Some((enc, mask))) =
+        if let (Some(attn), Some(ln), Some((src, mask))) =
             (&self.cross_attn, &self.ln_cross, &inputs.cross)
         {
             let at = AttnAt {
@@ -143,7 +144,7 @@ impl T5Block {
                 })?;
                 attn.forward_grouped(
                     ln.forward(x.clone()),
-                    enc,
+                    *src,
                     mask.clone(),
                     cache,
                     groups,
@@ -153,7 +154,7 @@ impl T5Block {
             } else {
                 attn.forward(
                     ln.forward(x.clone()),
-                    Some(enc),
+                    *src,
                     mask.clone(),
                     cross_kv,
                     hooks,
@@ -923,7 +924,7 @@ impl T5Model {
         let enc = state.encoder_out.clone();
         let inputs = BlockInputs {
             self_bias,
-            cross: Some((&enc, state.encoder_bias.clone())),
+            cross: Some((KvSource::Other(&enc), state.encoder_bias.clone())),
             groups: groups.as_ref(),
         };
         let mut x = x;
@@ -1017,7 +1018,7 @@ impl T5Model {
     ) -> Result<Tensor<3>, ModelError> {
         let inputs = BlockInputs {
             self_bias,
-            cross: Some((encoder_out, encoder_bias)),
+            cross: Some((KvSource::Other(encoder_out), encoder_bias)),
             groups: None,
         };
         for (l, block) in self.decoder.blocks.iter().enumerate().skip(start) {
@@ -1081,23 +1082,18 @@ impl T5Model {
                 cross.len()
             )));
         }
-        let Some(enc) = cross.first().and_then(|kv| kv.k.clone()) else {
-            return Err(ModelError::Input(
-                "decode_from_kv: no cross-attention keys (use T5Model::cross_kv)".into(),
-            ));
-        };
-        // Stands in for the encoder output in the block inputs; never read since keys/values are given.
-        let [b, h, s, dk] = enc.dims();
-        if x.dims()[0] != b {
-            return Err(ModelError::Input(format!(
-                "decode_from_kv: residual stream batch {} but cross-attention keys batch {b}",
-                x.dims()[0]
-            )));
+        if let Some(k) = cross.iter().find_map(|kv| kv.k.as_ref()) {
+            let b = k.dims()[0];
+            if x.dims()[0] != b {
+                return Err(ModelError::Input(format!(
+                    "decode_from_kv: residual stream batch {} but cross-attention keys batch {b}",
+                    x.dims()[0]
+                )));
+            }
         }
-        let placeholder = enc.reshape([b, h * s, dk]);
         let inputs = BlockInputs {
             self_bias,
-            cross: Some((&placeholder, encoder_bias)),
+            cross: Some((KvSource::Cached, encoder_bias)),
             groups: None,
         };
         for (l, block) in self.decoder.blocks.iter().enumerate().skip(start) {
