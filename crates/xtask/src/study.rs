@@ -37,6 +37,11 @@ use crate::frames::{f64s, group, i64s, mean, median, strs};
 use crate::steps::{Key, StepRecord, Steps};
 use genir_interp::figures::svg_to_png;
 
+/// Peak learning rate of the paper scale's GenIR models. The default scale's 1e-3 under-trains the larger
+/// model (20 epochs: training loss 3.77, training Hits@1 0.289, test Hits@1 0.029); at 3e-4 it ends at loss
+/// 1.10, training Hits@1 1.000 and test Hits@1 0.054 / Hits@10 0.161 (2026-12-05, `wiki-genir`).
+const PAPER_LR: f64 = 3e-4;
+
 /// How big a study to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -45,7 +50,7 @@ pub enum Scale {
     Smoke,
     /// The shipped 1,985-passage corpus with the README's recipe (under 30 minutes on 2 CPU cores).
     Default,
-    /// A larger model, longer training, more probes and block patching of the bi-encoder.
+    /// A larger model (learning rate 3e-4), longer training, more probes and block patching of both rankers.
     Paper,
 }
 
@@ -58,6 +63,8 @@ pub struct ScaleParams {
     pub arch: Architecture,
     /// Training epochs.
     pub epochs: usize,
+    /// Peak learning rate of AdamW.
+    pub lr: f64,
     /// Documents left out of the "missing documents" model.
     pub missing: usize,
     /// Correctly retrieved queries analysed by the logit lens, contributions, head projection, ablations.
@@ -86,6 +93,7 @@ impl Scale {
                     text_vocab: 1000,
                 },
                 epochs: 12,
+                lr: 1e-3,
                 missing: 5,
                 probes: 16,
                 patch_pairs: 6,
@@ -97,6 +105,7 @@ impl Scale {
                 corpus: "wiki-genir".into(),
                 arch: Architecture::default(),
                 epochs: 6,
+                lr: 1e-3,
                 missing: 10,
                 probes: 64,
                 patch_pairs: 24,
@@ -114,6 +123,7 @@ impl Scale {
                     text_vocab: 8000,
                 },
                 epochs: 20,
+                lr: PAPER_LR,
                 missing: 10,
                 probes: 128,
                 patch_pairs: 48,
@@ -889,6 +899,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         docids: DocidKind::Atomic,
         examples: ExampleConfig::default(),
         epochs: params.epochs,
+        lr: params.lr,
         checkpoint_every: 200,
         ..TrainConfig::default()
     };
