@@ -806,6 +806,26 @@ fn decoding_from_cached_cross_attention_keys_equals_decoding_from_the_encoder_ou
                 .to_string();
             let at = format!("decoder.blocks.{}.cross_attn", layers - 1);
             assert!(err.contains(&at) && err.contains("cache"), "{err}");
+            // So are keys/values of another batch in a layer that runs.
+            let mut doubled = kv.clone();
+            let v = doubled[layers - 1].v.clone().unwrap();
+            doubled[layers - 1].v = Some(Tensor::cat(vec![v.clone(), v], 0));
+            let err = f
+                .model
+                .decode_from_kv(
+                    rank3(HookPoint::block(Stack::Decoder, start, Site::ResidPre)),
+                    start,
+                    self_bias.clone(),
+                    &doubled,
+                    enc_bias.clone(),
+                    &mut Hooks::none(),
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("layer {}", layers - 1)) && err.contains("batch"),
+                "{err}"
+            );
         }
     }
 }

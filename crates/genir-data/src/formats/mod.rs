@@ -348,8 +348,10 @@ fn finish(path: &Path, body: impl FnOnce(&mut dyn Write) -> Result<()>) -> Resul
         if path.extension().is_some_and(|e| e == "gz") {
             let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
             body(&mut gz).map_err(|e| relabel(e, path))?;
-            gz.finish().map_err(|e| Error::io(path, e))?;
-            Ok(())
+            // flate2's finish writes the trailer without flushing; flush here so an error names `path`
+            gz.finish()
+                .and_then(|w| w.flush())
+                .map_err(|e| Error::io(path, e))
         } else {
             body(out).map_err(|e| relabel(e, path))?;
             out.flush().map_err(|e| Error::io(path, e))

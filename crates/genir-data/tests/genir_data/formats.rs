@@ -143,7 +143,8 @@ fn files_round_trip_by_extension() {
 #[test]
 fn a_failed_save_keeps_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
-    let good = corpus().filter(|d| !d.text.contains('\t'));
+    // Not a prefix of what the failing save writes, so a partly written file cannot pass for it.
+    let good = corpus().filter(|d| d.docid == "d2");
     for name in ["c.tsv", "c.tsv.gz"] {
         let p = dir.path().join(name);
         formats::save_corpus(&p, &good).unwrap();

@@ -1082,13 +1082,15 @@ impl T5Model {
                 cross.len()
             )));
         }
-        if let Some(k) = cross.iter().find_map(|kv| kv.k.as_ref()) {
-            let b = k.dims()[0];
-            if x.dims()[0] != b {
-                return Err(ModelError::Input(format!(
-                    "decode_from_kv: residual stream batch {} but cross-attention keys batch {b}",
-                    x.dims()[0]
-                )));
+        for (l, kv) in cross.iter().enumerate().skip(start) {
+            for t in [&kv.k, &kv.v].into_iter().flatten() {
+                let b = t.dims()[0];
+                if x.dims()[0] != b {
+                    return Err(ModelError::Input(format!(
+                        "decode_from_kv: residual stream batch {} but layer {l}'s cross-attention keys/values batch {b}",
+                        x.dims()[0]
+                    )));
+                }
             }
         }
         let inputs = BlockInputs {
