@@ -13,7 +13,7 @@ use genir_model::hooks::{
     Activation, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention, Selection, Site,
     Stack,
 };
-use genir_model::t5::{relative_position_bucket, Seq2SeqInput, T5Model};
+use genir_model::t5::{relative_position_bucket, KvPair, Seq2SeqInput, T5Model};
 use genir_model::tokenizer::TextTokenizer;
 use genir_model::weights::WeightFile;
 use genir_model::ModelError;
@@ -757,6 +757,16 @@ fn decoding_from_cached_cross_attention_keys_equals_decoding_from_the_encoder_ou
         let (_, layers) = f.model.depth();
         for start in 0..layers {
             let x = rank3(HookPoint::block(Stack::Decoder, start, Site::ResidPre));
+            let from_kv = |pairs: &[KvPair]| {
+                f.model.decode_from_kv(
+                    x.clone(),
+                    start,
+                    self_bias.clone(),
+                    pairs,
+                    enc_bias.clone(),
+                    &mut Hooks::none(),
+                )
+            };
             let from_enc = f
                 .model
                 .decode_from(
@@ -768,60 +778,28 @@ fn decoding_from_cached_cross_attention_keys_equals_decoding_from_the_encoder_ou
                     &mut Hooks::none(),
                 )
                 .unwrap();
+            assert!(
+                max_diff(&want, &values3(&from_enc)) < 1e-5,
+                "{name} {start}"
+            );
             // Layers below `start` are not run, so their keys/values may be missing.
             let mut partial = kv.clone();
             for pair in &mut partial[..start] {
                 *pair = Default::default();
             }
-            let from_kv = f
-                .model
-                .decode_from_kv(
-                    x.clone(),
-                    start,
-                    self_bias.clone(),
-                    &partial,
-                    enc_bias.clone(),
-                    &mut Hooks::none(),
-                )
-                .unwrap();
-            assert!(
-                max_diff(&want, &values3(&from_enc)) < 1e-5,
-                "{name} {start}"
-            );
-            assert!(max_diff(&want, &values3(&from_kv)) < 1e-5, "{name} {start}");
+            let got = from_kv(&partial).unwrap();
+            assert!(max_diff(&want, &values3(&got)) < 1e-5, "{name} {start}");
             // A layer that runs without its keys/values is an error naming its hook point.
             let mut missing = kv.clone();
             missing[layers - 1] = Default::default();
-            let err = f
-                .model
-                .decode_from_kv(
-                    x,
-                    start,
-                    self_bias.clone(),
-                    &missing,
-                    enc_bias.clone(),
-                    &mut Hooks::none(),
-                )
-                .unwrap_err()
-                .to_string();
+            let err = from_kv(&missing).unwrap_err().to_string();
             let at = format!("decoder.blocks.{}.cross_attn", layers - 1);
             assert!(err.contains(&at) && err.contains("cache"), "{err}");
             // So are keys/values of another batch in a layer that runs.
             let mut doubled = kv.clone();
             let v = doubled[layers - 1].v.clone().unwrap();
             doubled[layers - 1].v = Some(Tensor::cat(vec![v.clone(), v], 0));
-            let err = f
-                .model
-                .decode_from_kv(
-                    rank3(HookPoint::block(Stack::Decoder, start, Site::ResidPre)),
-                    start,
-                    self_bias.clone(),
-                    &doubled,
-                    enc_bias.clone(),
-                    &mut Hooks::none(),
-                )
-                .unwrap_err()
-                .to_string();
+            let err = from_kv(&doubled).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("layer {}", layers - 1)) && err.contains("batch"),
                 "{err}"
