@@ -4,6 +4,10 @@
 //! the same inputs. Skips when the weights are absent (`GENIR_MINILM_DIR`, `models/all-MiniLM-L6-v2`, or
 //! the reference virtual environment's package).
 //!
+//! Then the cross-encoder ms-marco-MiniLM-L-12-v2 (MechIR's Cat; `models/ms-marco-MiniLM-L-12-v2`, skipped
+//! when absent) on the same 16 pairs: its forward pass whole (every position of the last block) and as
+//! `Cat::logits` runs it (the last block at the first position only), and its head patching.
+//!
 //! `cargo bench -p genir-mechir --bench patching`
 
 use std::path::{Path, PathBuf};
@@ -13,7 +17,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use genir_mechir::{
     sweep_blocks, sweep_heads, EncodeConfig, PairDataset, PairPerturbation, PatchConfig,
 };
-use genir_model::bert::Dot;
+use genir_model::bert::{Cat, Dot};
+use genir_model::hooks::Hooks;
 
 fn minilm_dir() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -102,6 +107,49 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function(format!("{backend}/blocks_4x64"), |b| {
         b.iter(|| sweep_blocks(&dot, &blocks, &config(64)).expect("blocks"))
+    });
+    g.finish();
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cat_dir = root.join("models/ms-marco-MiniLM-L-12-v2");
+    if !cat_dir.join("model.safetensors").exists() {
+        eprintln!(
+            "SKIP cross-encoder benches: no {} (run tools/models/install_reference_models.sh)",
+            cat_dir.display()
+        );
+        return;
+    }
+    let cat = Cat::from_pretrained(&cat_dir, &device).expect("ms-marco-MiniLM-L-12-v2");
+    let qd: Vec<(&str, &str)> = inputs["heads_16x112"]
+        .as_array()
+        .expect("case in inputs.json")
+        .iter()
+        .map(|p| {
+            (
+                p["query"].as_str().expect("query"),
+                p["document"].as_str().expect("document"),
+            )
+        })
+        .collect();
+    let input = cat.encode_pairs(&qd).expect("pairs");
+    let mut g = c.benchmark_group("mechir_msmarco_cat_tfc1");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(1));
+    g.measurement_time(Duration::from_secs(1));
+    g.bench_function(format!("{backend}/forward_whole_16x112"), |b| {
+        b.iter(|| {
+            let hidden = cat
+                .encoder
+                .forward(&input, &mut Hooks::none())
+                .expect("forward");
+            cat.head.forward(hidden)
+        })
+    });
+    g.bench_function(format!("{backend}/forward_first_16x112"), |b| {
+        b.iter(|| cat.logits(&input, &mut Hooks::none()).expect("forward"))
+    });
+    g.bench_function(format!("{backend}/heads_16x112"), |b| {
+        b.iter(|| sweep_heads(&cat, &heads, None, &config(112)).expect("heads"))
     });
     g.finish();
 }

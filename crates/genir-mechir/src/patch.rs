@@ -13,6 +13,8 @@
 //!   ([`BertEncoder::forward_from`]): the layers before it are those of the original run. Attention- and MLP-
 //!   output patches at one position change only that position until the next attention layer, so the patched
 //!   layer is recomputed for that position alone; head patches resume at the head's output projection;
+//! * a cross-encoder's last block computes the first position only, the one its head reads
+//!   ([`PatchModel::score_from`]);
 //! * a (cell, pair) whose patch cannot change the score is not run and counts 0: the position is padding in
 //!   that pair, or the perturbed activation equals the original one there (e.g. the embeddings of unchanged
 //!   tokens).
@@ -378,14 +380,12 @@ fn run_block_chunk<M: PatchModel + ?Sized>(
     }
     let hidden_size = encoder.config.hidden_size;
     let m3 = bool_tensor(onehot, [n, s, 1], &device).expand([n, s, hidden_size]);
-    let depth = encoder.depth();
-    let hidden = match comp {
+    let (x, start) = match comp {
         BlockComponent::ResidPre => {
             let p = comp.point(layer);
             let x = rank3(&runs.cache_o, &p)?.select(0, idx.clone());
             let src = rank3(&runs.cache_p, &p)?.select(0, idx.clone());
-            let x = x.mask_where(m3, src);
-            encoder.forward_from(x, layer, bias, &mut Hooks::none())?
+            (x.mask_where(m3, src), layer)
         }
         BlockComponent::AttnOut | BlockComponent::MlpOut => {
             let block = &encoder.blocks[layer];
@@ -404,14 +404,10 @@ fn run_block_chunk<M: PatchModel + ?Sized>(
             };
             let post = rank3(&runs.cache_o, &b(Site::ResidPost))?.select(0, idx.clone());
             let x = post.mask_where(m3, new_post.expand([n, s, hidden_size]));
-            if layer + 1 < depth {
-                encoder.forward_from(x, layer + 1, bias, &mut Hooks::none())?
-            } else {
-                x
-            }
+            (x, layer + 1)
         }
     };
-    to_vec1(model.score_hidden(hidden, mask, &runs.context, rows)?)
+    to_vec1(model.score_from(x, start, bias, mask, &runs.context, rows)?)
 }
 
 /// Runs patched rows of one layer's heads: row `i` is pair `rows[i]` with head `heads[i]` patched at every
@@ -456,12 +452,7 @@ fn run_head_chunk<M: PatchModel + ?Sized>(
     // The rest of the block from the heads' output projection on, as `BertBlock::forward`.
     let a = block.attn.o.forward(z);
     let x = mlp_half(block, block.ln_attn.forward(pre + a));
-    let hidden = if layer + 1 < encoder.depth() {
-        encoder.forward_from(x, layer + 1, bias, &mut Hooks::none())?
-    } else {
-        x
-    };
-    to_vec1(model.score_hidden(hidden, mask, &runs.context, rows)?)
+    to_vec1(model.score_from(x, layer + 1, bias, mask, &runs.context, rows)?)
 }
 
 fn layers_of(encoder: &BertEncoder, config: &PatchConfig) -> Result<Vec<usize>> {

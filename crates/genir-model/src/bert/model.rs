@@ -394,6 +394,51 @@ impl BertEncoder {
         Ok(x)
     }
 
+    /// The last hidden state at the first position, `[batch, 1, hidden]` (what a classification head reads):
+    /// as [`BertEncoder::forward`], but the last block computes position 0 only
+    /// ([`BertBlock::forward_first`]) unless `hooks` read or write one of its points.
+    pub fn forward_first(
+        &self,
+        input: &BertInput,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
+        self.check_hooks(hooks)?;
+        let x = hooks.apply3(HookPoint::embed(Stack::Encoder), self.embed(input)?)?;
+        self.forward_from_first(x, 0, attention_bias(input.attention_mask.clone()), hooks)
+    }
+
+    /// [`BertEncoder::forward_from`] kept at the first position, `[batch, 1, hidden]`; the last block
+    /// computes that position only unless `hooks` touch it. `start` may be the depth (`x` is then the
+    /// last hidden state).
+    pub fn forward_from_first(
+        &self,
+        x: Tensor<3>,
+        start: usize,
+        bias: Tensor<4>,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let first = |x: Tensor<3>| {
+            let [b, _, h] = x.dims();
+            x.slice([0..b, 0..1, 0..h])
+        };
+        let Some(last) = self.blocks.len().checked_sub(1).filter(|&l| start <= l) else {
+            return Ok(first(x));
+        };
+        let touched = hooks.is_active()
+            && self
+                .hook_points()
+                .iter()
+                .any(|p| p.layer == Some(last) && hooks.wants(p));
+        if touched {
+            return Ok(first(self.forward_from(x, start, bias, hooks)?));
+        }
+        let mut x = x;
+        for (l, block) in self.blocks.iter().enumerate().take(last).skip(start) {
+            x = block.forward(x, bias.clone(), hooks, l)?;
+        }
+        self.blocks[last].forward_first(x, bias)
+    }
+
     /// Forward pass recording every hook point selected by `filter`.
     pub fn run_with_cache(
         &self,
