@@ -539,3 +539,97 @@ fn a_given_bert_tokenizer_replaces_the_learned_one() {
         .to_string();
     assert!(err.contains("missing.json"), "{err}");
 }
+
+/// The decoder's first-position state (final norm) of each document's first `max_len` tokens, as
+/// `init_docid_rows` reads them.
+fn first_states(m: &GenirModel, c: &Collection, max_len: usize) -> Vec<Vec<f32>> {
+    let device = device();
+    let d = m.model.config.d_model;
+    let ids: Vec<Vec<u32>> = c
+        .corpus
+        .iter()
+        .map(|doc| {
+            let mut ids = m.tok.encode(&doc.full_text()).unwrap();
+            if ids.len() > max_len {
+                ids.truncate(max_len - 1);
+                ids.push(m.scheme.eos);
+            }
+            ids
+        })
+        .collect();
+    let (input, mask) = genir_model::t5::pad_batch(&ids, 0, &device).unwrap();
+    let hooks = &mut genir_model::hooks::Hooks::none();
+    let enc = m.model.encode(input, mask.clone(), hooks).unwrap();
+    let start = m.model.config.decoder_start() as i64;
+    let dec = Tensor::<2, Int>::from_data(
+        burn::tensor::TensorData::new(vec![start; ids.len()], [ids.len(), 1]),
+        &device,
+    );
+    let h = m.model.decode_hidden(&enc, mask, dec, None, hooks).unwrap();
+    let v: Vec<f32> = h
+        .reshape([ids.len(), d])
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    v.chunks(d).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn docid_rows_of_a_pretrained_model_are_orthogonal_to_its_mean_document_state() {
+    let pretrained =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../genir-model/tests/fixtures/t5/gated-untied");
+    let c = tiny_collection();
+    let mut cfg = config(DocidKind::Atomic, 1);
+    let rows_of = |cfg: &TrainConfig| -> (GenirModel, Vec<Vec<f32>>) {
+        let m = genir_train::train::initial_model(cfg, &c, &device()).unwrap();
+        let d = m.model.config.d_model;
+        let head = m
+            .model
+            .to_hf_tensors()
+            .unwrap()
+            .remove("lm_head.weight")
+            .unwrap();
+        let rows = (0..m.scheme.len())
+            .map(|doc| {
+                let r = m.scheme.target(doc)[0] as usize;
+                head.values[r * d..(r + 1) * d].to_vec()
+            })
+            .collect();
+        (m, rows)
+    };
+    cfg.init = Init::Pretrained(pretrained);
+    let (m, rows) = rows_of(&cfg);
+    let d = m.model.config.d_model;
+    // the mean state of the documents, from the initial model (its text rows are the pretrained ones)
+    let states = first_states(&m, &c, cfg.examples.max_source_len);
+    let mean: Vec<f32> = (0..d)
+        .map(|k| states.iter().map(|s| s[k]).sum::<f32>() / states.len() as f32)
+        .collect();
+    let mean_norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(mean_norm > 1e-3, "the fixture's states have no common part");
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    for (doc, row) in rows.iter().enumerate() {
+        let norm = dot(row, row).sqrt();
+        assert!(
+            (norm - (d as f32).sqrt()).abs() < 1e-3,
+            "doc {doc}: row norm {norm}"
+        );
+        let along = dot(row, &mean) / (norm * mean_norm);
+        assert!(
+            along.abs() < 1e-4,
+            "doc {doc}: cosine with the mean state {along}"
+        );
+    }
+    // each row points along its own document's state (minus the mean's direction)
+    for (doc, (row, s)) in rows.iter().zip(&states).enumerate() {
+        let own = dot(row, s);
+        let best = rows
+            .iter()
+            .map(|r| dot(r, s))
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            own >= best - 1e-3,
+            "doc {doc}: own logit {own}, best {best}"
+        );
+    }
+}
