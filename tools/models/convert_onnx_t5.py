@@ -51,18 +51,17 @@ operation or initializer this mapping does not account for, or a graph name cont
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
-import struct
 import sys
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx_weights import attr, dequantize, sha256, write_safetensors
 
 # Ops that pass a tensor's values through unchanged (layout only) on the way between a projection and a MatMul.
 PASS_THROUGH = {"Reshape", "Transpose", "Concat", "Cast", "Identity", "Unsqueeze", "Squeeze"}
@@ -75,31 +74,6 @@ GELU_NEW_CONSTANTS = (0.044715, math.sqrt(2.0 / math.pi))
 
 class ConversionError(Exception):
     pass
-
-
-def attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def dequantize(q, scale, zero_point, axis):
-    """`(q - zero_point) * scale` in float32; a vector scale / zero point applies along `axis` of `q`."""
-    q = q.astype(np.int32)
-    zp = np.zeros((), np.int32) if zero_point is None else zero_point.astype(np.int32)
-    scale = scale.astype(np.float32)
-    if scale.ndim == 0 and zp.ndim == 0:
-        return ((q - zp).astype(np.float32) * scale).astype(np.float32)
-    if scale.ndim != 1 or zp.ndim not in (0, 1):
-        raise ConversionError(f"unsupported scale shape {scale.shape} / zero point shape {zp.shape}")
-    axis = axis % q.ndim
-    if scale.shape[0] != q.shape[axis] or (zp.ndim == 1 and zp.shape[0] != q.shape[axis]):
-        raise ConversionError(f"per-channel scale of {scale.shape[0]} does not fit axis {axis} of {q.shape}")
-    shape = [1] * q.ndim
-    shape[axis] = q.shape[axis]
-    zp = zp.reshape(shape) if zp.ndim == 1 else zp
-    return ((q - zp).astype(np.float32) * scale.reshape(shape)).astype(np.float32)
 
 
 class Linear:
@@ -677,36 +651,6 @@ def expected_shapes(c):
         elif name.endswith(".wo.weight"):
             shapes[name] = [d, ff]
     return shapes
-
-
-def write_safetensors(path, tensors, metadata):
-    """The safetensors format: u64 little-endian header length, JSON header, raw little-endian data."""
-    header = {"__metadata__": metadata}
-    offset = 0
-    names = sorted(tensors)
-    for name in names:
-        a = tensors[name]
-        assert a.dtype == np.float32
-        n = a.size * 4
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((8 - len(raw) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name in names:
-            f.write(np.ascontiguousarray(tensors[name], dtype="<f4").tobytes())
-    os.replace(tmp, path)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main():
