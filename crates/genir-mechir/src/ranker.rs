@@ -106,12 +106,9 @@ pub trait PatchModel {
         context: &ScoreContext,
         pairs: &[usize],
     ) -> Result<Tensor<1>> {
-        let encoder = self.encoder();
-        let hidden = if start < encoder.depth() {
-            encoder.forward_from(x, start, bias, &mut Hooks::none())?
-        } else {
-            x
-        };
+        let hidden = self
+            .encoder()
+            .forward_from(x, start, bias, &mut Hooks::none())?;
         self.score_hidden(hidden, mask, context, pairs)
     }
 }
