@@ -30,18 +30,13 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-from onnx_weights import attr, dequantize, sha256, write_safetensors
+from onnx_weights import ConversionError, GraphIndex, attr, dequantize, sha256, write_safetensors
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]
 QUANTIZED_OPS_UNSUPPORTED = {"QLinearMatMul", "QLinearConv", "ConvInteger", "QLinearGemm", "QGemm", "QAttention",
                              "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QEmbedLayerNormalization",
                              "EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "FastGelu",
                              "BiasGelu", "Gelu", "LayerNormalization"}
-
-
-class ConversionError(Exception):
-    pass
 
 
 def layer_names(n):
@@ -81,40 +76,15 @@ def module_of_node(node_name):
     return ".".join(parts[:-1])
 
 
-class Graph:
+class Graph(GraphIndex):
     def __init__(self, model):
-        g = model.graph
-        self.inits = {t.name: t for t in g.initializer}
-        self.nodes = list(g.node)
-        self.producer = {}
-        self.consumers = {}
-        for n in self.nodes:
-            for o in n.output:
-                self.producer[o] = n
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.arrays = {}
-
-    def array(self, name):
-        if name not in self.arrays:
-            self.arrays[name] = numpy_helper.to_array(self.inits[name])
-        return self.arrays[name]
+        super().__init__(model.graph)
 
     def only_consumer(self, value, op_type):
         found = [n for n in self.consumers.get(value, []) if n.op_type == op_type]
         if len(found) != 1:
             raise ConversionError(f"expected one {op_type} consuming {value!r}, found {len(found)}")
         return found[0]
-
-    def constant_value(self, value):
-        if value in self.inits:
-            return self.array(value)
-        n = self.producer.get(value)
-        if n is not None and n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-        return None
 
 
 def convert_weights(g):

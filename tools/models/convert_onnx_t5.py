@@ -60,8 +60,7 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-from onnx_weights import attr, dequantize, sha256, write_safetensors
+from onnx_weights import ConversionError, GraphIndex, attr, dequantize, sha256, write_safetensors
 
 # Ops that pass a tensor's values through unchanged (layout only) on the way between a projection and a MatMul.
 PASS_THROUGH = {"Reshape", "Transpose", "Concat", "Cast", "Identity", "Unsqueeze", "Squeeze"}
@@ -70,10 +69,6 @@ UNSUPPORTED_OPS = {"QLinearMatMul", "QLinearConv", "ConvInteger", "QLinearGemm",
                    "SkipSimplifiedLayerNormalization", "LayerNormalization", "FastGelu", "BiasGelu", "Gelu",
                    "MultiHeadAttention", "GroupQueryAttention", "Gemm"}
 GELU_NEW_CONSTANTS = (0.044715, math.sqrt(2.0 / math.pi))
-
-
-class ConversionError(Exception):
-    pass
 
 
 class Linear:
@@ -87,24 +82,14 @@ class Linear:
         self.inits = inits    # initializer names consumed
 
 
-class Graph:
+class Graph(GraphIndex):
     def __init__(self, path, label):
         self.label = label
         self.model = onnx.load(path)
         g = self.model.graph
-        self.inits = {t.name: t for t in g.initializer}
-        self.nodes = list(g.node)
+        super().__init__(g)
         self.inputs = [i.name for i in g.input if i.name not in self.inits]
         self.outputs = [o.name for o in g.output]
-        self.producer = {}
-        self.consumers = {}
-        for n in self.nodes:
-            for o in n.output:
-                self.producer[o] = n
-            for i in n.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(n)
-        self.arrays = {}
         self.used = set()
         bad = sorted({n.op_type for n in self.nodes if n.op_type in UNSUPPORTED_OPS or n.domain not in ("", "ai.onnx")})
         if bad:
@@ -117,21 +102,6 @@ class Graph:
 
     def fail(self, msg):
         raise ConversionError(f"{self.label}: {msg}")
-
-    def array(self, name):
-        if name not in self.arrays:
-            self.arrays[name] = numpy_helper.to_array(self.inits[name])
-        return self.arrays[name]
-
-    def constant_value(self, value):
-        if value in self.inits:
-            return self.array(value)
-        n = self.producer.get(value)
-        if n is not None and n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-        return None
 
     def scalar(self, value):
         v = self.constant_value(value)

@@ -10,6 +10,45 @@ import struct
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
+
+class ConversionError(Exception):
+    """A graph or tensor the conversion cannot account for."""
+
+
+class GraphIndex:
+    """An ONNX graph's initializers (arrays loaded on first use), nodes, and which node produces and which
+    nodes consume each value."""
+
+    def __init__(self, graph):
+        self.inits = {t.name: t for t in graph.initializer}
+        self.nodes = list(graph.node)
+        self.producer = {}
+        self.consumers = {}
+        for n in self.nodes:
+            for o in n.output:
+                self.producer[o] = n
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+        self.arrays = {}
+
+    def array(self, name):
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.inits[name])
+        return self.arrays[name]
+
+    def constant_value(self, value):
+        """The value of an initializer or a `Constant` node's output; None otherwise."""
+        if value in self.inits:
+            return self.array(value)
+        n = self.producer.get(value)
+        if n is not None and n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+        return None
 
 
 def attr(node, name, default):
