@@ -2,7 +2,9 @@
 //!
 //! Variants through the environment (for the README's A/B): `SENT=1` trains the base and retrained models with
 //! sentence indexing (`ExampleConfig::index_sentences`), `EPOCHS=N` changes the epochs, `MARGIN_NEW`,
-//! `MARGIN_OLD`, `L2` set IncDSI's margins and L2 weight, `ONLY_INCDSI=1` runs IncDSI alone. A finished base or
+//! `MARGIN_OLD`, `L2` set IncDSI's margins and L2 weight, `ONLY_INCDSI=1` runs IncDSI alone,
+//! `PRETRAINED=DIR` starts the base and retrained models from a pretrained T5 folder (e.g.
+//! `models/flan-t5-small-traceforge`) and `LR` sets the learning rate. A finished base or
 //! retrained model in `out` is reused when its training configuration is this run's (so the edit settings can
 //! be varied on one base model); give another `out` for `SENT` or `EPOCHS` variants.
 
@@ -34,6 +36,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if let Some(e) = env("EPOCHS") {
         train.epochs = e.parse()?;
+    }
+    if let Some(dir) = env("PRETRAINED") {
+        train.init = Init::Pretrained(dir.into());
+    }
+    if let Some(lr) = env("LR") {
+        train.lr = lr.parse()?;
     }
     if env("SENT").is_some() {
         train.examples.index_sentences = true;

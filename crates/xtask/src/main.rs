@@ -22,7 +22,8 @@ enum Command {
   cargo xtask reproduce                       # shipped wiki-genir corpus, default scale
   cargo xtask reproduce --scale smoke         # a minute: the mini corpus and a tiny model
   cargo xtask reproduce --corpus data/my-collection --report my-report
-  cargo xtask reproduce --backend wgpu")]
+  cargo xtask reproduce --backend wgpu
+  cargo xtask reproduce --corpus wiki-genir-mini --pretrained models/flan-t5-small-traceforge --epochs 10 --lr 3e-4")]
     Reproduce {
         /// Shipped collection name (wiki-genir, wiki-genir-mini) or a collection folder; default: the scale's.
         #[arg(long)]
@@ -36,7 +37,8 @@ enum Command {
         /// Report folder.
         #[arg(long, default_value = "report")]
         report: PathBuf,
-        /// Work folder for models and cached steps (default: target/reproduce/<scale>).
+        /// Work folder for models and cached steps (default: target/reproduce/<scale>, plus
+        /// `-<folder name>` with --pretrained).
         #[arg(long)]
         work: Option<PathBuf>,
         /// Bi-encoder for the MechIR step.
@@ -48,6 +50,16 @@ enum Command {
         /// Run every step again, ignoring the cache.
         #[arg(long)]
         force: bool,
+        /// Start the GenIR models from a pretrained Hugging Face T5 folder (its architecture and tokenizer)
+        /// instead of the scale's architecture from scratch.
+        #[arg(long)]
+        pretrained: Option<PathBuf>,
+        /// Training epochs (default: the scale's).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Peak learning rate (default: the scale's).
+        #[arg(long)]
+        lr: Option<f64>,
     },
     /// Criterion benchmarks on every backend asked for, PyTorch baselines, and the results in docs/benchmarks.md.
     #[command(after_help = "Examples:
@@ -95,19 +107,23 @@ fn main() -> Result<()> {
             bi_encoder,
             cross_encoder,
             force,
+            pretrained,
+            epochs,
+            lr,
         } => {
             let opts = Options {
                 corpus,
                 scale,
-                work: work.unwrap_or_else(|| {
-                    PathBuf::from("target/reproduce").join(format!("{scale:?}").to_lowercase())
-                }),
+                work: work.unwrap_or_else(|| Options::default_work(scale, pretrained.as_deref())),
                 report,
                 backend: backend.parse()?,
                 bi_encoder: Some(bi_encoder),
                 cross_encoder: Some(cross_encoder),
                 force,
                 progress: std::io::stderr().is_terminal(),
+                pretrained,
+                epochs,
+                lr,
             };
             let s = reproduce(&opts)?;
             eprintln!(

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::study::Study;
 use genir_io::write_atomic;
+use genir_train::train::Init;
 
 /// A block of a section.
 enum Block {
@@ -98,16 +99,58 @@ fn inline_html(s: &str) -> String {
     out
 }
 
+/// The base model in words: its architecture and where it started.
+fn model_description(s: &Study) -> String {
+    match (&s.train_config.init, &s.model_config) {
+        (Init::Pretrained(dir), c) => {
+            let arch = c.as_ref().map_or_else(String::new, |c| {
+                format!(
+                    ": d_model {}, d_ff {} ({}), {} encoder + {} decoder layers, {} heads, {} output rows ({} head)",
+                    c.d_model,
+                    c.d_ff,
+                    c.feed_forward_proj,
+                    c.num_layers,
+                    c.decoder_layers(),
+                    c.num_heads,
+                    c.vocab_size,
+                    if c.tied_head() { "tied" } else { "untied" }
+                )
+            });
+            format!(
+                "T5 fine-tuned from the pretrained `{}`{arch}, with its own tokenizer and one new output row per docid",
+                dir.display()
+            )
+        }
+        (Init::Scratch(a), _) => format!(
+            "T5 from scratch, d_model {}, d_ff {}, {} encoder + {} decoder layers, {} heads, a {}-token WordPiece vocabulary learned from the corpus",
+            a.d_model, a.d_ff, a.layers, a.layers, a.heads, a.text_vocab
+        ),
+        (Init::ScratchWithTokenizer { arch: a, tokenizer }, _) => format!(
+            "T5 from scratch, d_model {}, d_ff {}, {} encoder + {} decoder layers, {} heads, the tokenizer `{}`",
+            a.d_model,
+            a.d_ff,
+            a.layers,
+            a.layers,
+            a.heads,
+            tokenizer.display()
+        ),
+    }
+}
+
 fn sections(s: &Study) -> Vec<Section> {
     let mut out = Vec::new();
-    let layers = s.params.arch.layers;
+    let layers = s
+        .model_config
+        .as_ref()
+        .map(|c| c.decoder_layers())
+        .unwrap_or(s.params.arch.layers);
 
     let mut sec = Section::new("Setup");
     sec.text(format!(
-        "Collection `{}` ({}). Scale `{:?}`, backend `{}`. GenIR model: T5 from scratch, d_model {}, d_ff {}, {} encoder + {} decoder layers, {} heads, a {}-token WordPiece vocabulary learned from the corpus, atomic docids; {} epochs of indexing (first chunks of each passage) + retrieval (training queries) examples, batch {}, AdamW lr {} with {} warm-up steps, seed {}.",
-        s.corpus, s.collection_stats, s.scale, s.backend, s.params.arch.d_model, s.params.arch.d_ff,
-        layers, layers, s.params.arch.heads, s.params.arch.text_vocab, s.params.epochs,
-        s.train_config.batch_size, s.train_config.lr, s.train_config.warmup_steps, s.train_config.seed
+        "Collection `{}` ({}). Scale `{:?}`, backend `{}`. GenIR model: {}, atomic docids; {} epochs of indexing (first chunks of each passage) + retrieval (training queries) examples, batch {}, AdamW lr {} with {} warm-up steps, seed {}.",
+        s.corpus, s.collection_stats, s.scale, s.backend, model_description(s),
+        s.train_config.epochs, s.train_config.batch_size, s.train_config.lr, s.train_config.warmup_steps,
+        s.train_config.seed
     ));
     sec.text("The paper (Reusch & Belinkov, *Reverse-Engineering the Retrieval Process in GenIR Models*, SIGIR 2025) analyses T5-large DSI models (24 decoder layers) on NQ10k/NQ100k/NQ320k and Trivia-QA. Its stages are decoder layers 0–6 (I), 7–17 (II) and 18–23 (III). This model has only "
         .to_string() + &format!("{layers} decoder layers, so its first layer is compared with stages I–II and its last with stage III; numbers are not expected to match, the questions are the same."));
@@ -161,11 +204,20 @@ fn sections(s: &Study) -> Vec<Section> {
             .collect(),
     );
     let t = s.trained.get("base");
+    let base_hits = |split: &str| {
+        s.models
+            .iter()
+            .find(|m| m.model == "base" && m.split == split)
+            .map(|m| f3(m.hits_at_1))
+            .unwrap_or_else(|| "not measured".into())
+    };
     sec.text(format!(
-        "Training: base model {} steps ({:.0} examples/s, final loss {:.3}). Paper (T5-large, test): NQ10k Hits@1 40.4 / Hits@10 63.9; NQ100k 22.6 / 50.2; NQ320k 20.0 / 48.0; Trivia-QA 60.4 / 82.2. This small from-scratch model memorises its training queries and generalises little to the held-out inverse-cloze queries, so the analyses below use the **training queries the base model retrieves at rank 1** (the paper analyses correctly answered queries too).",
+        "Training: base model {} steps ({:.0} examples/s, final loss {:.3}). Paper (T5-large, test): NQ10k Hits@1 40.4 / Hits@10 63.9; NQ100k 22.6 / 50.2; NQ320k 20.0 / 48.0; Trivia-QA 60.4 / 82.2. This model's Hits@1 is {} on its training queries and {} on the held-out inverse-cloze test queries, so the analyses below use the **training queries the base model retrieves at rank 1** (the paper analyses correctly answered queries too).",
         t.map(|t| t.steps).unwrap_or(0),
         t.map(|t| t.examples_per_sec).unwrap_or(f64::NAN),
         t.map(|t| t.final_loss).unwrap_or(f32::NAN),
+        base_hits("train"),
+        base_hits("test"),
     ));
     out.push(sec);
 

@@ -24,6 +24,7 @@ use genir_mechir::{
 };
 use genir_model::bert::{Cat, Dot};
 use genir_model::device::Backend;
+use genir_model::t5::T5Config;
 use genir_train::bundle::GenirModel;
 use genir_train::docid::DocidKind;
 use genir_train::examples::ExampleConfig;
@@ -156,6 +157,38 @@ pub struct Options {
     pub force: bool,
     /// Show progress bars.
     pub progress: bool,
+    /// Start the GenIR models from this pretrained Hugging Face T5 folder (its architecture and tokenizer)
+    /// instead of training the scale's architecture from scratch.
+    pub pretrained: Option<PathBuf>,
+    /// Training epochs instead of the scale's.
+    pub epochs: Option<usize>,
+    /// Peak learning rate instead of the scale's.
+    pub lr: Option<f64>,
+}
+
+impl Options {
+    /// The scale's parameters with this run's `epochs` and `lr` in place of the scale's.
+    pub fn params(&self) -> ScaleParams {
+        let mut p = self.scale.params();
+        if let Some(e) = self.epochs {
+            p.epochs = e;
+        }
+        if let Some(lr) = self.lr {
+            p.lr = lr;
+        }
+        p
+    }
+
+    /// The default work folder: `target/reproduce/<scale>`, with `-<folder name>` appended for a pretrained
+    /// start (so a pretrained study does not overwrite the from-scratch one's cached steps).
+    pub fn default_work(scale: Scale, pretrained: Option<&Path>) -> PathBuf {
+        let mut name = format!("{scale:?}").to_lowercase();
+        if let Some(n) = pretrained.and_then(|p| p.file_name()) {
+            name.push('-');
+            name.push_str(&n.to_string_lossy());
+        }
+        PathBuf::from("target/reproduce").join(name)
+    }
 }
 
 /// One model's retrieval quality on one split.
@@ -666,6 +699,9 @@ pub struct Study {
     pub collection_stats: String,
     /// Training configuration of the base model.
     pub train_config: TrainConfig,
+    /// The base model's architecture (from its config.json after training).
+    #[serde(default)]
+    pub model_config: Option<T5Config>,
     /// Trained models.
     pub trained: BTreeMap<String, Trained>,
     /// Retrieval quality.
@@ -867,10 +903,20 @@ fn layer_component(df: &genir_data::Table) -> Result<Vec<(i64, String)>> {
         .collect())
 }
 
+/// A cache key for a model folder: its config.json and the size of its model.safetensors.
+fn model_folder_key(dir: &Path) -> Key {
+    Key(crate::steps::fnv1a(
+        &std::fs::read(dir.join("config.json")).unwrap_or_default(),
+        std::fs::metadata(dir.join("model.safetensors"))
+            .map(|m| m.len())
+            .unwrap_or(0),
+    ))
+}
+
 /// Runs the study and writes the report; returns the study.
 pub fn reproduce(opts: &Options) -> Result<Study> {
     let started = Instant::now();
-    let params = opts.scale.params();
+    let params = opts.params();
     let corpus = opts.corpus.clone().unwrap_or_else(|| params.corpus.clone());
     let c = genir_data::shipped::load_name_or_dir(&corpus)
         .with_context(|| format!("--corpus {corpus:?}"))?;
@@ -894,8 +940,24 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let mut figs: Vec<Figure> = Vec::new();
 
     // ---- training
+    let (init, train_upstream) = match &opts.pretrained {
+        Some(dir) => {
+            if !dir.join("config.json").exists() {
+                bail!(
+                    "--pretrained {}: not a model folder (no config.json)",
+                    dir.display()
+                );
+            }
+            (
+                Init::Pretrained(dir.clone()),
+                vec![ckey, model_folder_key(dir)],
+            )
+        }
+        // from scratch: the collection alone (the keys of earlier runs stay valid)
+        None => (Init::Scratch(params.arch.clone()), vec![ckey]),
+    };
     let train_cfg = TrainConfig {
-        init: Init::Scratch(params.arch.clone()),
+        init,
         docids: DocidKind::Atomic,
         examples: ExampleConfig::default(),
         epochs: params.epochs,
@@ -903,7 +965,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         checkpoint_every: 200,
         ..TrainConfig::default()
     };
-    let base_key = Key::of(&(&train_cfg, "base"), &[ckey])?;
+    let base_key = Key::of(&(&train_cfg, "base"), &train_upstream)?;
     let progress = opts.progress;
     let base: Trained = steps.run("train_base", base_key, |dir, resume| {
         train_model("base", &train_cfg, &c, dir, resume, &device, progress)
@@ -911,7 +973,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let removed = choose_removed(&c, params.missing, 11)?;
     let mut missing_cfg = train_cfg.clone();
     missing_cfg.examples.exclude = removed.clone();
-    let missing_key = Key::of(&(&missing_cfg, "missing"), &[ckey])?;
+    let missing_key = Key::of(&(&missing_cfg, "missing"), &train_upstream)?;
     let missing: Trained = steps.run("train_missing", missing_key, |dir, resume| {
         train_model("missing", &missing_cfg, &c, dir, resume, &device, progress)
     })?;
@@ -1407,12 +1469,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             ));
             continue;
         }
-        let weights = Key(crate::steps::fnv1a(
-            &std::fs::read(dir.join("config.json")).unwrap_or_default(),
-            std::fs::metadata(dir.join("model.safetensors"))
-                .map(|m| m.len())
-                .unwrap_or(0),
-        ));
+        let weights = model_folder_key(dir);
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -1472,7 +1529,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     // "references": the step's result gained the reference measures (BM25, the base model's held-out queries)
     let edit_key = Key::of(
         &(&edit_train, params.edit_docs, "edits", "references"),
-        &[ckey],
+        &train_upstream,
     )?;
     let edits: EditsResult = steps.run("edits", edit_key, |dir, _| {
         let mut cfg = genir_edit::eval::EvalConfig::new(dir.join("work"), edit_train.clone());
@@ -1510,6 +1567,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         backend,
         collection_stats: stats,
         train_config: train_cfg,
+        model_config: Some(gm.model.config.clone()),
         trained: BTreeMap::from([("base".into(), base), ("missing".into(), missing)]),
         models,
         removed,

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use burn::prelude::*;
 use genir_model::device::Backend;
+use genir_train::bundle::GenirModel;
+use genir_train::train::Init;
 use xtask::{reproduce, Options, Scale};
 
 fn workspace() -> PathBuf {
@@ -95,6 +98,9 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         cross_encoder: Some(tmp.path().join("no-cross-encoder")),
         force: false,
         progress: false,
+        pretrained: None,
+        epochs: None,
+        lr: None,
     };
     let s = reproduce(&opts).unwrap();
     let report = &opts.report;
@@ -253,4 +259,68 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         }
         None => eprintln!("skipped the browser check: no chromium (apt-get install chromium)"),
     }
+}
+
+#[test]
+fn a_pretrained_study_fine_tunes_that_folder_and_describes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = workspace().join("crates/genir-model/tests/fixtures/t5/gated-untied");
+    let opts = Options {
+        corpus: None,
+        scale: Scale::Smoke,
+        report: tmp.path().join("report"),
+        work: tmp.path().join("work"),
+        backend: Backend::Flex,
+        bi_encoder: None,
+        cross_encoder: None,
+        force: false,
+        progress: false,
+        pretrained: Some(fixture.clone()),
+        epochs: Some(14),
+        lr: Some(2e-3),
+    };
+    let s = reproduce(&opts).unwrap();
+    // the models are the pretrained architecture (3 encoder + 2 decoder layers, gated GELU, untied head) with
+    // its own 300-token tokenizer and a row per docid, trained with this run's epochs and learning rate
+    assert_eq!(s.train_config.init, Init::Pretrained(fixture.clone()));
+    assert_eq!((s.train_config.epochs, s.train_config.lr), (14, 2e-3));
+    let c = s.model_config.as_ref().unwrap();
+    assert_eq!((c.d_model, c.num_layers, c.decoder_layers()), (32, 3, 2));
+    assert!(c.gated() && !c.tied_head());
+    let base = GenirModel::load(&s.trained["base"].dir, &Device::flex()).unwrap();
+    assert_eq!(base.model.config.d_model, 32);
+    assert_eq!(base.scheme.token_offset as usize, 300);
+    // the analyses ran on its 2 decoder layers: the logit lens of the last one ranks every probe's docid first
+    assert_eq!(s.stages.layers, 2);
+    let lens_last = s
+        .lens
+        .iter()
+        .find(|r| r.layer == 1 && r.component == "resid_post")
+        .unwrap();
+    assert_eq!(lens_last.top1, 1.0);
+    assert!(s.edits.as_ref().unwrap().report.rows.len() >= 3);
+    let md = std::fs::read_to_string(opts.report.join("README.md")).unwrap();
+    assert!(
+        md.contains(&format!(
+            "T5 fine-tuned from the pretrained `{}`: d_model 32, d_ff 64 (gated-gelu), 3 encoder + 2 decoder layers",
+            fixture.display()
+        )),
+        "{md}"
+    );
+    assert!(md.contains("AdamW lr 0.002"));
+    // both MechIR models were left out, with the reason
+    assert_eq!(s.mechir_skipped.len(), 2, "{:?}", s.mechir_skipped);
+}
+
+#[test]
+fn a_pretrained_study_works_in_its_own_folder() {
+    let flan = Path::new("models/flan-t5-small-traceforge");
+    assert_eq!(
+        Options::default_work(Scale::Default, Some(flan)),
+        Path::new("target/reproduce/default-flan-t5-small-traceforge")
+    );
+    assert_eq!(
+        Options::default_work(Scale::Paper, None),
+        Path::new("target/reproduce/paper")
+    );
 }
