@@ -84,23 +84,32 @@ fn render(report: &Path, browser: &Path) -> (usize, usize, usize) {
     (num("loaded"), num("failed"), num("total"))
 }
 
-#[test]
-fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
-    let tmp = tempfile::tempdir().unwrap();
-    let bi = workspace().join("models/all-MiniLM-L6-v2");
-    let opts = Options {
+/// The smoke study on the mini corpus, report and work folders under `tmp`, no MechIR models.
+fn smoke_options(tmp: &Path) -> Options {
+    Options {
         corpus: None,
         scale: Scale::Smoke,
-        report: tmp.path().join("report"),
-        work: tmp.path().join("work"),
+        report: tmp.join("report"),
+        work: tmp.join("work"),
         backend: Backend::Flex,
-        bi_encoder: Some(bi.clone()),
-        cross_encoder: Some(tmp.path().join("no-cross-encoder")),
+        bi_encoder: None,
+        cross_encoder: None,
         force: false,
         progress: false,
         pretrained: None,
         epochs: None,
         lr: None,
+    }
+}
+
+#[test]
+fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bi = workspace().join("models/all-MiniLM-L6-v2");
+    let opts = Options {
+        bi_encoder: Some(bi.clone()),
+        cross_encoder: Some(tmp.path().join("no-cross-encoder")),
+        ..smoke_options(tmp.path())
     };
     let s = reproduce(&opts).unwrap();
     let report = &opts.report;
@@ -266,18 +275,10 @@ fn a_pretrained_study_fine_tunes_that_folder_and_describes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = workspace().join("crates/genir-model/tests/fixtures/t5/gated-untied");
     let opts = Options {
-        corpus: None,
-        scale: Scale::Smoke,
-        report: tmp.path().join("report"),
-        work: tmp.path().join("work"),
-        backend: Backend::Flex,
-        bi_encoder: None,
-        cross_encoder: None,
-        force: false,
-        progress: false,
         pretrained: Some(fixture.clone()),
         epochs: Some(14),
         lr: Some(2e-3),
+        ..smoke_options(tmp.path())
     };
     let s = reproduce(&opts).unwrap();
     // the models are the pretrained architecture (3 encoder + 2 decoder layers, gated GELU, untied head) with
