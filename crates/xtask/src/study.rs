@@ -916,6 +916,14 @@ fn model_folder_key(dir: &Path) -> Key {
 /// Runs the study and writes the report; returns the study.
 pub fn reproduce(opts: &Options) -> Result<Study> {
     let started = Instant::now();
+    if let Some(dir) = &opts.pretrained {
+        if !dir.join("config.json").is_file() {
+            bail!(
+                "--pretrained {}: not a model folder (no config.json)",
+                dir.display()
+            );
+        }
+    }
     let params = opts.params();
     let corpus = opts.corpus.clone().unwrap_or_else(|| params.corpus.clone());
     let c = genir_data::shipped::load_name_or_dir(&corpus)
@@ -941,18 +949,10 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
 
     // ---- training
     let (init, train_upstream) = match &opts.pretrained {
-        Some(dir) => {
-            if !dir.join("config.json").exists() {
-                bail!(
-                    "--pretrained {}: not a model folder (no config.json)",
-                    dir.display()
-                );
-            }
-            (
-                Init::Pretrained(dir.clone()),
-                vec![ckey, model_folder_key(dir)],
-            )
-        }
+        Some(dir) => (
+            Init::Pretrained(dir.clone()),
+            vec![ckey, model_folder_key(dir)],
+        ),
         // from scratch: the collection alone (the keys of earlier runs stay valid)
         None => (Init::Scratch(params.arch.clone()), vec![ckey]),
     };

@@ -314,7 +314,7 @@ fn a_pretrained_study_fine_tunes_that_folder_and_describes_it() {
 }
 
 #[test]
-fn a_pretrained_study_works_in_its_own_folder() {
+fn a_pretrained_study_works_in_its_own_folder_and_needs_a_model_folder() {
     let flan = Path::new("models/flan-t5-small-traceforge");
     assert_eq!(
         Options::default_work(Scale::Default, Some(flan)),
@@ -324,4 +324,16 @@ fn a_pretrained_study_works_in_its_own_folder() {
         Options::default_work(Scale::Paper, None),
         Path::new("target/reproduce/paper")
     );
+    // a folder that is not a model is refused before any step runs
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options {
+        pretrained: Some(tmp.path().join("no-model")),
+        ..smoke_options(tmp.path())
+    };
+    let err = format!("{:#}", reproduce(&opts).unwrap_err());
+    assert!(
+        err.contains("--pretrained") && err.contains("no-model") && err.contains("no config.json"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("work/steps").exists());
 }
