@@ -6,11 +6,12 @@
 //! reproduce`: T5 d_model 128, 2+2 layers, 8000-token WordPiece vocabulary, 6 epochs), then the documents
 //! are added back one at a time by each method (`incdsi`, `rank_one`, `continued_training`,
 //! `full_retraining`, comma-separated), and retention (Hits@1 of the other documents' training queries) is
-//! measured after 1, 10, 100, 1000 additions.
+//! measured after 1, 10, 100, 1000 additions. `PRETRAINED=DIR` fine-tunes the base (and retrained) models
+//! from a pretrained T5 folder instead, `EPOCHS` and `LR` change the recipe's epochs and learning rate.
 
 use burn::prelude::*;
 use genir_edit::eval::{evaluate_methods, EvalConfig, Method};
-use genir_train::train::TrainConfig;
+use genir_train::train::{Init, TrainConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -37,11 +38,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| "target/edit-sequential".into()),
     );
     let collection = genir_data::shipped::load(name)?;
-    let train = TrainConfig {
+    let mut train = TrainConfig {
         epochs: 6,
         checkpoint_every: 100_000,
         ..TrainConfig::default()
     };
+    let env = |k: &str| std::env::var(k).ok();
+    if let Some(dir) = env("PRETRAINED") {
+        train.init = Init::Pretrained(dir.into());
+    }
+    if let Some(e) = env("EPOCHS") {
+        train.epochs = e.parse()?;
+    }
+    if let Some(lr) = env("LR") {
+        train.lr = lr.parse()?;
+    }
     let mut cfg = EvalConfig::new(out.join(format!("{name}-n{n_new}")), train);
     cfg.n_new = n_new;
     cfg.methods = methods;
@@ -51,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = std::time::Instant::now();
     let report = evaluate_methods(&collection, &cfg, &Device::flex())?;
     println!("{}", report.markdown());
+    println!("{}", report.references_markdown());
     println!(
         "base: {} documents, trained in {:.1} s; whole evaluation {:.1} s",
         report.base_docs,
