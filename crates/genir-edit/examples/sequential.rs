@@ -7,7 +7,8 @@
 //! are added back one at a time by each method (`incdsi`, `rank_one`, `continued_training`,
 //! `full_retraining`, comma-separated), and retention (Hits@1 of the other documents' training queries) is
 //! measured after 1, 10, 100, 1000 additions. `PRETRAINED=DIR` fine-tunes the base (and retrained) models
-//! from a pretrained T5 folder instead, `EPOCHS` and `LR` change the recipe's epochs and learning rate.
+//! from a pretrained T5 folder instead, `EPOCHS` and `LR` change the recipe's epochs and learning rate,
+//! `ANCHORS` the number of anchors the edits keep (default 2,000).
 
 use burn::prelude::*;
 use genir_edit::eval::{evaluate_methods, EvalConfig, Method};
@@ -56,6 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = EvalConfig::new(out.join(format!("{name}-n{n_new}")), train);
     cfg.n_new = n_new;
     cfg.methods = methods;
+    if let Some(a) = env("ANCHORS") {
+        cfg.max_anchors = a.parse()?;
+    }
     cfg.decay_points = vec![1, 10, 100, 1000, n_new];
     cfg.decay_points.sort_unstable();
     cfg.decay_points.dedup();
