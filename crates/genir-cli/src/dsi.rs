@@ -8,6 +8,7 @@ use burn::prelude::*;
 use clap::Args;
 use genir_data::Collection;
 use genir_train::bundle::GenirModel;
+use genir_train::dense::DenseIndex;
 use genir_train::docid::DocidKind;
 use genir_train::examples::ExampleConfig;
 use genir_train::metrics::evaluate;
@@ -325,18 +326,29 @@ pub fn search(args: SearchArgs, device: &Device) -> Result<()> {
 pub const EVAL_EXAMPLES: &str = "Examples:
   genir eval --model models/dsi-atomic --split test
   genir eval --model models/dsi-atomic --split test --run-out test.run --parquet test.parquet
-  genir eval --bm25 --corpus wiki-genir --split test      (the lexical reference: BM25, k1 0.9, b 0.4)";
+  genir eval --bm25 --corpus wiki-genir --split test      (the lexical reference: BM25, k1 0.9, b 0.4)
+  genir eval --dense models/all-MiniLM-L6-v2 --corpus wiki-genir --split test   (a dual-encoder reference)";
 
 /// Arguments of `genir eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Model folder written by `genir train`.
-    #[arg(long, required_unless_present = "bm25")]
+    #[arg(long, required_unless_present_any = ["bm25", "dense"])]
     pub model: Option<PathBuf>,
     /// Evaluate BM25 (k1 0.9, b 0.4, over title + text) instead of a model: the lexical reference on the same
     /// queries. Needs --corpus; --beams and --batch-size do not apply.
-    #[arg(long, conflicts_with = "model", requires = "corpus")]
+    #[arg(long, conflicts_with_all = ["model", "dense"], requires = "corpus")]
     pub bm25: bool,
+    /// Evaluate a bi-encoder folder (sentence-transformers or Hugging Face BERT-family) as a dense retriever
+    /// instead of a model: every document embedded once, exact ranking by the model's similarity. Needs
+    /// --corpus; --beams does not apply; --batch-size is the texts per encoder pass.
+    #[arg(
+        long,
+        conflicts_with = "model",
+        requires = "corpus",
+        value_name = "DIR"
+    )]
+    pub dense: Option<PathBuf>,
     /// Collection (default: the one the model was trained on).
     #[arg(long)]
     pub corpus: Option<String>,
@@ -360,6 +372,19 @@ pub struct EvalArgs {
     pub parquet: Option<PathBuf>,
 }
 
+/// A retriever evaluated instead of a model.
+enum Reference {
+    Bm25(genir_data::bm25::Bm25),
+    Dense(Box<DenseIndex>, String),
+}
+
+/// A run tag from a folder's name.
+fn tag_of(dir: &Path, default: &str) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| default.into())
+}
+
 pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
     let model = match &args.model {
         Some(m) => {
@@ -372,7 +397,7 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
         None => args
             .corpus
             .clone()
-            .context("--bm25 needs --corpus to say which collection to index")?,
+            .context("--bm25 and --dense need --corpus to say which collection to index")?,
     };
     let collection = load_collection(&corpus)?;
     let Some(split) = collection.split(&args.split) else {
@@ -382,26 +407,49 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
             collection.split_names().join(", ")
         );
     };
-    // the index is built before the clock starts, as a model is loaded before it
-    let bm25 = model
-        .is_none()
-        .then(|| genir_data::bm25::Bm25::new(&collection.corpus));
+    // an index is built before the clock starts, as a model is loaded before it
+    let reference = match (&model, &args.dense) {
+        (Some(_), _) => None,
+        (None, Some(dir)) => {
+            let dot = genir_model::bert::Dot::from_pretrained(dir, device)
+                .with_context(|| format!("loading the bi-encoder {}", dir.display()))?;
+            let bar = ProgressBar::new(collection.corpus.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} documents embedded, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let index = DenseIndex::build_with_progress(
+                dot,
+                &collection.corpus,
+                args.batch_size,
+                |d, _| bar.set_position(d as u64),
+            )
+            .with_context(|| format!("indexing {} with {}", corpus, dir.display()))?;
+            bar.finish_and_clear();
+            Some(Reference::Dense(Box::new(index), tag_of(dir, "dense")))
+        }
+        (None, None) => Some(Reference::Bm25(genir_data::bm25::Bm25::new(
+            &collection.corpus,
+        ))),
+    };
     let started = Instant::now();
-    let run = match (&model, &args.model) {
-        (Some(model), Some(dir)) => {
+    let run = match (&model, &args.model, reference) {
+        (Some(model), Some(dir), _) => {
             let mut searcher = model.searcher()?;
             searcher.beams = args.beams;
-            let tag = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| "genir".into());
-            searcher.run(&split.queries, args.k, args.batch_size, &tag)?
+            searcher.run(
+                &split.queries,
+                args.k,
+                args.batch_size,
+                &tag_of(dir, "genir"),
+            )?
         }
-        _ => {
-            bm25.as_ref()
-                .context("no model and no BM25 index")?
-                .run(&split.queries, args.k, "bm25")
-        }
+        (_, _, Some(Reference::Dense(index, tag))) => index.run(&split.queries, args.k, &tag)?,
+        (_, _, Some(Reference::Bm25(bm25))) => bm25.run(&split.queries, args.k, "bm25"),
+        _ => bail!("no model and no reference index"),
     };
     let secs = started.elapsed().as_secs_f64();
     let qids: Vec<String> = split.queries.iter().map(|q| q.qid.clone()).collect();

@@ -154,6 +154,57 @@ fn a_killed_run_resumes_to_the_same_model() {
 }
 
 #[test]
+fn a_bi_encoder_folder_is_evaluated_as_a_dense_reference() {
+    // the tiny sentence-transformers fixture of genir-model (random weights: the figures mean nothing)
+    let dot = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../genir-model/tests/fixtures/bert/bert-dot-bin");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("dense.run");
+    let out = ok(&genir()
+        .arg("eval")
+        .arg("--dense")
+        .arg(&dot)
+        .args(["--corpus", "wiki-genir-mini", "--split", "test", "-k", "10"])
+        .arg("--run-out")
+        .arg(&run)
+        .output()
+        .unwrap());
+    assert!(
+        out.contains("wiki-genir-mini test") && out.contains("Hits@10"),
+        "{out}"
+    );
+    let lines = std::fs::read_to_string(&run).unwrap();
+    // 23 test queries x 10 documents, tagged with the folder's name
+    assert_eq!(lines.lines().count(), 230, "{lines}");
+    assert!(
+        lines.lines().all(|l| l.ends_with(" bert-dot-bin")),
+        "{lines}"
+    );
+    let o = genir()
+        .args(["eval", "--dense"])
+        .arg(&dot)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--corpus"), "{e}");
+    let o = genir()
+        .args([
+            "eval",
+            "--dense",
+            "/nonexistent/bi-encoder",
+            "--corpus",
+            "wiki-genir-mini",
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("/nonexistent/bi-encoder"),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_arguments_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let o = train(&tmp.path().join("x"), &["--docids", "bogus"]);

@@ -4,7 +4,8 @@
 //! sentence indexing (`ExampleConfig::index_sentences`), `EPOCHS=N` changes the epochs, `MARGIN_NEW`,
 //! `MARGIN_OLD`, `L2` set IncDSI's margins and L2 weight, `ONLY_INCDSI=1` runs IncDSI alone,
 //! `PRETRAINED=DIR` starts the base and retrained models from a pretrained T5 folder (e.g.
-//! `models/flan-t5-small-traceforge`) and `LR` sets the learning rate. A finished base or
+//! `models/flan-t5-small-traceforge`), `LR` sets the learning rate and `DENSE=DIR` adds a bi-encoder's dense
+//! retrieval (e.g. `models/all-MiniLM-L6-v2`) to the references. A finished base or
 //! retrained model in `out` is reused when its training configuration is this run's (so the edit settings can
 //! be varied on one base model); give another `out` for `SENT` or `EPOCHS` variants.
 
@@ -57,6 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(v) = env("L2") {
         cfg.edit.l2 = v.parse()?;
     }
+    cfg.dense = env("DENSE").map(Into::into);
     if env("ONLY_INCDSI").is_some() {
         cfg.methods = vec![genir_edit::eval::Method::IncDsi];
     }

@@ -8,7 +8,8 @@
 //! `full_retraining`, comma-separated), and retention (Hits@1 of the other documents' training queries) is
 //! measured after 1, 10, 100, 1000 additions. `PRETRAINED=DIR` fine-tunes the base (and retrained) models
 //! from a pretrained T5 folder instead, `EPOCHS` and `LR` change the recipe's epochs and learning rate,
-//! `ANCHORS` the number of anchors the edits keep (default 2,000).
+//! `ANCHORS` the number of anchors the edits keep (default 2,000), and `DENSE=DIR` adds a bi-encoder's dense
+//! retrieval (e.g. `models/all-MiniLM-L6-v2`) to the reference rows.
 
 use burn::prelude::*;
 use genir_edit::eval::{evaluate_methods, EvalConfig, Method};
@@ -57,6 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = EvalConfig::new(out.join(format!("{name}-n{n_new}")), train);
     cfg.n_new = n_new;
     cfg.methods = methods;
+    cfg.dense = env("DENSE").map(Into::into);
     if let Some(a) = env("ANCHORS") {
         cfg.max_anchors = a.parse()?;
     }

@@ -22,8 +22,10 @@
 //! base model's Hits@1/@10 on the held-out (not `train` split) queries of its *own* documents (how far the model
 //! generalises to unseen queries of documents it was trained on: the yardstick for the success of an edit
 //! on documents it never saw, though not a bound), and BM25 ([`genir_data::bm25`]) on the added documents'
-//! success queries (full corpus) and on those held-out queries (base corpus). The held-out queries are the
-//! collection's own (on the shipped collections mostly inverse-cloze sentences, a few title queries).
+//! success queries (full corpus) and on those held-out queries (base corpus), and, with
+//! [`EvalConfig::dense`], a bi-encoder's dense retrieval on the same two query sets ([`genir_train::dense`]).
+//! The held-out queries are the collection's own (on the shipped collections mostly inverse-cloze sentences,
+//! a few title queries).
 //!
 //! Models are trained in `work_dir/base` and `work_dir/full`; a finished one found there is reused when it was
 //! trained with the same configuration (an error otherwise). Training times are the training loop's, as
@@ -40,6 +42,7 @@ use genir_data::{Column, Table};
 use genir_model::t5::T5Model;
 use genir_model::weights::WeightFile;
 use genir_train::bundle::GenirModel;
+use genir_train::dense::DenseIndex;
 use genir_train::examples::{Example, ExampleKind};
 use genir_train::metrics::evaluate;
 use genir_train::train::{LogProgress, TrainConfig, TrainState, Trainer};
@@ -101,6 +104,9 @@ pub struct EvalConfig {
     pub finetune_lr: f64,
     /// Folder for the base and retrained models.
     pub work_dir: PathBuf,
+    /// A bi-encoder folder (e.g. all-MiniLM-L6-v2) whose dense retrieval ([`genir_train::dense`]) is added
+    /// to the references beside BM25; `None` for none.
+    pub dense: Option<PathBuf>,
 }
 
 impl EvalConfig {
@@ -122,6 +128,7 @@ impl EvalConfig {
             finetune_steps: 10,
             finetune_lr: 1e-4,
             work_dir: work_dir.into(),
+            dense: None,
         }
     }
 }
@@ -158,7 +165,7 @@ pub struct MethodResult {
 }
 
 /// A reference measure beside the methods (what a system that is not an edit gets on a query set).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reference {
     /// What was measured, e.g. `bm25: success queries (full corpus)`.
     pub name: String,
@@ -424,7 +431,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
     let max_len = cfg.train.examples.max_source_len;
     let (ret_before, _, base_tops) = measure(&base, &sp.retention, max_len)?;
     tracing::info!(retention = ret_before, "base model");
-    let references = references(&sp, &base, max_len)?;
+    let references = references(&sp, &base, max_len, cfg.dense.as_deref(), device)?;
     let mut rows = Vec::new();
     let decay_points: Vec<usize> = cfg
         .decay_points
@@ -515,7 +522,13 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
 }
 
 /// The reference measures of [`EvalReport::references`].
-fn references(sp: &Split, base: &GenirModel, max_len: usize) -> Result<Vec<Reference>> {
+fn references(
+    sp: &Split,
+    base: &GenirModel,
+    max_len: usize,
+    dense: Option<&Path>,
+    device: &Device,
+) -> Result<Vec<Reference>> {
     let row = |name: &str, set: &QuerySet, h1: f64, h10: f64| Reference {
         name: name.into(),
         queries: set.queries.len(),
@@ -533,7 +546,7 @@ fn references(sp: &Split, base: &GenirModel, max_len: usize) -> Result<Vec<Refer
     let (m1, m10, _) = measure(base, &sp.heldout, max_len)?;
     let (b1, b10) = bm25(&sp.base.corpus, &sp.heldout);
     let (s1, s10) = bm25(&sp.full.corpus, &sp.success);
-    Ok(vec![
+    let mut rows = vec![
         row(
             "base model: held-out queries of its own documents",
             &sp.heldout,
@@ -552,7 +565,33 @@ fn references(sp: &Split, base: &GenirModel, max_len: usize) -> Result<Vec<Refer
             s1,
             s10,
         ),
-    ])
+    ];
+    if let Some(dir) = dense {
+        let name = dir
+            .file_name()
+            .map_or_else(|| "dense".into(), |n| n.to_string_lossy().to_string());
+        let mut index = DenseIndex::from_pretrained(dir, &sp.full.corpus, device)?;
+        let hits = |index: &DenseIndex, set: &QuerySet| -> Result<(f64, f64)> {
+            let ev = evaluate(&index.run(&set.queries, 10, "dense")?, &set.qrels, None);
+            Ok((ev.hits_at_1, ev.hits_at_10))
+        };
+        let (f1, f10) = hits(&index, &sp.success)?;
+        index.retain(|d| sp.base.corpus.contains(d))?;
+        let (h1, h10) = hits(&index, &sp.heldout)?;
+        rows.push(row(
+            &format!("dense {name}: the same held-out queries (base corpus)"),
+            &sp.heldout,
+            h1,
+            h10,
+        ));
+        rows.push(row(
+            &format!("dense {name}: success queries of the added documents (full corpus)"),
+            &sp.success,
+            f1,
+            f10,
+        ));
+    }
+    Ok(rows)
 }
 
 /// Continued training on one new document: the vocabulary grows by one row (the live rows' mean), then

@@ -516,3 +516,44 @@ fn corrupt_edit_logs_are_clear_errors() {
         .to_string();
     assert!(e.contains("log.json") && e.contains("another model"), "{e}");
 }
+
+#[test]
+fn the_evaluation_adds_a_bi_encoders_dense_retrieval_to_its_references() {
+    use genir_edit::eval::{evaluate_methods, EvalConfig, Method};
+    // the tiny sentence-transformers fixture of genir-model (random weights: only the plumbing is checked
+    // here; DenseIndex itself is checked against sentence-transformers in genir-train)
+    let dot = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../genir-model/tests/fixtures/bert/bert-dot-bin");
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collection(&[]);
+    let mut cfg = EvalConfig::new(tmp.path().join("eval"), config());
+    cfg.n_new = N_NEW;
+    cfg.methods = vec![Method::IncDsi];
+    cfg.max_anchors = 200;
+    cfg.decay_points = vec![1, N_NEW];
+    let without = evaluate_methods(&c, &cfg, &device()).unwrap();
+    assert_eq!(without.references.len(), 3);
+    cfg.dense = Some(dot);
+    // the base model trained above is reused (same configuration)
+    let with = evaluate_methods(&c, &cfg, &device()).unwrap();
+    assert_eq!(with.references.len(), 5);
+    assert_eq!(&with.references[..3], &without.references[..3]);
+    let (heldout_bm25, success_bm25) = (&with.references[1], &with.references[2]);
+    let (heldout, success) = (&with.references[3], &with.references[4]);
+    assert!(heldout
+        .name
+        .starts_with("dense bert-dot-bin: the same held-out queries"));
+    assert!(success
+        .name
+        .starts_with("dense bert-dot-bin: success queries"));
+    assert_eq!(heldout.queries, heldout_bm25.queries);
+    assert_eq!(success.queries, success_bm25.queries);
+    assert!(success.queries > 0 && heldout.queries > 0);
+    for r in [heldout, success] {
+        assert!(0.0 <= r.hits_at_1 && r.hits_at_1 <= r.hits_at_10 && r.hits_at_10 <= 1.0);
+    }
+    assert!(with.references_markdown().contains("dense bert-dot-bin"));
+    cfg.dense = Some(PathBuf::from("/nonexistent/bi-encoder"));
+    let err = evaluate_methods(&c, &cfg, &device()).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/bi-encoder"), "{err}");
+}

@@ -7,6 +7,7 @@
 //!   checkpoints that resume bit for bit, validation Hits@k, data-parallel shards over several devices.
 //! - [`optim`]: AdamW with a fused update on `flex`, bit-identical to burn's.
 //! - [`search`]: batched constrained beam search returning ranked docids with scores.
+//! - [`dense`]: exact dense retrieval with a bi-encoder (the dual-encoder reference).
 //! - [`metrics`]: Hits@1, Hits@10, MRR@10, Recall@k with trec_eval's semantics.
 //!
 //! ```no_run
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod bundle;
+pub mod dense;
 pub mod docid;
 pub mod embed;
 pub mod error;
