@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::AddedToken;
 
 use crate::error::{EditError, Result};
-use crate::linalg;
+use crate::linalg::{self, Hinges};
 use crate::log::{payload_name, EditLog, EditOp, EditRecord, Patch};
 use crate::reps::{self, Reps};
 use crate::tensors;
@@ -213,7 +213,7 @@ pub struct Editor {
 const NONE: usize = usize::MAX;
 
 fn dotf(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    linalg::dot_f32(a, b)
 }
 
 fn to_f64(v: &[f32]) -> Vec<f64> {
@@ -1030,16 +1030,12 @@ impl Editor {
             let doc = first + i;
             let r = reps::compute(&self.model.model, &inputs, true, self.config.batch)?;
             let skip: BTreeSet<usize> = [doc].into();
-            let positives: Vec<(Vec<f64>, f64)> = (0..r.n)
-                .map(|k| {
-                    let p = r.rep(k);
-                    (
-                        to_f64(p),
-                        f64::from(self.best(p, &skip).0) + self.config.margin_new,
-                    )
-                })
-                .collect();
-            let negatives = self.anchor_bounds(doc, &[]);
+            let mut positives = Hinges::new(self.d());
+            for k in 0..r.n {
+                let p = r.rep(k);
+                positives.push(p, f64::from(self.best(p, &skip).0) + self.config.margin_new);
+            }
+            let negatives = self.anchor_bounds(doc, &Hinges::new(self.d()));
             let (w, s) = self.solve_row(&positives, &negatives, None)?;
             stats.merge(&s);
             let w32: Vec<f32> = w.iter().map(|&x| x as f32).collect();
@@ -1054,27 +1050,26 @@ impl Editor {
     /// Upper bounds for the anchors when row `doc` is solved: every anchor whose best docid is another
     /// document must keep it by `margin_old`; anchors about `doc` itself (or currently won by it) are left
     /// out, except `extra` (rep, bound) pairs.
-    fn anchor_bounds(&self, doc: usize, extra: &[(Vec<f64>, f64)]) -> Vec<(Vec<f64>, f64)> {
+    fn anchor_bounds(&self, doc: usize, extra: &Hinges) -> Hinges {
         let a = &self.anchors;
-        let mut out: Vec<(Vec<f64>, f64)> = (0..a.reps.n)
-            .filter(|&i| a.arg[i] != doc && a.own[i] != Some(doc) && a.arg[i] != NONE)
-            .map(|i| {
-                (
-                    to_f64(a.reps.rep(i)),
-                    f64::from(a.top[i]) - self.config.margin_old,
-                )
-            })
-            .collect();
-        out.extend(extra.iter().cloned());
+        let mut out = Hinges::new(self.d());
+        for i in 0..a.reps.n {
+            if a.arg[i] != doc && a.own[i] != Some(doc) && a.arg[i] != NONE {
+                out.push(a.reps.rep(i), f64::from(a.top[i]) - self.config.margin_old);
+            }
+        }
+        for (o, b) in extra.iter() {
+            out.push(o, b);
+        }
         out
     }
 
-    /// IncDSI's problem: minimise `l2/2 |w - w_ref|^2 + 1/2 sum_pos max(0, t - w.p)^2
-    /// + old_weight/2 sum_neg max(0, w.o - b)^2` by L-BFGS.
+    /// IncDSI's problem ([`linalg::HingeObjective`]): minimise `l2/2 |w - w_ref|^2 + 1/2 sum_pos max(0, t -
+    /// w.p)^2 + old_weight/2 sum_neg max(0, w.o - b)^2` by L-BFGS.
     fn solve_row(
         &self,
-        positives: &[(Vec<f64>, f64)],
-        negatives: &[(Vec<f64>, f64)],
+        positives: &Hinges,
+        negatives: &Hinges,
         reference: Option<Vec<f64>>,
     ) -> Result<(Vec<f64>, SolveStats)> {
         let d = self.d();
@@ -1083,10 +1078,15 @@ impl Editor {
             Some(r) => r.clone(),
             None => {
                 let mut m = vec![0.0; d];
-                for (p, _) in positives {
-                    let n = linalg::norm(p).max(1e-12);
+                for (p, _) in positives.iter() {
+                    let n = p
+                        .iter()
+                        .map(|&v| f64::from(v) * f64::from(v))
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(1e-12);
                     for (a, b) in m.iter_mut().zip(p) {
-                        *a += b / n;
+                        *a += f64::from(*b) / n;
                     }
                 }
                 let n = linalg::norm(&m).max(1e-12);
@@ -1094,35 +1094,15 @@ impl Editor {
             }
         };
         let wref = reference.unwrap_or_else(|| vec![0.0; d]);
-        let (l2, ow) = (self.config.l2, self.config.old_weight);
+        let objective = linalg::HingeObjective {
+            positives,
+            negatives,
+            l2: self.config.l2,
+            old_weight: self.config.old_weight,
+            reference: &wref,
+        };
         let min = linalg::lbfgs(
-            |w, g| {
-                let mut f = 0.0;
-                for j in 0..d {
-                    let diff = w[j] - wref[j];
-                    f += 0.5 * l2 * diff * diff;
-                    g[j] = l2 * diff;
-                }
-                for (p, t) in positives {
-                    let h = t - linalg::dot(w, p);
-                    if h > 0.0 {
-                        f += 0.5 * h * h;
-                        for j in 0..d {
-                            g[j] -= h * p[j];
-                        }
-                    }
-                }
-                for (o, b) in negatives {
-                    let h = linalg::dot(w, o) - b;
-                    if h > 0.0 {
-                        f += 0.5 * ow * h * h;
-                        for j in 0..d {
-                            g[j] += ow * h * o[j];
-                        }
-                    }
-                }
-                f
-            },
+            |w, g| objective.value_grad(w, g),
             w0,
             self.config.max_iter,
             10,
@@ -1133,12 +1113,12 @@ impl Editor {
             positives: positives.len(),
             satisfied: positives
                 .iter()
-                .filter(|(p, t)| linalg::dot(&w, p) >= t - self.config.margin_new)
+                .filter(|(p, t)| linalg::dot_mixed(p, &w) >= t - self.config.margin_new)
                 .count(),
             negatives: negatives.len(),
             violated: negatives
                 .iter()
-                .filter(|(o, b)| linalg::dot(&w, o) > b + self.config.margin_old)
+                .filter(|(o, b)| linalg::dot_mixed(o, &w) > b + self.config.margin_old)
                 .count(),
             iterations: min.iterations,
             solves: 1,
@@ -1559,14 +1539,14 @@ impl Editor {
         };
         let skip: BTreeSet<usize> = docs.iter().copied().collect();
         // every anchor (and the given texts): the deleted row must stay below its best live docid
-        let mut cons: Vec<(Vec<f64>, f64)> = Vec::new();
+        let mut cons = Hinges::new(self.d());
         for i in 0..self.anchors.reps.n {
             let rep = self.anchors.reps.rep(i);
-            cons.push((to_f64(rep), f64::from(self.best(rep, &skip).0)));
+            cons.push(rep, f64::from(self.best(rep, &skip).0));
         }
         for i in 0..extra.n {
             let rep = extra.rep(i);
-            cons.push((to_f64(rep), f64::from(self.best(rep, &skip).0)));
+            cons.push(rep, f64::from(self.best(rep, &skip).0));
         }
         let d = self.d();
         let mut dir = vec![0f64; d];
@@ -1579,9 +1559,10 @@ impl Editor {
                 }
             }
         } else {
-            for (o, _) in &cons {
-                let n = linalg::norm(o).max(1e-12);
-                for (a, b) in dir.iter_mut().zip(o) {
+            for (o, _) in cons.iter() {
+                let o = to_f64(o);
+                let n = linalg::norm(&o).max(1e-12);
+                for (a, b) in dir.iter_mut().zip(&o) {
                     *a += b / n;
                 }
             }
@@ -1591,8 +1572,8 @@ impl Editor {
         let m = self.config.delete_margin;
         let mut c = self.mean_row_norm();
         let mut all_positive = true;
-        for (o, best) in &cons {
-            let p = linalg::dot(o, &dir);
+        for (o, best) in cons.iter() {
+            let p = linalg::dot_mixed(o, &dir);
             if p > 1e-9 {
                 c = c.max((m - best) / p);
             } else {
@@ -1603,9 +1584,11 @@ impl Editor {
         let w = if all_positive || cons.is_empty() {
             w0
         } else {
-            let bounds: Vec<(Vec<f64>, f64)> =
-                cons.iter().map(|(o, b)| (o.clone(), b - m)).collect();
-            let (w, s) = self.solve_row(&[], &bounds, Some(w0))?;
+            let mut bounds = Hinges::new(self.d());
+            for (o, b) in cons.iter() {
+                bounds.push(o, b - m);
+            }
+            let (w, s) = self.solve_row(&Hinges::new(self.d()), &bounds, Some(w0))?;
             details.insert("violated".into(), s.violated as f64);
             w
         };
@@ -1679,17 +1662,13 @@ impl Editor {
             let inputs = self.inputs(&full, &c.text, &c.queries)?;
             let r = reps::compute(&self.model.model, &inputs, true, self.config.batch)?;
             let skip: BTreeSet<usize> = [doc].into();
-            let positives: Vec<(Vec<f64>, f64)> = (0..r.n)
-                .map(|k| {
-                    let p = r.rep(k);
-                    (
-                        to_f64(p),
-                        f64::from(self.best(p, &skip).0) + self.config.margin_new,
-                    )
-                })
-                .collect();
+            let mut positives = Hinges::new(self.d());
+            for k in 0..r.n {
+                let p = r.rep(k);
+                positives.push(p, f64::from(self.best(p, &skip).0) + self.config.margin_new);
+            }
             // old-only content: sentences of the old text absent from the new one, and the doc's anchors
-            let mut old_extra: Vec<(Vec<f64>, f64)> = Vec::new();
+            let mut old_extra = Hinges::new(self.d());
             if let Some(old) = &c.old_text {
                 let new_sents: BTreeSet<String> = reps::sentences(&c.text, 1).into_iter().collect();
                 let old_only: Vec<String> = reps::sentences(old, self.config.min_sentence_words)
@@ -1706,10 +1685,10 @@ impl Editor {
                     let or = reps::compute(&self.model.model, &src, false, self.config.batch)?;
                     for k in 0..or.n {
                         let p = or.rep(k);
-                        old_extra.push((
-                            to_f64(p),
+                        old_extra.push(
+                            p,
                             f64::from(self.best(p, &skip).0) - self.config.delete_margin,
-                        ));
+                        );
                     }
                 }
             }
@@ -1717,10 +1696,10 @@ impl Editor {
                 for i in 0..self.anchors.reps.n {
                     if self.anchors.own[i] == Some(doc) {
                         let p = self.anchors.reps.rep(i);
-                        old_extra.push((
-                            to_f64(p),
+                        old_extra.push(
+                            p,
                             f64::from(self.best(p, &skip).0) - self.config.delete_margin,
-                        ));
+                        );
                     }
                 }
             }
