@@ -177,37 +177,45 @@ impl DenseIndex {
     pub fn scores(&self, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(queries.len());
         for chunk in queries.chunks(self.batch_size.max(1)) {
-            let q = self.dot.embed(chunk, &mut Hooks::none())?;
-            let q = match self.dot.similarity {
-                Similarity::Cosine => l2_normalize(q),
-                Similarity::Dot => q,
-            };
-            out.extend(tensor_rows(q.matmul(self.docs.clone().transpose()))?);
+            out.extend(self.chunk_scores(chunk)?);
         }
         Ok(out)
     }
 
-    /// The `k` best documents of each query, best first (ties by docid), with their similarity.
+    /// Scores of one batch of queries against every document.
+    fn chunk_scores(&self, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let q = self.dot.embed(queries, &mut Hooks::none())?;
+        let q = match self.dot.similarity {
+            Similarity::Cosine => l2_normalize(q),
+            Similarity::Dot => q,
+        };
+        tensor_rows(q.matmul(self.docs.clone().transpose()))
+    }
+
+    /// The `k` best documents of each query, best first (ties by docid), with their similarity. Queries are
+    /// scored a batch at a time, so memory stays at one batch's scores whatever the number of queries.
     pub fn search(&self, queries: &[&str], k: usize) -> Result<Vec<Vec<(String, f64)>>> {
-        Ok(self
-            .scores(queries)?
-            .into_iter()
-            .map(|row| {
+        let by_rank = |a: &(usize, f32), b: &(usize, f32)| {
+            b.1.total_cmp(&a.1)
+                .then_with(|| self.docids[a.0].cmp(&self.docids[b.0]))
+        };
+        let mut out = Vec::with_capacity(queries.len());
+        for chunk in queries.chunks(self.batch_size.max(1)) {
+            for row in self.chunk_scores(chunk)? {
                 let mut hits: Vec<(usize, f32)> = row.into_iter().enumerate().collect();
-                let by_rank = |a: &(usize, f32), b: &(usize, f32)| {
-                    b.1.total_cmp(&a.1)
-                        .then_with(|| self.docids[a.0].cmp(&self.docids[b.0]))
-                };
                 if k < hits.len() {
                     hits.select_nth_unstable_by(k, by_rank);
                     hits.truncate(k);
                 }
                 hits.sort_by(by_rank);
-                hits.into_iter()
-                    .map(|(i, s)| (self.docids[i].clone(), f64::from(s)))
-                    .collect()
-            })
-            .collect())
+                out.push(
+                    hits.into_iter()
+                        .map(|(i, s)| (self.docids[i].clone(), f64::from(s)))
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// A run of the `k` best documents for every query, tagged `tag`.
