@@ -28,6 +28,7 @@ use genir_model::bert::{l2_normalize, BertInput, Dot, Similarity};
 use genir_model::hooks::Hooks;
 use genir_model::tokenizer::Encoded;
 
+use crate::embed::tensor_rows;
 use crate::error::{Result, TrainError};
 
 /// Document embeddings of one corpus under one bi-encoder.
@@ -39,15 +40,6 @@ pub struct DenseIndex {
     docs: Tensor<2>,
     /// Texts per encoder pass (documents when building, queries when searching).
     pub batch_size: usize,
-}
-
-fn tensor_rows(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
-    let [_, n] = t.dims();
-    let v = t
-        .into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
-    Ok(v.chunks(n.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 impl DenseIndex {

@@ -10,6 +10,16 @@ use genir_model::tokenizer::TextTokenizer;
 
 use crate::error::{Result, TrainError};
 
+/// The rows of a `[n, d]` tensor as host vectors.
+pub(crate) fn tensor_rows(t: burn::tensor::Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let [_, d] = t.dims();
+    let v = t
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
+    Ok(v.chunks(d.max(1)).map(<[f32]>::to_vec).collect())
+}
+
 /// Maps texts to fixed-size vectors.
 pub trait DocEmbedder {
     /// One vector per text, all of the same dimension.
@@ -107,11 +117,7 @@ impl DocEmbedder for T5MeanEmbedder<'_> {
             let [b, s, d] = h.dims();
             let m = mask.float().reshape([b, s, 1]);
             let pooled = (h * m.clone()).sum_dim(1).reshape([b, d]) / m.sum_dim(1).reshape([b, 1]);
-            let v = pooled
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
-            out.extend(v.chunks(d).map(<[f32]>::to_vec));
+            out.extend(tensor_rows(pooled)?);
         }
         Ok(out)
     }
@@ -123,12 +129,7 @@ impl DocEmbedder for genir_model::bert::Dot {
         for chunk in texts.chunks(32) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let e = genir_model::bert::Dot::embed(self, &refs, &mut Hooks::none())?;
-            let [_, d] = e.dims();
-            let v = e
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
-            out.extend(v.chunks(d).map(<[f32]>::to_vec));
+            out.extend(tensor_rows(e)?);
         }
         Ok(out)
     }

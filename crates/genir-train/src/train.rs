@@ -452,12 +452,7 @@ pub fn init_docid_rows(
             &dev,
         );
         let h = inference.decode_hidden(&enc, mask, dec, None, &mut Hooks::none())?;
-        let v = h
-            .reshape([ids.len(), d])
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| TrainError::Tensor(format!("{e:?}")))?;
-        reps.extend(v.chunks(d).map(<[f32]>::to_vec));
+        reps.extend(crate::embed::tensor_rows(h.reshape([ids.len(), d]))?);
     }
     let kept: Vec<&Vec<f32>> = reps
         .iter()
