@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use genir_data::QuerySet;
 use genir_data::Table;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
-use genir_interp::attribution::{agreement, attribution_patching};
+use genir_interp::attribution::{agreement, attribution_patching_with, EncoderEstimate};
 use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
@@ -146,6 +146,15 @@ pub enum MetricArg {
     ReciprocalRank,
 }
 
+/// How attribution patching estimates encoder positions (`genir interp patch --attribution`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EncoderEstimateArg {
+    /// AtP*'s QK fix: cross-attention patterns recomputed exactly with the patched key, then linearised.
+    QkFix,
+    /// The plain gradient estimate.
+    Gradient,
+}
+
 /// Arguments of `genir interp patch`.
 #[derive(Args, Debug)]
 pub struct PatchArgs {
@@ -171,6 +180,9 @@ pub struct PatchArgs {
     /// with exact patching, `attribution_agreement.*` (logit-diff metric only).
     #[arg(long)]
     pub attribution: bool,
+    /// How attribution patching estimates encoder positions.
+    #[arg(long, value_enum, default_value = "qk-fix")]
+    pub attribution_encoder: EncoderEstimateArg,
 }
 
 /// Arguments of `genir interp heads`.
@@ -313,7 +325,11 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
             }
             let df = activation_patching(&gm, &pairs, &cfg)?;
             if a.attribution {
-                let attr = attribution_patching(&gm, &pairs, &cfg)?;
+                let encoder = match a.attribution_encoder {
+                    EncoderEstimateArg::QkFix => EncoderEstimate::QkFix,
+                    EncoderEstimateArg::Gradient => EncoderEstimate::Gradient,
+                };
+                let attr = attribution_patching_with(&gm, &pairs, &cfg, encoder)?;
                 let ag = agreement(&df, &attr)?;
                 let (parquet, csv) = write_table(&ag, &a.common.out.join("attribution_agreement"))?;
                 eprintln!(

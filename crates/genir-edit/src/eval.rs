@@ -567,31 +567,74 @@ fn references(
         ),
     ];
     if let Some(dir) = dense {
-        let name = dir
-            .file_name()
-            .map_or_else(|| "dense".into(), |n| n.to_string_lossy().to_string());
-        let mut index = DenseIndex::from_pretrained(dir, &sp.full.corpus, device)?;
-        let hits = |index: &DenseIndex, set: &QuerySet| -> Result<(f64, f64)> {
-            let ev = evaluate(&index.run(&set.queries, 10, "dense")?, &set.qrels, None);
-            Ok((ev.hits_at_1, ev.hits_at_10))
-        };
-        let (f1, f10) = hits(&index, &sp.success)?;
-        index.retain(|d| sp.base.corpus.contains(d))?;
-        let (h1, h10) = hits(&index, &sp.heldout)?;
-        rows.push(row(
-            &format!("dense {name}: the same held-out queries (base corpus)"),
-            &sp.heldout,
-            h1,
-            h10,
-        ));
-        rows.push(row(
-            &format!("dense {name}: success queries of the added documents (full corpus)"),
-            &sp.success,
-            f1,
-            f10,
-        ));
+        rows.extend(dense_rows(sp, dir, device)?);
     }
     Ok(rows)
+}
+
+/// The two dense reference rows of [`EvalConfig::dense`]: the bi-encoder in `dir` on the base model's
+/// held-out queries (base corpus) and on the success queries (full corpus). The corpus is embedded once.
+fn dense_rows(sp: &Split, dir: &Path, device: &Device) -> Result<Vec<Reference>> {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "dense".into(), |n| n.to_string_lossy().to_string());
+    let mut index = DenseIndex::from_pretrained(dir, &sp.full.corpus, device)?;
+    let hits = |index: &DenseIndex, set: &QuerySet| -> Result<Reference> {
+        let ev = evaluate(&index.run(&set.queries, 10, "dense")?, &set.qrels, None);
+        Ok(Reference {
+            name: String::new(),
+            queries: set.queries.len(),
+            hits_at_1: ev.hits_at_1,
+            hits_at_10: ev.hits_at_10,
+        })
+    };
+    let success = hits(&index, &sp.success)?;
+    index.retain(|d| sp.base.corpus.contains(d))?;
+    let heldout = hits(&index, &sp.heldout)?;
+    Ok(vec![
+        Reference {
+            name: format!("dense {name}: the same held-out queries (base corpus)"),
+            ..heldout
+        },
+        Reference {
+            name: format!("dense {name}: success queries of the added documents (full corpus)"),
+            ..success
+        },
+    ])
+}
+
+/// The dense reference rows alone (what [`evaluate_methods`] adds with [`EvalConfig::dense`]), for the same
+/// split as `evaluate_methods(c, cfg, ..)` (`cfg.n_new`, `cfg.seed`) and the bi-encoder folder `dir`, without
+/// training or editing anything: for callers that cache the method rows apart.
+pub fn dense_references(
+    c: &Collection,
+    cfg: &EvalConfig,
+    dir: &Path,
+    device: &Device,
+) -> Result<Vec<Reference>> {
+    dense_rows(&split(c, cfg.n_new, cfg.seed)?, dir, device)
+}
+
+/// Reference rows as a table: `reference`, `queries`, `hits_at_1`, `hits_at_10`.
+pub fn references_table(r: &[Reference]) -> Result<Table> {
+    Ok(Table::new(vec![
+        Column::new(
+            "reference",
+            r.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "queries",
+            r.iter().map(|r| r.queries as i64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "hits_at_1",
+            r.iter().map(|r| r.hits_at_1).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "hits_at_10",
+            r.iter().map(|r| r.hits_at_10).collect::<Vec<_>>(),
+        ),
+    ])?)
 }
 
 /// Continued training on one new document: the vocabulary grows by one row (the live rows' mean), then
@@ -774,27 +817,9 @@ impl EvalReport {
         s
     }
 
-    /// The reference measures as a table.
+    /// The reference measures as a table ([`references_table`]).
     pub fn references_dataframe(&self) -> Result<Table> {
-        let r = &self.references;
-        Ok(Table::new(vec![
-            Column::new(
-                "reference",
-                r.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "queries",
-                r.iter().map(|r| r.queries as i64).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "hits_at_1",
-                r.iter().map(|r| r.hits_at_1).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "hits_at_10",
-                r.iter().map(|r| r.hits_at_10).collect::<Vec<_>>(),
-            ),
-        ])?)
+        references_table(&self.references)
     }
 
     /// Writes the table as Parquet (atomically).

@@ -519,7 +519,7 @@ fn corrupt_edit_logs_are_clear_errors() {
 
 #[test]
 fn the_evaluation_adds_a_bi_encoders_dense_retrieval_to_its_references() {
-    use genir_edit::eval::{evaluate_methods, EvalConfig, Method};
+    use genir_edit::eval::{dense_references, evaluate_methods, EvalConfig, Method};
     // the tiny sentence-transformers fixture of genir-model (random weights: only the plumbing is checked
     // here; DenseIndex itself is checked against sentence-transformers in genir-train)
     let dot = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -553,7 +553,13 @@ fn the_evaluation_adds_a_bi_encoders_dense_retrieval_to_its_references() {
         assert!(0.0 <= r.hits_at_1 && r.hits_at_1 <= r.hits_at_10 && r.hits_at_10 <= 1.0);
     }
     assert!(with.references_markdown().contains("dense bert-dot-bin"));
+    // the rows alone, without training or editing: the same split, the same numbers
+    let alone = dense_references(&c, &cfg, cfg.dense.as_ref().unwrap(), &device()).unwrap();
+    assert_eq!(&alone[..], &with.references[3..]);
     cfg.dense = Some(PathBuf::from("/nonexistent/bi-encoder"));
     let err = evaluate_methods(&c, &cfg, &device()).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/bi-encoder"), "{err}");
+    let err =
+        dense_references(&c, &cfg, Path::new("/nonexistent/bi-encoder"), &device()).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/bi-encoder"), "{err}");
 }

@@ -7,7 +7,8 @@
 //!   heads), encoder positions (64) and the decoder's final norm: 117 cells per pair;
 //! - `naive_full_forward_per_patch`: the same 117 cells the way TransformerLens's generic patching and
 //!   MechIR do it, one full forward (encoder + decoder) of the 8-pair batch per cell, with plain hooks;
-//! - `attribution`: [`attribution_patching`] of the same cells (one backward pass per pair).
+//! - `attribution`: [`attribution_patching`] of the same cells (one backward pass per pair);
+//!   `attribution_gradient` the same with encoder positions by the plain gradient (no QK fix).
 //!
 //! Throughput is patched cells per second (8 pairs x 117 cells per iteration). The PyTorch baseline of the
 //! naive loop is `tools/reference/bench_patching_sweep.py` (same shapes); `cargo xtask bench --bench sweep
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use burn::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use genir_interp::attribution::attribution_patching;
+use genir_interp::attribution::{attribution_patching, attribution_patching_with, EncoderEstimate};
 use genir_interp::patching::{
     activation_patching, PatchConfig, PatchMetric, PatchPair, PatchTarget, PATCH_COMPONENTS,
 };
@@ -190,6 +191,13 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function(format!("{backend}/attribution"), |b| {
         b.iter(|| attribution_patching(&gm, &pairs, &cfg).expect("attribution"))
+    });
+    // encoder positions by the plain gradient instead of AtP*'s QK fix: what the fix costs
+    g.bench_function(format!("{backend}/attribution_gradient"), |b| {
+        b.iter(|| {
+            attribution_patching_with(&gm, &pairs, &cfg, EncoderEstimate::Gradient)
+                .expect("attribution")
+        })
     });
     g.bench_function(format!("{backend}/naive_full_forward_per_patch"), |b| {
         b.iter(|| naive(&gm, &pairs, &device))

@@ -8,6 +8,15 @@
 //! ([`agreement`]). The estimate is exact wherever the metric is linear in the patched activation (the
 //! decoder's final norm output, [`PatchTarget::FinalNorm`]), and only approximate through norms, softmaxes and
 //! ReLUs.
+//!
+//! Encoder positions feed every decoder layer's cross-attention keys and values, so their linear estimate
+//! goes through each cross-attention softmax, where it fails when a patched key moves a pattern far (a
+//! saturated softmax has no gradient to speak of). [`EncoderEstimate::QkFix`] (the default) applies the QK
+//! fix of AtP* (Kramár et al., *AtP\*: An efficient and scalable method for localizing LLM behaviour to
+//! components*, 2024): for every decoder layer and head the cross-attention pattern with position `p`'s key
+//! replaced by the clean one is computed exactly (the base run's queries; only column `p` of the scores
+//! changes, by `q · Δk`), and the estimate is `Σ_layers ∂m/∂A · (A' - A) + ∂m/∂V_p · ΔV_p`, gradients
+//! taken on the base run; [`EncoderEstimate::Gradient`] is the plain first-order estimate.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,7 +24,9 @@ use std::rc::Rc;
 
 use burn::prelude::*;
 use genir_data::Table;
-use genir_model::hooks::{Activation, HookPoint, Hooks, Intervention, Selection, Stack};
+use genir_model::hooks::{
+    Activation, AttnKind, AttnSite, HookPoint, Hooks, Intervention, Selection, Stack,
+};
 use genir_train::bundle::GenirModel;
 
 use crate::common::{col, f64_col, host, i64_col, str_col};
@@ -57,12 +68,14 @@ fn activation_host(a: &Activation) -> Result<(Vec<usize>, Vec<f32>)> {
     })
 }
 
-/// Leaves added at hook points so that their gradients are the gradients at the activations.
-type Leaves = Rc<RefCell<Vec<(HookPoint, Activation)>>>;
+/// Leaves added at hook points so that their gradients are the gradients at the activations: the point,
+/// the activation there (of the base run) and the zero leaf added to it.
+type Leaves = Rc<RefCell<Vec<(HookPoint, Activation, Activation)>>>;
 
 fn leaf_hook(leaves: &Leaves) -> Intervention<'static> {
     let leaves = leaves.clone();
     Intervention::Custom(Box::new(move |point, x| {
+        let value = x.clone();
         let (y, z) = match x {
             Activation::Rank3(x) => {
                 let z = Tensor::<3>::zeros(x.dims(), &x.device())
@@ -77,7 +90,7 @@ fn leaf_hook(leaves: &Leaves) -> Intervention<'static> {
                 (Activation::Rank4(x + z.clone()), Activation::Rank4(z))
             }
         };
-        leaves.borrow_mut().push((*point, z));
+        leaves.borrow_mut().push((*point, value, z));
         Ok(y)
     }))
 }
@@ -89,9 +102,31 @@ fn grad_host(a: &Activation, grads: &burn::tensor::Gradients) -> Result<Option<V
     })
 }
 
+/// How [`attribution_patching_with`] estimates the effect of patching an encoder position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EncoderEstimate {
+    /// AtP*'s QK fix: every cross-attention pattern recomputed exactly with the patched key, then
+    /// linearised (see the module documentation).
+    #[default]
+    QkFix,
+    /// The plain first-order estimate `(a_clean - a_base) · ∂m/∂a` at the encoder output.
+    Gradient,
+}
+
+impl EncoderEstimate {
+    /// `qk_fix` or `gradient`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderEstimate::QkFix => "qk_fix",
+            EncoderEstimate::Gradient => "gradient",
+        }
+    }
+}
+
 /// Attribution patching of every variant of [`PatchConfig::targets`] over every pair: one row per pair x
 /// variant with the columns of [`activation_patching`](crate::patching::activation_patching); `raw` is the
-/// first-order estimate of the patched metric, `m_base + (a_clean - a_base) · ∂m/∂a`.
+/// first-order estimate of the patched metric, `m_base + (a_clean - a_base) · ∂m/∂a` (encoder positions:
+/// with AtP*'s QK fix, [`EncoderEstimate::QkFix`]).
 ///
 /// The metric must be [`PatchMetric::LogitDiff`] (reciprocal rank has no gradient). One forward and one
 /// backward pass per pair, whatever the number of variants.
@@ -99,6 +134,16 @@ pub fn attribution_patching(
     gm: &GenirModel,
     pairs: &[PatchPair],
     cfg: &PatchConfig,
+) -> Result<Table> {
+    attribution_patching_with(gm, pairs, cfg, EncoderEstimate::default())
+}
+
+/// [`attribution_patching`] with the encoder positions estimated as `encoder` says.
+pub fn attribution_patching_with(
+    gm: &GenirModel,
+    pairs: &[PatchPair],
+    cfg: &PatchConfig,
+    encoder: EncoderEstimate,
 ) -> Result<Table> {
     if pairs.is_empty() {
         return Err(InterpError::Input("no query pairs to patch".into()));
@@ -130,10 +175,28 @@ pub fn attribution_patching(
         points.sort();
         points.dedup();
 
-        // The corrupted (base) run with a zero leaf added at every patched point and at the encoder output.
+        // The corrupted (base) run with a zero leaf added at every patched point and at the encoder output
+        // (with the QK fix, also at every cross-attention's queries, pattern and values).
+        let qk_fix = encoder == EncoderEstimate::QkFix
+            && cfg.targets.contains(&PatchTarget::EncoderPositions);
+        let mut leaf_points = points.clone();
+        if qk_fix {
+            for l in 0..layers {
+                for site in [AttnSite::Q, AttnSite::Pattern, AttnSite::V] {
+                    leaf_points.push(HookPoint::attn(
+                        Stack::Decoder,
+                        l,
+                        AttnKind::CrossAttn,
+                        site,
+                    ));
+                }
+            }
+            leaf_points.sort();
+            leaf_points.dedup();
+        }
         let leaves: Leaves = Rc::new(RefCell::new(Vec::new()));
         let mut hooks = Hooks::none();
-        for p in &points {
+        for p in &leaf_points {
             hooks.add(*p, leaf_hook(&leaves));
         }
         let enc_leaf = run.enc_base.clone().autodiff().require_grad();
@@ -149,7 +212,11 @@ pub fn attribution_patching(
 
         // per point, once: (a_clean - a_base) * grad, element by element (variants only select slices)
         let mut grad_of: HashMap<HookPoint, (Vec<usize>, Vec<f64>)> = HashMap::new();
-        for (p, z) in leaves.borrow().iter() {
+        for (p, _, z) in leaves
+            .borrow()
+            .iter()
+            .filter(|(p, _, _)| points.contains(p))
+        {
             let dims = z.dims();
             let g = grad_host(z, &grads)?.unwrap_or_else(|| {
                 tracing::debug!(point = %p, "no gradient reaches this point: attribution 0");
@@ -183,18 +250,26 @@ pub fn attribution_patching(
         }
         if cfg.targets.contains(&PatchTarget::EncoderPositions) {
             let [_, s, d] = run.enc_base.dims();
-            let g = enc_leaf
-                .grad(&grads)
-                .map(host)
-                .transpose()?
-                .unwrap_or_else(|| vec![0.0; s * d]);
-            let clean = host(run.enc_clean.clone())?;
-            let base = host(run.enc_base.clone())?;
+            let attrs = if qk_fix {
+                encoder_qk_fix(&run, &leaves.borrow(), &grads, layers, s)?
+            } else {
+                let g = enc_leaf
+                    .grad(&grads)
+                    .map(host)
+                    .transpose()?
+                    .unwrap_or_else(|| vec![0.0; s * d]);
+                let clean = host(run.enc_clean.clone())?;
+                let base = host(run.enc_base.clone())?;
+                (0..s)
+                    .map(|p| {
+                        (p * d..(p + 1) * d)
+                            .map(|i| f64::from(clean[i] - base[i]) * f64::from(g[i]))
+                            .sum()
+                    })
+                    .collect()
+            };
             let point = HookPoint::final_norm(Stack::Encoder);
-            for p in 0..s {
-                let attr: f64 = (p * d..(p + 1) * d)
-                    .map(|i| f64::from(clean[i] - base[i]) * f64::from(g[i]))
-                    .sum();
+            for (p, attr) in attrs.into_iter().enumerate() {
                 rows.push(Row {
                     variant: Variant {
                         target: PatchTarget::EncoderPositions.name(),
@@ -214,6 +289,113 @@ pub fn attribution_patching(
         tracing::debug!(qid = %pair.qid, "attribution-patched pair");
     }
     table.into_frame()
+}
+
+/// Change of `Σ_j g_j A_j` when the scores of a softmax row `A` change by `ds` at column `p` only, given
+/// `a_p = A_p`, `g_p`, and the sums over the other columns `r = Σ_{j≠p} A_j`, `g_r = Σ_{j≠p} g_j A_j`:
+/// `A'_j = A_j W / Z` (`j ≠ p`), `A'_p = A_p e^ds W / Z`, `W = r + a_p`, `Z = r + a_p e^ds`, so
+/// `Σ_j g_j (A'_j - A_j) = a_p (e^ds - 1) / Z · (g_p r - g_r)`. Written with the other columns' sums
+/// rather than `1 - a_p`, it stays exact when one key holds nearly all the attention.
+fn softmax_column_shift(a_p: f64, g_p: f64, r: f64, g_r: f64, ds: f64) -> f64 {
+    if a_p <= 0.0 {
+        return 0.0; // a masked (or underflowed) key: the pattern cannot move
+    }
+    // scores are f32 in the model; e^ds stays finite in f64 for |ds| < 700
+    let e = ds.clamp(-700.0, 700.0).exp();
+    let z = r + a_p * e;
+    if z <= 0.0 {
+        return 0.0;
+    }
+    a_p * (e - 1.0) / z * (g_p * r - g_r)
+}
+
+/// AtP*'s QK-fixed estimate for every encoder position `p` (length `s`): `Σ_l Σ_h Σ_i ∂m/∂A[h, i, :] ·
+/// (A'[h, i, :] - A[h, i, :])` with `A'` the pattern whose key `p` is the clean one (scores `+ q_i · Δk_p`),
+/// plus `∂m/∂V[p] · ΔV[p]`, over the decoder layers whose cross-attention ran (batch row 0).
+fn encoder_qk_fix(
+    run: &crate::patching::PairRun<'_>,
+    leaves: &[(HookPoint, Activation, Activation)],
+    grads: &burn::tensor::Gradients,
+    layers: usize,
+    s: usize,
+) -> Result<Vec<f64>> {
+    // (dims, activation, gradient) on the host
+    type HostLeaf = (Vec<usize>, Vec<f32>, Vec<f32>);
+    let find = |l: usize, site: AttnSite| -> Result<Option<HostLeaf>> {
+        let point = HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, site);
+        let Some((_, value, leaf)) = leaves.iter().find(|(p, _, _)| *p == point) else {
+            return Ok(None);
+        };
+        let (dims, value) = activation_host(value)?;
+        let grad = grad_host(leaf, grads)?.unwrap_or_else(|| vec![0.0; value.len()]);
+        Ok(Some((dims, value, grad)))
+    };
+    let kv_host = |t: &Option<Tensor<4>>| -> Result<Option<Vec<f32>>> {
+        t.as_ref().map(|t| host(t.clone())).transpose()
+    };
+    let mut attr = vec![0f64; s];
+    for l in 0..layers {
+        // queries [1, t, h, dk], pattern [1, h, t, s], values [1, s, h, dk] (hook layouts); keys and values
+        // of both runs [1, h, s, dk]
+        let (Some((qd, q, _)), Some((ad, a, ga)), Some((_, _, gv))) = (
+            find(l, AttnSite::Q)?,
+            find(l, AttnSite::Pattern)?,
+            find(l, AttnSite::V)?,
+        ) else {
+            continue; // this block's cross-attention is removed
+        };
+        let (clean, base) = (&run.cross_clean[l], &run.cross_base[l]);
+        let (Some(kc), Some(kb), Some(vc), Some(vb)) = (
+            kv_host(&clean.k)?,
+            kv_host(&base.k)?,
+            kv_host(&clean.v)?,
+            kv_host(&base.v)?,
+        ) else {
+            return Err(InterpError::Input(format!(
+                "decoder layer {l}: cross-attention keys/values missing"
+            )));
+        };
+        let (t, h, dk) = (qd[1], qd[2], qd[3]);
+        if ad[..] != [1, h, t, s] || kc.len() != h * s * dk || gv.len() != s * h * dk {
+            return Err(InterpError::Input(format!(
+                "decoder layer {l}: cross-attention shapes {qd:?} / {ad:?} do not match {s} encoder positions"
+            )));
+        }
+        for hh in 0..h {
+            for i in 0..t {
+                let row = (hh * t + i) * s;
+                let (a_row, g_row) = (&a[row..row + s], &ga[row..row + s]);
+                let q_i = &q[(i * h + hh) * dk..(i * h + hh + 1) * dk];
+                for (p, out) in attr.iter_mut().enumerate() {
+                    let k = (hh * s + p) * dk;
+                    let ds: f64 = q_i
+                        .iter()
+                        .zip(kc[k..k + dk].iter().zip(&kb[k..k + dk]))
+                        .map(|(&q, (&c, &b))| f64::from(q) * f64::from(c - b))
+                        .sum();
+                    // the other columns' sums, directly (not 1 - A_p: see softmax_column_shift)
+                    let (mut r, mut g_r) = (0f64, 0f64);
+                    for (j, (&a, &g)) in a_row.iter().zip(g_row).enumerate() {
+                        if j != p {
+                            r += f64::from(a);
+                            g_r += f64::from(a) * f64::from(g);
+                        }
+                    }
+                    *out +=
+                        softmax_column_shift(f64::from(a_row[p]), f64::from(g_row[p]), r, g_r, ds);
+                }
+            }
+        }
+        for (p, out) in attr.iter_mut().enumerate() {
+            for hh in 0..h {
+                let (kv, g) = ((hh * s + p) * dk, (p * h + hh) * dk);
+                *out += (0..dk)
+                    .map(|d| f64::from(gv[g + d]) * f64::from(vc[kv + d] - vb[kv + d]))
+                    .sum::<f64>();
+            }
+        }
+    }
+    Ok(attr)
 }
 
 /// Agreement of attribution patching with exact activation patching: the rows of both tables are matched
@@ -298,4 +480,42 @@ pub(crate) fn pearson(v: &[(f64, f64)]) -> f64 {
         return f64::NAN;
     }
     sxy / (sxx * syy).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softmax_column_shift;
+
+    fn softmax(x: &[f64]) -> Vec<f64> {
+        let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = x.iter().map(|v| (v - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|v| v / z).collect()
+    }
+
+    #[test]
+    fn the_column_shift_equals_a_recomputed_softmax() {
+        // the last row is saturated: one key holds all but 5e-4 of the attention
+        for scores in [[0.3, -1.2, 2.5, 0.0, -30.0], [15.9, 6.8, 1.5, 7.2, 7.5]] {
+            let g = [0.7, -0.4, 1.1, 0.25, 3.0];
+            let a = softmax(&scores);
+            for p in 0..scores.len() {
+                let r: f64 = (0..a.len()).filter(|&j| j != p).map(|j| a[j]).sum();
+                let g_r: f64 = (0..a.len()).filter(|&j| j != p).map(|j| a[j] * g[j]).sum();
+                for ds in [-50.0, -14.5, -3.0, -0.1, 0.0, 0.4, 5.0, 40.0] {
+                    let mut s2 = scores;
+                    s2[p] += ds;
+                    let a2 = softmax(&s2);
+                    let want: f64 = (0..g.len()).map(|j| g[j] * (a2[j] - a[j])).sum();
+                    let got = softmax_column_shift(a[p], g[p], r, g_r, ds);
+                    assert!(
+                        (got - want).abs() < 1e-12 * (1.0 + want.abs()),
+                        "p {p} ds {ds}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // a masked key (probability 0) cannot move the pattern
+        assert_eq!(softmax_column_shift(0.0, 1.0, 1.0, 0.5, 10.0), 0.0);
+    }
 }

@@ -530,8 +530,10 @@ pub(crate) struct PairRun<'m> {
     pub(crate) cache: ActivationCache,
     /// Cache of the run patched into (`decoder.*`): where patched runs resume.
     pub(crate) base_cache: ActivationCache,
-    cross_clean: Vec<KvPair>,
-    cross_base: Vec<KvPair>,
+    /// Cross-attention keys/values of every decoder layer over the clean encoder output.
+    pub(crate) cross_clean: Vec<KvPair>,
+    /// The same over the encoder output of the run patched into.
+    pub(crate) cross_base: Vec<KvPair>,
     self_bias: Tensor<4>,
     enc_bias: Tensor<4>,
     /// `[k, d_model]`: the LM head rows of `tokens`, with the output scaling folded in.

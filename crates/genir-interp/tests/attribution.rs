@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashMap;
 
 use genir_data::{Column, Table};
-use genir_interp::attribution::{agreement, attribution_patching};
+use genir_interp::attribution::{
+    agreement, attribution_patching, attribution_patching_with, EncoderEstimate,
+};
 use genir_interp::lens::{logit_lens, LensConfig};
 use genir_interp::patching::{
     activation_patching, make_pairs, Corruption, PatchConfig, PatchMetric, PatchPair, PatchTarget,
@@ -255,7 +257,8 @@ fn attribution_is_exact_on_a_linear_path_and_first_order_elsewhere() {
     let pairs = pairs();
     let cfg = all_targets();
     let exact = activation_patching(&gm, &pairs, &cfg).unwrap();
-    let attr = attribution_patching(&gm, &pairs, &cfg).unwrap();
+    // the plain gradient estimate everywhere (the QK fix of encoder positions is checked below)
+    let attr = attribution_patching_with(&gm, &pairs, &cfg, EncoderEstimate::Gradient).unwrap();
     assert_eq!(exact.height(), attr.height());
     let (target, qid, comp) = (
         col_str(&attr, "target"),
@@ -349,6 +352,186 @@ fn attribution_is_exact_on_a_linear_path_and_first_order_elsewhere() {
         assert!(x.is_nan() || (-1.0 - 1e-9..=1.0 + 1e-9).contains(x));
     }
     println!("{ag}");
+}
+
+/// The gradients of the metric at every decoder cross-attention's pattern and values on `input`'s decoder
+/// over the encoder output `enc` (`[1, h, t, s]` and `[1, s, h, dk]`, with the activations themselves).
+type Grads = Vec<(HookPoint, Vec<f32>, Vec<f32>)>;
+
+fn cross_attention_grads(n: &Naive<'_>, enc: &burn::prelude::Tensor<3>) -> Grads {
+    use burn::prelude::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let model = &n.gm.model;
+    let layers = model.decoder.blocks.len();
+    let leaves: Rc<RefCell<Vec<(HookPoint, Activation, Tensor<4>)>>> = Default::default();
+    let mut hooks = Hooks::none();
+    for l in 0..layers {
+        for site in [AttnSite::Pattern, AttnSite::V] {
+            let leaves = leaves.clone();
+            hooks.add(
+                HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, site),
+                Intervention::Custom(Box::new(move |point, x| {
+                    let Activation::Rank4(x) = x else {
+                        panic!("rank")
+                    };
+                    let z = Tensor::<4>::zeros(x.dims(), &x.device())
+                        .autodiff()
+                        .require_grad();
+                    leaves
+                        .borrow_mut()
+                        .push((*point, Activation::Rank4(x.clone()), z.clone()));
+                    Ok(Activation::Rank4(x + z))
+                })),
+            );
+        }
+    }
+    let h = model
+        .decode_hidden(
+            &enc.clone().autodiff(),
+            n.corrupt.attention_mask.clone(),
+            n.corrupt.decoder_input_ids.clone(),
+            None,
+            &mut hooks,
+        )
+        .unwrap();
+    drop(hooks);
+    let logits = model.lm_logits(h);
+    let [_, t, v] = logits.dims();
+    let last = logits.slice([0..1, t - 1..t, 0..v]).reshape([1, v]);
+    let (c, x) = (n.clean_tok, n.corrupt_tok);
+    let m = (last.clone().slice([0..1, c..c + 1]) - last.slice([0..1, x..x + 1])).sum();
+    let grads = m.backward();
+    let host4 =
+        |t: Tensor<4>| -> Vec<f32> { t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap() };
+    let out = leaves
+        .borrow()
+        .iter()
+        .map(|(p, a, z)| {
+            let Activation::Rank4(a) = a else { panic!() };
+            (*p, host4(a.clone()), host4(z.grad(&grads).unwrap()))
+        })
+        .collect();
+    out
+}
+
+/// AtP*'s QK fix of encoder positions against a naive computation with public hooks only: for every decoder
+/// layer, the cross-attention pattern of the corrupted run with position `p`'s key patched from the clean run
+/// (an extra decoder pass per layer and position), the gradients at patterns and values by autodiff, and
+/// `Σ_l ∂m/∂A · (A' - A) + ∂m/∂V_p · ΔV_p`.
+#[test]
+fn the_qk_fix_of_encoder_positions_equals_a_naive_atp_star() {
+    let gm = atomic();
+    let pairs = pairs();
+    let cfg = PatchConfig {
+        targets: vec![PatchTarget::EncoderPositions],
+        ..all_targets()
+    };
+    let fixed = attribution_patching(&gm, &pairs, &cfg).unwrap();
+    let plain = attribution_patching_with(&gm, &pairs, &cfg, EncoderEstimate::Gradient).unwrap();
+    assert_eq!(fixed.height(), plain.height());
+    let pair = pairs.iter().find(|p| p.qid == "reversed").unwrap();
+    let n = Naive::new(&gm, pair);
+    assert!(n.same_length());
+    let model = &gm.model;
+    let layers = model.decoder.blocks.len();
+    let encode = |x: &Seq2SeqInput| {
+        model
+            .encode(
+                x.input_ids.clone(),
+                x.attention_mask.clone(),
+                &mut Hooks::none(),
+            )
+            .unwrap()
+    };
+    let (enc_clean, enc_base) = (encode(&n.clean), encode(&n.corrupt));
+    let s = enc_base.dims()[1];
+    let kv_points: Vec<HookPoint> = (0..layers)
+        .flat_map(|l| {
+            [AttnSite::K, AttnSite::V]
+                .map(|site| HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, site))
+        })
+        .collect();
+    let run = |enc: &burn::prelude::Tensor<3>, mut hooks: Hooks<'_>| {
+        model
+            .decode_hidden(
+                enc,
+                n.corrupt.attention_mask.clone(),
+                n.corrupt.decoder_input_ids.clone(),
+                None,
+                &mut hooks,
+            )
+            .unwrap();
+        hooks.take_cache()
+    };
+    let clean_kv = run(&enc_clean, Hooks::caching(HookFilter::points(&kv_points)));
+    let base_kv = run(&enc_base, Hooks::caching(HookFilter::points(&kv_points)));
+    let grads = cross_attention_grads(&n, &enc_base);
+    let find = |l: usize, site: AttnSite| {
+        let p = HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, site);
+        grads.iter().find(|(q, _, _)| *q == p).unwrap()
+    };
+    let mut naive = vec![0f64; s];
+    for l in 0..layers {
+        let pat = HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, AttnSite::Pattern);
+        let k = HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, AttnSite::K);
+        let v = HookPoint::attn(Stack::Decoder, l, AttnKind::CrossAttn, AttnSite::V);
+        let (_, a, ga) = find(l, AttnSite::Pattern);
+        let (_, _, gv) = find(l, AttnSite::V);
+        let vc = clean_kv.require(&v).unwrap().to_vec().unwrap();
+        let vb = base_kv.require(&v).unwrap().to_vec().unwrap();
+        for (p, out) in naive.iter_mut().enumerate() {
+            let hooks = Hooks::caching(HookFilter::points(&[pat]))
+                .patch_from(&clean_kv, k, Selection::positions(vec![p]))
+                .unwrap();
+            let a2 = run(&enc_base, hooks)
+                .require(&pat)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            *out += (0..a.len())
+                .map(|j| f64::from(ga[j]) * (f64::from(a2[j]) - f64::from(a[j])))
+                .sum::<f64>();
+            let row = vc.len() / s; // values [1, s, h, dk]: one row per position
+            *out += (p * row..(p + 1) * row)
+                .map(|j| f64::from(gv[j]) * f64::from(vc[j] - vb[j]))
+                .sum::<f64>();
+        }
+    }
+    let (qid, target, pos) = (
+        col_str(&fixed, "qid"),
+        col_str(&fixed, "target"),
+        col_i64(&fixed, "position"),
+    );
+    let (raw, corrupt) = (col_f64(&fixed, "raw"), col_f64(&fixed, "corrupt"));
+    let plain_raw = col_f64(&plain, "raw");
+    let (mut checked, mut differs) = (0, 0);
+    for i in 0..fixed.height() {
+        if target[i] != "encoder_positions" {
+            continue;
+        }
+        if (raw[i] - plain_raw[i]).abs() > 1e-3 {
+            differs += 1;
+        }
+        if qid[i] != pair.qid {
+            continue;
+        }
+        let (got, want) = (raw[i] - corrupt[i], naive[pos[i] as usize]);
+        assert!(
+            (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+            "position {}: QK-fixed attribution {got} vs naive {want}",
+            pos[i]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, s);
+    // the fix changes the estimate (the patterns move; it is not the plain gradient again)
+    assert!(differs > 0);
+    let exact = activation_patching(&gm, &pairs, &cfg).unwrap();
+    for (name, t) in [("gradient", &plain), ("qk_fix", &fixed)] {
+        let ag = agreement(&exact, t).unwrap();
+        println!("{name}: {ag}");
+    }
 }
 
 #[test]

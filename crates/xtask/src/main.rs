@@ -41,7 +41,7 @@ enum Command {
         /// `-<folder name>` with --pretrained).
         #[arg(long)]
         work: Option<PathBuf>,
-        /// Bi-encoder for the MechIR step.
+        /// Bi-encoder for the MechIR step and the edit comparison's dense reference.
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
         bi_encoder: PathBuf,
         /// Cross-encoder for the MechIR step (a `…ForSequenceClassification` folder).

@@ -470,7 +470,7 @@ fn sections(s: &Study) -> Vec<Section> {
             .collect(),
     );
     sec.figure(s, "path_patching");
-    sec.text("Attribution patching (the gradient estimate of every patching cell from one backward pass per pair) against exact activation patching on the same pairs:");
+    sec.text("Attribution patching (the gradient estimate of every patching cell from one backward pass per pair; encoder positions with the QK fix of AtP*, Kramár et al. 2024: each cross-attention pattern recomputed exactly with the patched key, then linearised) against exact activation patching on the same pairs; the plain gradient estimate of encoder positions is the last row:");
     sec.table(
         &["target", "cells", "Pearson r", "mean |difference|"],
         st.attribution
@@ -606,9 +606,14 @@ fn sections(s: &Study) -> Vec<Section> {
         ));
         sec.blocks.push(markdown_table(&e.markdown));
         if !e.report.references.is_empty() {
-            sec.text("References on the same queries (not edits): how far the base model generalises to held-out queries of documents it was trained on, and what BM25 gets on them and on the added documents' queries.");
-            sec.blocks
-                .push(markdown_table(&e.report.references_markdown()));
+            let mut refs = e.report.clone();
+            refs.references.extend(s.edits_dense.iter().cloned());
+            sec.text(if s.edits_dense.is_empty() {
+                "References on the same queries (not edits): how far the base model generalises to held-out queries of documents it was trained on, and what BM25 gets on them and on the added documents' queries (a trained bi-encoder's rows need its folder, `--bi-encoder`)."
+            } else {
+                "References on the same queries (not edits): how far the base model generalises to held-out queries of documents it was trained on, and what BM25 and a trained bi-encoder (exact dense retrieval over every passage) get on them and on the added documents' queries."
+            });
+            sec.blocks.push(markdown_table(&refs.references_markdown()));
         }
     }
     out.push(sec);

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use genir_data::Collection;
 use genir_interp::ablation::{ablation_study, Ablation, AblationConfig, AblationMode};
-use genir_interp::attribution::{agreement, attribution_patching};
+use genir_interp::attribution::{
+    agreement, attribution_patching, attribution_patching_with, EncoderEstimate,
+};
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
@@ -738,6 +740,9 @@ pub struct Study {
     pub mechir_skipped: Vec<String>,
     /// Edits.
     pub edits: Option<EditsResult>,
+    /// The bi-encoder's dense retrieval on the edit comparison's query sets (empty without a bi-encoder).
+    #[serde(default)]
+    pub edits_dense: Vec<genir_edit::eval::Reference>,
     /// Figures.
     pub figures: Vec<Figure>,
     /// Steps, their times and whether they came from the cache.
@@ -1322,7 +1327,8 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     });
 
     // ---- stages derived from the data, path patching, minimal circuit, attribution patching
-    let stages_key = Key::of(&(n_pairs, "stages-v1"), &[pkey])?;
+    // v2: encoder positions attributed with AtP*'s QK fix, the plain gradient estimate beside it
+    let stages_key = Key::of(&(n_pairs, "stages-v2"), &[pkey])?;
     let stages: StagesResult = steps.run("stages", stages_key, |dir, _| {
         let r = stage_analysis(&gm, &probes, &pairs, &probe_set, &StageConfig::default())?;
         let evidence = save(r.evidence, dir, "stages", figures::stages_figure)?;
@@ -1336,6 +1342,31 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             figures::patching_figure,
         )?;
         let ag = agreement(&exact, &attr)?;
+        // encoder positions also by the plain gradient (no QK fix), for comparison
+        let plain_cfg = PatchConfig {
+            targets: vec![PatchTarget::EncoderPositions],
+            ..PatchConfig::default()
+        };
+        let plain = attribution_patching_with(&gm, &pairs, &plain_cfg, EncoderEstimate::Gradient)?;
+        let ag_plain = agreement(&exact, &plain)?;
+        let ag = match strs(&ag_plain, "target")?
+            .iter()
+            .position(|t| t == "encoder_positions")
+        {
+            Some(i) => ag.vstack(&genir_data::Table::new(vec![
+                genir_data::Column::new(
+                    "target",
+                    vec!["encoder_positions (plain gradient, no QK fix)".to_string()],
+                ),
+                genir_data::Column::new("n", vec![i64s(&ag_plain, "n")?[i]]),
+                genir_data::Column::new("pearson", vec![f64s(&ag_plain, "pearson")?[i]]),
+                genir_data::Column::new(
+                    "mean_abs_diff",
+                    vec![f64s(&ag_plain, "mean_abs_diff")?[i]],
+                ),
+            ])?)?,
+            None => ag,
+        };
         genir_interp::write_table(&ag, &dir.join("attribution_agreement"))?;
         let h1 = f64s(&circuit, "hits_at_1")?;
         let ev_stage = strs(&evidence, "stage")?;
@@ -1398,7 +1429,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         ("stages", "Decoder stages derived from the data: per layer, the logit lens's reciprocal rank of the correct docid (resid_post) and the mean patching effect of each component; the legend gives where each stage starts."),
         ("path_patching", "Path patching: mean normalised effect of each upstream component (sender) on the cross-attention of the bridging and interaction layers and the MLPs of the interaction layers (receivers), along the direct residual path only."),
         ("minimal_circuit", "The minimal circuit on the derived split (every self-attention, priming cross-attention and priming + bridging MLP outputs mean-ablated) against the full model."),
-        ("attribution", "Attribution patching (gradient estimate, one backward pass per pair) of the same cells as the activation-patching figure."),
+        ("attribution", "Attribution patching (gradient estimate, one backward pass per pair; encoder positions with AtP*'s QK fix) of the same cells as the activation-patching figure."),
     ] {
         figs.push(Figure {
             stem: stem.into(),
@@ -1559,6 +1590,34 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             report,
         })
     })?;
+    // what a trained dual encoder gets on the same query sets: a step of its own, so that adding it keeps
+    // the edits step (and its trained models) cached
+    let mut edits_dense = Vec::new();
+    if let Some(dir) = opts
+        .bi_encoder
+        .as_ref()
+        .filter(|d| d.join("config.json").exists())
+    {
+        let mut cfg = genir_edit::eval::EvalConfig::new(PathBuf::new(), edit_train.clone());
+        cfg.n_new = params.edit_docs;
+        let key = Key::of(
+            &(cfg.n_new, cfg.seed, "edits-dense"),
+            &[ckey, model_folder_key(dir)],
+        )?;
+        edits_dense = steps.run("edits_dense", key, |out, _| {
+            let b = bar(progress, "edits");
+            b.set_message(format!(
+                "dense reference: embedding the corpus with {}",
+                dir.display()
+            ));
+            b.enable_steady_tick(std::time::Duration::from_millis(500));
+            let rows = genir_edit::eval::dense_references(&c, &cfg, dir, &device)
+                .with_context(|| format!("dense reference with {}", dir.display()))?;
+            b.finish_and_clear();
+            genir_edit::eval::references_table(&rows)?.write_csv(&out.join("edits_dense.csv"))?;
+            Ok(rows)
+        })?;
+    }
 
     let study = Study {
         corpus,
@@ -1585,6 +1644,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         mechir,
         mechir_skipped,
         edits: Some(edits),
+        edits_dense,
         figures: figs,
         steps: steps.records.clone(),
         total_seconds: started.elapsed().as_secs_f64(),

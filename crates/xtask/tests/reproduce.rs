@@ -235,9 +235,22 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
             2,
             "TFC1 and TDC head patching of the bi-encoder"
         );
+        // the bi-encoder's dense retrieval on the same two query sets, in the report's reference table
+        assert!(s.steps.iter().any(|r| r.name == "edits_dense"));
+        assert_eq!(s.edits_dense.len(), 2, "{:?}", s.edits_dense);
+        for (d, bm25) in s.edits_dense.iter().zip(&edits.references[1..]) {
+            assert_eq!(d.queries, bm25.queries, "{d:?} {bm25:?}");
+            assert!((0.0..=1.0).contains(&d.hits_at_1) && d.hits_at_1 <= d.hits_at_10);
+        }
+        assert!(md.contains("dense all-MiniLM-L6-v2: success queries of the added documents"));
+        assert!(report.join("tables/edits_dense.csv").exists());
     } else {
-        eprintln!("note: {} absent: MechIR step skipped", bi.display());
+        eprintln!(
+            "note: {} absent: MechIR and dense reference steps skipped",
+            bi.display()
+        );
         assert!(!s.mechir_skipped.is_empty());
+        assert!(s.edits_dense.is_empty());
     }
     assert!(s
         .mechir_skipped
