@@ -615,6 +615,21 @@ pub fn dense_references(
     dense_rows(&split(c, cfg.n_new, cfg.seed)?, dir, device)
 }
 
+/// Reference rows as a markdown table (empty when there are none).
+pub fn references_markdown(r: &[Reference]) -> String {
+    if r.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("| reference | queries | Hits@1 | Hits@10 |\n|---|---|---|---|\n");
+    for r in r {
+        s.push_str(&format!(
+            "| {} | {} | {:.3} | {:.3} |\n",
+            r.name, r.queries, r.hits_at_1, r.hits_at_10
+        ));
+    }
+    s
+}
+
 /// Reference rows as a table: `reference`, `queries`, `hits_at_1`, `hits_at_10`.
 pub fn references_table(r: &[Reference]) -> Result<Table> {
     Ok(Table::new(vec![
@@ -802,19 +817,9 @@ impl EvalReport {
         s
     }
 
-    /// The reference measures as a markdown table (empty when there are none).
+    /// The reference measures as a markdown table ([`references_markdown`]).
     pub fn references_markdown(&self) -> String {
-        if self.references.is_empty() {
-            return String::new();
-        }
-        let mut s = String::from("| reference | queries | Hits@1 | Hits@10 |\n|---|---|---|---|\n");
-        for r in &self.references {
-            s.push_str(&format!(
-                "| {} | {} | {:.3} | {:.3} |\n",
-                r.name, r.queries, r.hits_at_1, r.hits_at_10
-            ));
-        }
-        s
+        references_markdown(&self.references)
     }
 
     /// The reference measures as a table ([`references_table`]).

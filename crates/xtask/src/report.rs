@@ -606,14 +606,22 @@ fn sections(s: &Study) -> Vec<Section> {
         ));
         sec.blocks.push(markdown_table(&e.markdown));
         if !e.report.references.is_empty() {
-            let mut refs = e.report.clone();
-            refs.references.extend(s.edits_dense.iter().cloned());
+            let refs: Vec<_> = e
+                .report
+                .references
+                .iter()
+                .chain(&s.edits_dense)
+                .cloned()
+                .collect();
             sec.text(if s.edits_dense.is_empty() {
                 "References on the same queries (not edits): how far the base model generalises to held-out queries of documents it was trained on, and what BM25 gets on them and on the added documents' queries (a trained bi-encoder's rows need its folder, `--bi-encoder`)."
             } else {
                 "References on the same queries (not edits): how far the base model generalises to held-out queries of documents it was trained on, and what BM25 and a trained bi-encoder (exact dense retrieval over every passage) get on them and on the added documents' queries."
             });
-            sec.blocks.push(markdown_table(&refs.references_markdown()));
+            sec.blocks
+                .push(markdown_table(&genir_edit::eval::references_markdown(
+                    &refs,
+                )));
         }
     }
     out.push(sec);
