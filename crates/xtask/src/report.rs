@@ -495,9 +495,19 @@ fn sections(s: &Study) -> Vec<Section> {
             sec.text("Not run (a study cached before this step existed).");
         }
         Some(t) => {
+            let how = match mt.config.as_ref().map(|c| (&c.init, c.epochs, c.lr)) {
+                Some((Init::Pretrained(dir), epochs, lr)) => format!(
+                    "fine-tuned from the pretrained `{}` (like the base model, with its tokenizer and a new token per digit) on the shipped mini corpus (179 passages, {epochs} epochs, AdamW lr {lr}, {} steps)",
+                    dir.display(),
+                    t.steps
+                ),
+                _ => format!(
+                    "trained from scratch on the shipped mini corpus (179 passages, the smoke architecture, {} steps)",
+                    t.steps
+                ),
+            };
             sec.text(format!(
-                "A second model with naive docids (each digit of the docid a token, then `</s>`; the paper's multi-token setting) is trained from scratch on the shipped mini corpus (179 passages, the smoke architecture, {} steps): training-query Hits@1 {}, {} training queries retrieved at rank 1 are the probes. Step k reads where the decoder, fed the start token and the correct docid's first k tokens, predicts token k; at each step the probes are those whose docid has a digit there (not the closing `</s>`).",
-                t.steps,
+                "A second model with naive docids (each digit of the docid a token, then `</s>`; the paper's multi-token setting) is {how}: training-query Hits@1 {}, {} training queries retrieved at rank 1 are the probes. Step k reads where the decoder, fed the start token and the correct docid's first k tokens, predicts token k; at each step the probes are those whose docid has a digit there (not the closing `</s>`).",
                 f3(mt.train_hits_at_1),
                 mt.probes
             ));

@@ -412,7 +412,7 @@ pub struct StagesResult {
     pub attribution: Vec<AgreementRow>,
 }
 
-/// Epochs of the multi-token (naive docid) model of the study.
+/// Epochs of the multi-token (naive docid) model of a from-scratch study.
 const MT_EPOCHS: usize = 30;
 
 /// Multi-token docids: a naive-docid model of the mini corpus, its per-step logit lens and the two
@@ -422,6 +422,10 @@ const MT_EPOCHS: usize = 30;
 pub struct MultiTokenResult {
     /// The model.
     pub trained: Option<Trained>,
+    /// How it was trained (`None` in studies cached before it was recorded: the smoke architecture from
+    /// scratch).
+    #[serde(default)]
+    pub config: Option<TrainConfig>,
     /// Hits@1 on its training queries.
     #[serde(deserialize_with = "crate::frames::nan_f64")]
     pub train_hits_at_1: f64,
@@ -482,6 +486,7 @@ pub struct MtPatchRow {
 
 fn multi_token_study(
     trained: &Trained,
+    config: &TrainConfig,
     c: &Collection,
     max_pairs: usize,
     dir: &Path,
@@ -619,6 +624,7 @@ fn multi_token_study(
     }
     Ok(MultiTokenResult {
         trained: Some(trained.clone()),
+        config: Some(config.clone()),
         train_hits_at_1,
         probes: all.len(),
         lens,
@@ -1438,20 +1444,36 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     }
 
     // ---- multi-token docids: per-step logit lens and the two patching experiments, on a naive-docid model
-    // of the mini corpus (small enough for every scale's time budget)
+    // of the mini corpus (small enough for every scale's time budget): the smoke architecture from scratch,
+    // or the study's pretrained folder fine-tuned with the base model's epochs and learning rate
     let mt_corpus = genir_data::shipped::load_name_or_dir("wiki-genir-mini")
         .context("the shipped wiki-genir-mini collection")?;
-    let mt_cfg = TrainConfig {
-        init: Init::Scratch(Scale::Smoke.params().arch),
-        docids: DocidKind::Naive,
-        examples: ExampleConfig::default(),
-        epochs: MT_EPOCHS,
-        checkpoint_every: 100_000,
-        ..TrainConfig::default()
+    let mut mt_upstream = vec![collection_key(&mt_corpus)?];
+    let mt_cfg = match &opts.pretrained {
+        Some(dir) => {
+            mt_upstream.push(model_folder_key(dir));
+            TrainConfig {
+                init: Init::Pretrained(dir.clone()),
+                docids: DocidKind::Naive,
+                examples: ExampleConfig::default(),
+                epochs: params.epochs,
+                lr: params.lr,
+                checkpoint_every: 200,
+                ..TrainConfig::default()
+            }
+        }
+        None => TrainConfig {
+            init: Init::Scratch(Scale::Smoke.params().arch),
+            docids: DocidKind::Naive,
+            examples: ExampleConfig::default(),
+            epochs: MT_EPOCHS,
+            checkpoint_every: 100_000,
+            ..TrainConfig::default()
+        },
     };
     let mt_key = Key::of(
         &(&mt_cfg, params.patch_pairs, "multi-token-v2"),
-        &[collection_key(&mt_corpus)?],
+        &mt_upstream,
     )?;
     let multi_token: MultiTokenResult = steps.run("multi_token", mt_key, |dir, resume| {
         let trained = train_model(
@@ -1463,7 +1485,14 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             &device,
             progress,
         )?;
-        multi_token_study(&trained, &mt_corpus, params.patch_pairs, dir, &device)
+        multi_token_study(
+            &trained,
+            &mt_cfg,
+            &mt_corpus,
+            params.patch_pairs,
+            dir,
+            &device,
+        )
     })?;
     for (stem, caption) in [
         ("mt_logit_lens_step1", "Multi-token docids, logit lens at the second decoding step (the decoder fed the start token and the correct docid's first token): rank of the correct second token per layer and component."),

@@ -152,6 +152,13 @@ fn smoke_study_writes_a_complete_report_that_renders_in_chromium() {
         );
     }
     assert!(md.contains("7c. Multi-token docids"));
+    assert!(md.contains(
+        "is trained from scratch on the shipped mini corpus (179 passages, the smoke architecture"
+    ));
+    assert_eq!(
+        s.multi_token.config.as_ref().map(|c| &c.init),
+        Some(&Init::Scratch(Scale::Smoke.params().arch))
+    );
     assert!(s.figures.len() >= 6);
     for f in &s.figures {
         for ext in ["svg", "png"] {
@@ -313,7 +320,24 @@ fn a_pretrained_study_fine_tunes_that_folder_and_describes_it() {
         .unwrap();
     assert_eq!(lens_last.top1, 1.0);
     assert!(s.edits.as_ref().unwrap().report.rows.len() >= 3);
+    // the multi-token model is the same folder fine-tuned with naive docids (a token per digit after its
+    // 300-token vocabulary), with this run's epochs and learning rate
+    let mt = &s.multi_token;
+    let mt_cfg = mt.config.as_ref().unwrap();
+    assert_eq!(mt_cfg.init, Init::Pretrained(fixture.clone()));
+    assert_eq!((mt_cfg.epochs, mt_cfg.lr), (14, 2e-3));
+    let mt_model = GenirModel::load(&mt.trained.as_ref().unwrap().dir, &Device::flex()).unwrap();
+    assert_eq!(mt_model.model.config.d_model, 32);
+    assert!(!mt_model.scheme.is_atomic());
+    assert_eq!(mt_model.scheme.token_offset as usize, 300);
     let md = std::fs::read_to_string(opts.report.join("README.md")).unwrap();
+    assert!(
+        md.contains(&format!(
+            "naive docids (each digit of the docid a token, then `</s>`; the paper's multi-token setting) is fine-tuned from the pretrained `{}`",
+            fixture.display()
+        )),
+        "{md}"
+    );
     assert!(
         md.contains(&format!(
             "T5 fine-tuned from the pretrained `{}`: d_model 32, d_ff 64 (gated-gelu), 3 encoder + 2 decoder layers",
