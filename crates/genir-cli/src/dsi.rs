@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use clap::Args;
 use genir_data::Collection;
-use genir_train::bundle::GenirModel;
+use genir_train::bundle::{DocidTokenPattern, GenirModel, DOCIDS_FILE};
 use genir_train::dense::DenseIndex;
 use genir_train::docid::DocidKind;
 use genir_train::examples::ExampleConfig;
@@ -320,6 +320,96 @@ pub fn search(args: SearchArgs, device: &Device) -> Result<()> {
             println!("{:>3}  {:>8}  {:>9.4}  {}", i + 1, h.docid, h.score, title);
         }
     }
+    Ok(())
+}
+
+pub const IMPORT_EXAMPLES: &str = "Examples:
+  # a checkpoint of the paper's code (T5 with one added token @DOC_ID_<docid>@ per document), checked
+  # against the collection it was trained on; a genir model folder (a copy of the weights) in --out
+  genir import --model runs/t5-nq10k --docid-tokens '@DOC_ID_{}@' --corpus data/nq10k --out models/t5-nq10k
+  # without a copy: docids.json (and genir_run.json) written beside the weights
+  genir import --model runs/t5-nq10k --corpus data/nq10k
+  # then every command opens it
+  genir eval --model models/t5-nq10k --split test";
+
+/// Arguments of `genir import`.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) trained with atomic docids by
+    /// other code: one token of its tokenizer per docid.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// How the docid tokens are named: fixed text around `{}`, where the docid goes (the paper's code:
+    /// `@DOC_ID_{}@`). The matching tokens must be consecutive ids, in any order of docids.
+    #[arg(long, default_value = "@DOC_ID_{}@")]
+    pub docid_tokens: String,
+    /// The collection it was trained on: every one of its documents must have a docid token; later commands
+    /// use it by default.
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Write a genir model folder here (weights, tokenizer, docids). Default: write docids.json into --model.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn import(args: ImportArgs, device: &Device) -> Result<()> {
+    let pattern: DocidTokenPattern = args.docid_tokens.parse()?;
+    let model = GenirModel::import_atomic(&args.model, &pattern, device)
+        .with_context(|| format!("importing {}", args.model.display()))?;
+    if let Some(spec) = &args.corpus {
+        let c = load_collection(spec)?;
+        let missing: Vec<&str> = c
+            .corpus
+            .iter()
+            .map(|d| d.docid.as_str())
+            .filter(|d| model.scheme.index_of(d).is_none())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} of the {} documents of --corpus {spec:?} have no docid token {pattern} in {}, e.g. {:?}",
+                missing.len(),
+                c.corpus.len(),
+                args.model.display(),
+                &missing[..missing.len().min(5)]
+            );
+        }
+        let extra = model.scheme.len().saturating_sub(c.corpus.len());
+        if extra > 0 {
+            tracing::warn!(
+                "{extra} docid tokens of {} name documents that are not in --corpus {spec:?}",
+                args.model.display()
+            );
+        }
+    }
+    let dir = match &args.out {
+        Some(out) => {
+            model.save(out)?;
+            out.clone()
+        }
+        None => {
+            let path = args.model.join(DOCIDS_FILE);
+            if path.exists() {
+                bail!(
+                    "{} exists: {} is already a genir model folder (pass --out to write a new one)",
+                    path.display(),
+                    args.model.display()
+                );
+            }
+            model.scheme.save(&path)?;
+            args.model.clone()
+        }
+    };
+    if let Some(spec) = &args.corpus {
+        let info = serde_json::json!({ "corpus": spec });
+        genir_io::write_atomic(&dir.join(RUN_INFO), info.to_string().as_bytes())?;
+    }
+    eprintln!(
+        "{} atomic docids (tokens {}..{}, {pattern}); genir model folder {}",
+        model.scheme.len(),
+        model.scheme.token_offset,
+        model.scheme.vocab_size(),
+        dir.display()
+    );
     Ok(())
 }
 

@@ -31,6 +31,10 @@ enum Command {
     /// Retrieve docids for queries with constrained beam search.
     #[command(after_help = dsi::SEARCH_EXAMPLES)]
     Search(dsi::SearchArgs),
+    /// Open a Hugging Face T5 checkpoint trained with atomic docids by other code (one added token per docid,
+    /// e.g. `@DOC_ID_<docid>@`) as a genir model.
+    #[command(after_help = dsi::IMPORT_EXAMPLES)]
+    Import(dsi::ImportArgs),
     /// Evaluate a model on a query split: Hits@1, Hits@10, MRR@10, Recall@k; TREC run and Parquet output.
     #[command(after_help = dsi::EVAL_EXAMPLES)]
     Eval(dsi::EvalArgs),
@@ -69,6 +73,7 @@ fn main() -> Result<()> {
         Command::Cache(args) => cache::run(args, &device),
         Command::Train(args) => dsi::train(*args, &device),
         Command::Search(args) => dsi::search(args, &device),
+        Command::Import(args) => dsi::import(args, &device),
         Command::Eval(args) => dsi::eval(args, &device),
         Command::Interp(args) => interp::run(args, &device),
         Command::Mechir(args) => mechir::run(args, &device),

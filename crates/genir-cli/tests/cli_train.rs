@@ -289,3 +289,121 @@ fn training_on_the_minilm_bert_tokenizer() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--pretrained"));
 }
+
+#[test]
+fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../genir-train/tests/fixtures/hf-dsi-atomic");
+    let hf = tmp.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture.join(f), hf.join(f)).unwrap();
+    }
+    let exp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    let docids: Vec<&str> = exp["docids_by_token_id"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    let queries: Vec<(&str, &str)> = exp["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["text"].as_str().unwrap(), q["top"].as_str().unwrap()))
+        .collect();
+    // a collection of its 16 docids (plus `extra`), each query judged relevant to the docid transformers
+    // ranks first
+    let collection = |name: &str, extra: &[&str]| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let corpus: String = docids
+            .iter()
+            .chain(extra)
+            .map(|d| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"docid": d, "title": format!("doc {d}"), "text": "text"})
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+        let (mut qs, mut qrels) = (String::new(), String::new());
+        for (i, (text, top)) in queries.iter().enumerate() {
+            qs += &format!("q{i}\t{text}\n");
+            qrels += &format!("q{i} 0 {top} 1\n");
+        }
+        std::fs::write(dir.join("queries.test.tsv"), qs).unwrap();
+        std::fs::write(dir.join("qrels.test.trec"), qrels).unwrap();
+        dir
+    };
+    let coll = collection("coll", &[]);
+
+    // a corpus document without a docid token is refused, and nothing is written
+    let bigger = collection("bigger", &["99"]);
+    let o = genir()
+        .args(["import", "--model"])
+        .arg(&hf)
+        .arg("--corpus")
+        .arg(&bigger)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("1 of the 17 documents")
+            && err.contains("@DOC_ID_{}@")
+            && err.contains("\"99\""),
+        "{err}"
+    );
+    assert!(!hf.join("docids.json").exists());
+
+    let out = ok(&genir()
+        .args(["import", "--model"])
+        .arg(&hf)
+        .arg("--corpus")
+        .arg(&coll)
+        .output()
+        .unwrap());
+    assert!(out.contains("16 atomic docids"), "{out}");
+    assert!(hf.join("docids.json").is_file() && hf.join("genir_run.json").is_file());
+
+    // search and eval open it like a trained model (eval finds the collection in genir_run.json)
+    let out = ok(&genir()
+        .args(["search", "--model"])
+        .arg(&hf)
+        .args(["-k", "1", queries[1].0])
+        .output()
+        .unwrap());
+    assert!(out.contains(&format!("  1  {:>8}", queries[1].1)), "{out}");
+    let out = ok(&genir()
+        .args(["eval", "--model"])
+        .arg(&hf)
+        .args(["--split", "test"])
+        .output()
+        .unwrap());
+    assert!(
+        out.contains("Hits@1 1.0000") && out.contains("(5 queries)"),
+        "{out}"
+    );
+
+    // a second import into the same folder refuses to overwrite; --out writes a whole new folder
+    let o = genir()
+        .args(["import", "--model"])
+        .arg(&hf)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already a genir model folder"));
+    let copy = tmp.path().join("copy");
+    ok(&genir()
+        .args(["import", "--model"])
+        .arg(&hf)
+        .arg("--out")
+        .arg(&copy)
+        .output()
+        .unwrap());
+    assert!(copy.join("model.safetensors").is_file() && copy.join("docids.json").is_file());
+}

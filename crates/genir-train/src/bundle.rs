@@ -2,6 +2,7 @@
 //! `tokenizer.json`) plus `docids.json`, the docid scheme.
 
 use std::path::Path;
+use std::str::FromStr;
 
 use burn::prelude::*;
 use genir_model::t5::T5Model;
@@ -13,6 +14,50 @@ use crate::search::Searcher;
 
 /// File name of the docid scheme inside a model folder.
 pub const DOCIDS_FILE: &str = "docids.json";
+
+/// How a checkpoint trained by other code names its atomic docid tokens: fixed text around one `{}` where the
+/// docid goes, e.g. `@DOC_ID_{}@` (the paper's code, technion-cs-nlp/re-gen-ir).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocidTokenPattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl FromStr for DocidTokenPattern {
+    type Err = TrainError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once("{}") {
+            Some((prefix, suffix))
+                if !suffix.contains("{}") && (!prefix.is_empty() || !suffix.is_empty()) =>
+            {
+                Ok(Self {
+                    prefix: prefix.into(),
+                    suffix: suffix.into(),
+                })
+            }
+            _ => Err(TrainError::Config(format!(
+                "docid token pattern {s:?}: needs fixed text around exactly one {{}} where the docid goes (e.g. @DOC_ID_{{}}@)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DocidTokenPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{{}}{}", self.prefix, self.suffix)
+    }
+}
+
+impl DocidTokenPattern {
+    /// The docid a token names, if the token matches (the docid is not empty).
+    pub fn docid_of<'t>(&self, token: &'t str) -> Option<&'t str> {
+        let docid = token
+            .strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())?;
+        (!docid.is_empty()).then_some(docid)
+    }
+}
 
 /// A model, its tokenizer and its docid scheme, checked to fit each other.
 #[derive(Debug)]
@@ -53,6 +98,59 @@ impl GenirModel {
         let scheme = DocidScheme::load(&docids)?;
         let model = T5Model::from_pretrained(dir, device)?;
         let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), model.config.vocab_size)?;
+        Self::new(model, tok, scheme)
+    }
+
+    /// Opens a Hugging Face T5 checkpoint whose atomic docids were made by other code: each docid is one
+    /// token of its `tokenizer.json` named by `pattern`, added to the tokenizer with the model's tables
+    /// resized to match (`tokenizer.add_tokens` + `resize_token_embeddings`, as the paper's code and most
+    /// Python DSI code do). The matching tokens may name the docids in any order but must be one contiguous
+    /// block of ids; the scheme lists the docids in token-id order. [`GenirModel::save`] (or the scheme's
+    /// [`DocidScheme::save`] beside the weights) then makes a folder every genir command opens.
+    pub fn import_atomic(dir: &Path, pattern: &DocidTokenPattern, device: &Device) -> Result<Self> {
+        let model = T5Model::from_pretrained(dir, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tok = TextTokenizer::from_file(&tok_path, model.config.vocab_size)?;
+        let mut found: Vec<(u32, String, String)> = tok
+            .inner()
+            .get_vocab(true)
+            .into_iter()
+            .filter_map(|(token, id)| {
+                let docid = pattern.docid_of(&token)?.to_string();
+                Some((id, docid, token))
+            })
+            .collect();
+        found.sort();
+        let bad = |message: String| TrainError::Checkpoint {
+            path: tok_path.clone(),
+            message,
+        };
+        let (Some(first), Some(last)) = (found.first().map(|f| f.0), found.last().map(|f| f.0))
+        else {
+            return Err(bad(format!(
+                "no token matches the docid token pattern {pattern} (is it the pattern the model was trained with?)"
+            )));
+        };
+        if (last - first) as usize + 1 != found.len() {
+            let gap = found
+                .windows(2)
+                .find(|w| w[1].0 != w[0].0 + 1)
+                .map_or(first, |w| w[0].0 + 1);
+            return Err(bad(format!(
+                "the {} tokens matching {pattern} are not one block of ids: they span {first}..={last}, but id {gap} is {:?}; genir's atomic docids are consecutive rows",
+                found.len(),
+                tok.id_to_token(gap).unwrap_or_default()
+            )));
+        }
+        let (docids, names): (Vec<String>, Vec<String>) =
+            found.into_iter().map(|(_, d, t)| (d, t)).unzip();
+        let eos = model.config.eos_token_id as u32;
+        let scheme = DocidScheme::atomic_over_tokens(docids, names, first, eos)?;
+        tracing::info!(
+            "{}: {} atomic docids, tokens {first}..={last}",
+            dir.display(),
+            scheme.len()
+        );
         Self::new(model, tok, scheme)
     }
 

@@ -185,6 +185,36 @@ impl DocidScheme {
         Ok(scheme)
     }
 
+    /// An atomic scheme over rows a model already has: document `i` is `docids[i]`, its token is
+    /// `token_offset + i`, named `token_names[i]` (a checkpoint trained by other code, see
+    /// [`GenirModel::import_atomic`](crate::bundle::GenirModel::import_atomic)).
+    pub fn atomic_over_tokens(
+        docids: Vec<String>,
+        token_names: Vec<String>,
+        token_offset: u32,
+        eos: u32,
+    ) -> Result<Self> {
+        if docids.is_empty() || docids.len() != token_names.len() {
+            return Err(TrainError::Config(format!(
+                "an atomic scheme needs one token per docid ({} docids, {} tokens)",
+                docids.len(),
+                token_names.len()
+            )));
+        }
+        let mut scheme = Self {
+            kind: DocidKind::Atomic,
+            codes: (0..docids.len() as u32).map(|i| vec![i]).collect(),
+            docids,
+            token_names,
+            token_offset,
+            eos,
+            deleted: BTreeSet::new(),
+            index: HashMap::new(),
+        };
+        scheme.reindex()?;
+        Ok(scheme)
+    }
+
     fn reindex(&mut self) -> Result<()> {
         self.index = self
             .docids
