@@ -2,16 +2,18 @@
 //!
 //! Reading accepts all three layouts: the id is taken from the first present of `docid`, `doc_id`, `_id`,
 //! `id` (documents) or `qid`, `query_id`, `_id`, `id` (queries); string or integer ids are accepted;
-//! `title` is optional; other keys (e.g. BEIR's `metadata`) are ignored.
+//! `title` is optional; a query's text is `text` (or `query`); other keys (e.g. BEIR's `metadata`) are
+//! ignored. A `.json` file may instead hold one array of such objects ([`is_array`]; the paper's code,
+//! technion-cs-nlp/re-gen-ir, writes its corpus and queries so, queries with their `relevant_docs`).
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use super::{write_err, Records};
 use crate::error::{Error, Result};
-use crate::types::{Document, Query};
+use crate::types::{Document, Qrel, Query};
 
 /// Key names used when writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +77,11 @@ fn id_field(map: &Map<String, Value>, keys: &[&str], path: &Path, line_no: u64) 
     let Some((key, value)) = keys.iter().find_map(|k| map.get(*k).map(|v| (*k, v))) else {
         return Err(Error::parse(path, line_no, keys.join("|"), "missing"));
     };
+    id_value(value, key, path, line_no)
+}
+
+/// An id: a non-empty string or an integer (written in decimal).
+fn id_value(value: &Value, key: &str, path: &Path, line_no: u64) -> Result<String> {
     let id = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
@@ -112,21 +119,131 @@ fn parse_document(line: &str, path: &Path, line_no: u64) -> Result<Option<Docume
     let Some(map) = object(line, path, line_no)? else {
         return Ok(None);
     };
-    Ok(Some(Document {
-        docid: id_field(&map, &DOC_ID_KEYS, path, line_no)?,
-        title: string_field(&map, "title", true, path, line_no)?,
-        text: string_field(&map, "text", false, path, line_no)?,
-    }))
+    document_of(&map, path, line_no).map(Some)
+}
+
+fn document_of(map: &Map<String, Value>, path: &Path, line_no: u64) -> Result<Document> {
+    Ok(Document {
+        docid: id_field(map, &DOC_ID_KEYS, path, line_no)?,
+        title: string_field(map, "title", true, path, line_no)?,
+        text: string_field(map, "text", false, path, line_no)?,
+    })
 }
 
 fn parse_query(line: &str, path: &Path, line_no: u64) -> Result<Option<Query>> {
     let Some(map) = object(line, path, line_no)? else {
         return Ok(None);
     };
-    Ok(Some(Query {
-        qid: id_field(&map, &QUERY_ID_KEYS, path, line_no)?,
-        text: string_field(&map, "text", false, path, line_no)?,
-    }))
+    query_of(&map, path, line_no).map(Some)
+}
+
+/// A query's text is `text`, or `query` where there is no `text` (the paper's code, re-gen-ir).
+fn query_of(map: &Map<String, Value>, path: &Path, line_no: u64) -> Result<Query> {
+    let key = if map.contains_key("text") || !map.contains_key("query") {
+        "text"
+    } else {
+        "query"
+    };
+    Ok(Query {
+        qid: id_field(map, &QUERY_ID_KEYS, path, line_no)?,
+        text: string_field(map, key, false, path, line_no)?,
+    })
+}
+
+/// Whether a `.json` file holds one JSON array (its first non-blank character is `[`) rather than one object
+/// per line.
+pub fn is_array(path: &Path) -> Result<bool> {
+    let mut reader = super::open(path)?;
+    loop {
+        let buf = reader.fill_buf().map_err(|e| Error::io(path, e))?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        if let Some(&b) = buf.iter().find(|b| !b.is_ascii_whitespace()) {
+            return Ok(b == b'[');
+        }
+        let n = buf.len();
+        reader.consume(n);
+    }
+}
+
+/// The objects of a file that holds one JSON array; errors number them from 1, like lines.
+fn array_objects(path: &Path) -> Result<Vec<Map<String, Value>>> {
+    let mut text = String::new();
+    super::open(path)?
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(path, e))?;
+    let items = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => return Err(Error::parse(path, 1, "<file>", "not a JSON array")),
+        Err(e) => {
+            return Err(Error::parse(
+                path,
+                e.line() as u64,
+                "<file>",
+                format!("invalid JSON: {e}"),
+            ))
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Object(map) => Ok(map),
+            _ => Err(Error::parse(
+                path,
+                i as u64 + 1,
+                "<record>",
+                "not a JSON object",
+            )),
+        })
+        .collect()
+}
+
+/// Documents of a file holding one JSON array of objects (the fields of the JSONL layouts; e.g. the paper's
+/// code, technion-cs-nlp/re-gen-ir, keeps its corpus as `[{"id", "text"}, ...]`). Errors name the file and
+/// the record (1-based).
+pub fn array_documents(path: &Path) -> Result<Vec<Document>> {
+    array_objects(path)?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| document_of(m, path, i as u64 + 1))
+        .collect()
+}
+
+/// Queries of a file holding one JSON array of objects, and the judgments of those that list their relevant
+/// documents inline (re-gen-ir: `{"id", "query", "relevant_docs": [docid, ...]}`; grade 1 each). The
+/// judgments are `None` when no query has a `relevant_docs` field.
+pub fn array_queries(path: &Path) -> Result<(Vec<Query>, Option<Vec<Qrel>>)> {
+    let mut queries = Vec::new();
+    let mut qrels: Option<Vec<Qrel>> = None;
+    for (i, map) in array_objects(path)?.iter().enumerate() {
+        let n = i as u64 + 1;
+        let q = query_of(map, path, n)?;
+        match map.get("relevant_docs") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(docs)) => {
+                let judged = qrels.get_or_insert_with(Vec::new);
+                for d in docs {
+                    judged.push(Qrel::new(
+                        q.qid.clone(),
+                        id_value(d, "relevant_docs", path, n)?,
+                        1,
+                    ));
+                }
+            }
+            Some(_) => {
+                return Err(Error::parse(
+                    path,
+                    n,
+                    "relevant_docs",
+                    "must be an array of docids",
+                ))
+            }
+        }
+        queries.push(q);
+    }
+    Ok((queries, qrels))
 }
 
 /// Writes documents, one JSON object per line.

@@ -2,7 +2,7 @@
 //!
 //! | format | documents | queries | qrels | runs |
 //! | --- | --- | --- | --- | --- |
-//! | JSONL ([`jsonl`]) | genir / ir_datasets / BEIR layouts | idem | – | – |
+//! | JSONL ([`jsonl`]) | genir / ir_datasets / BEIR layouts; or one JSON array (the paper's code, re-gen-ir) | idem | a JSON array's inline `relevant_docs` | – |
 //! | TSV ([`tsv`]) | `docid<TAB>text` or `docid<TAB>title<TAB>text` (MS MARCO) | `qid<TAB>text` | BEIR `query-id corpus-id score` | – |
 //! | TREC ([`trec`]) | – | – | `qid 0 docid grade` | `qid Q0 docid rank score tag` |
 //! | Parquet ([`parquet`], feature `parquet`) | columns `docid, title, text` | `qid, text` | `qid, docid, grade` | `qid, docid, rank, score, tag` |
@@ -161,7 +161,9 @@ pub fn stream_documents(path: &Path) -> Result<DocumentStream> {
 
 /// Reads a collection from a folder laid out like the shipped ones: one `corpus.*` file and, per split,
 /// `queries.<split>.*` and `qrels.<split>.*` (any readable format, e.g. `queries.test.tsv`,
-/// `qrels.test.trec`). A split with queries but no qrels (or the reverse) is an error naming the file.
+/// `qrels.test.trec`). A split with queries but no qrels (or the reverse) is an error naming the file, except
+/// that queries kept as a JSON array may judge themselves (`relevant_docs`, the paper's code's layout: e.g.
+/// `corpus.json` and `queries.train.json` from its `documents.json` and `train_queries.json`).
 pub fn load_collection_dir(dir: &Path) -> Result<crate::Collection> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut corpus = None;
@@ -193,16 +195,26 @@ pub fn load_collection_dir(dir: &Path) -> Result<crate::Collection> {
     })?;
     let mut splits = std::collections::BTreeMap::new();
     for (split, qpath) in &queries {
-        let rpath = qrels.get(split).ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: no qrels.{split}.* beside it", qpath.display()))
-        })?;
-        splits.insert(
-            split.clone(),
-            crate::QuerySet {
+        let set = match qrels.get(split) {
+            Some(rpath) => crate::QuerySet {
                 queries: load_queries(qpath)?,
                 qrels: load_qrels(rpath)?,
             },
-        );
+            // a JSON array of queries may judge them inline (`relevant_docs`)
+            None => match inline_judged(qpath)? {
+                Some((queries, judged)) => crate::QuerySet {
+                    queries: Queries::new(queries),
+                    qrels: Qrels::new(judged),
+                },
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: no qrels.{split}.* beside it (and its queries list no relevant_docs)",
+                        qpath.display()
+                    )))
+                }
+            },
+        };
+        splits.insert(split.clone(), set);
     }
     if let Some((split, path)) = qrels.iter().find(|(s, _)| !queries.contains_key(*s)) {
         return Err(Error::InvalidArgument(format!(
@@ -220,20 +232,31 @@ pub fn load_collection_dir(dir: &Path) -> Result<crate::Collection> {
     })
 }
 
-/// Reads a corpus from a JSONL, TSV or Parquet file, chosen by the file name.
+/// Queries of a JSON-array file whose queries list their relevant documents, with those judgments.
+fn inline_judged(path: &Path) -> Result<Option<(Vec<crate::Query>, Vec<crate::Qrel>)>> {
+    if Format::from_path(path)? != Format::Jsonl || !jsonl::is_array(path)? {
+        return Ok(None);
+    }
+    let (queries, judged) = jsonl::array_queries(path)?;
+    Ok(judged.map(|j| (queries, j)))
+}
+
+/// Reads a corpus from a JSONL (or JSON array), TSV or Parquet file, chosen by the file name.
 pub fn load_corpus(path: &Path) -> Result<Corpus> {
     match Format::from_path(path)? {
         #[cfg(feature = "parquet")]
         Format::Parquet => parquet::read_corpus(path),
         #[cfg(not(feature = "parquet"))]
         Format::Parquet => Err(parquet_off(path)),
+        Format::Jsonl if jsonl::is_array(path)? => Ok(Corpus::new(jsonl::array_documents(path)?)),
         _ => stream_documents(path)?.collect(),
     }
 }
 
-/// Reads queries from a JSONL, TSV or Parquet file, chosen by the file name.
+/// Reads queries from a JSONL (or JSON array), TSV or Parquet file, chosen by the file name.
 pub fn load_queries(path: &Path) -> Result<Queries> {
     match Format::from_path(path)? {
+        Format::Jsonl if jsonl::is_array(path)? => Ok(Queries::new(jsonl::array_queries(path)?.0)),
         Format::Jsonl => jsonl::queries(open(path)?, path).collect(),
         Format::Tsv => tsv::queries(open(path)?, path).collect(),
         #[cfg(feature = "parquet")]

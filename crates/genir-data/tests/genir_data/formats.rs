@@ -385,3 +385,99 @@ fn collection_dir_reads_the_shipped_layout_and_names_missing_files() {
         "{e}"
     );
 }
+
+#[test]
+fn collection_dir_reads_the_papers_json_arrays_with_inline_judgments() {
+    // the layout of technion-cs-nlp/re-gen-ir: documents.json `[{"id", "text"}]` and queries
+    // `[{"id", "query", "relevant_docs": [...]}]` (integer docids), renamed to genir's file names
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("corpus.json"),
+        r#"  [{"id": -5462359833619124697, "text": "Every Light in the House is a song."},
+             {"id": 17, "title": "Metanoia", "text": "A change of mind."}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("queries.train.json"),
+        r#"[{"id": "Q-546", "query": "who sings every light in the house is on", "relevant_docs": [-5462359833619124697]},
+            {"id": "Q-905", "query": "meaning of metanoia", "relevant_docs": [17, "-5462359833619124697"]}]"#,
+    )
+    .unwrap();
+    // a split with its own qrels file keeps it
+    std::fs::write(
+        p.join("queries.test.json"),
+        r#"[{"id": "t1", "text": "metanoia"}]"#,
+    )
+    .unwrap();
+    std::fs::write(p.join("qrels.test.trec"), "t1 0 17 2\n").unwrap();
+    let c = formats::load_collection_dir(p).unwrap();
+    assert_eq!(c.corpus.len(), 2);
+    assert_eq!(
+        c.corpus.get("-5462359833619124697").unwrap().text,
+        "Every Light in the House is a song."
+    );
+    assert_eq!(c.corpus.get("17").unwrap().title, "Metanoia");
+    let train = c.split("train").unwrap();
+    assert_eq!(
+        train.queries.get("Q-546").unwrap().text,
+        "who sings every light in the house is on"
+    );
+    let judged: Vec<(&str, &str, i32)> = train
+        .qrels
+        .iter()
+        .map(|q| (q.qid.as_str(), q.docid.as_str(), q.grade))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("Q-546", "-5462359833619124697", 1),
+            ("Q-905", "17", 1),
+            ("Q-905", "-5462359833619124697", 1)
+        ]
+    );
+    let test = c.split("test").unwrap();
+    assert_eq!(test.qrels.iter().next().unwrap().grade, 2);
+
+    // errors name the file, the record and the field
+    let bad = |name: &str, text: &str| {
+        std::fs::write(p.join(name), text).unwrap();
+        let e = formats::load_collection_dir(p).unwrap_err().to_string();
+        std::fs::remove_file(p.join(name)).unwrap();
+        e
+    };
+    std::fs::remove_file(p.join("queries.test.json")).unwrap();
+    std::fs::remove_file(p.join("qrels.test.trec")).unwrap();
+    let e = bad(
+        "queries.dev.json",
+        r#"[{"id": "d1", "query": "x", "relevant_docs": 17}]"#,
+    );
+    assert!(
+        e.contains("queries.dev.json:1") && e.contains("relevant_docs") && e.contains("array"),
+        "{e}"
+    );
+    let e = bad("queries.dev.json", r#"[{"id": "d1", "query": "x"}, 3]"#);
+    assert!(
+        e.contains("queries.dev.json:2") && e.contains("not a JSON object"),
+        "{e}"
+    );
+    let e = bad(
+        "queries.dev.json",
+        r#"[{"id": "d1", "question": "x", "relevant_docs": [1]}]"#,
+    );
+    assert!(
+        e.contains("queries.dev.json:1") && e.contains("`text`"),
+        "{e}"
+    );
+    // no qrels file and no inline judgments
+    let e = bad("queries.dev.json", r#"[{"id": "d1", "query": "x"}]"#);
+    assert!(
+        e.contains("queries.dev.json") && e.contains("no qrels.dev") && e.contains("relevant_docs"),
+        "{e}"
+    );
+    let e = bad("queries.dev.json", "[{\"id\": \"d1\",");
+    assert!(
+        e.contains("queries.dev.json") && e.contains("invalid JSON"),
+        "{e}"
+    );
+}
