@@ -315,28 +315,32 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         .map(|q| (q["text"].as_str().unwrap(), q["top"].as_str().unwrap()))
         .collect();
     // a collection of its 16 docids (plus `extra`), each query judged relevant to the docid transformers
-    // ranks first
+    // ranks first, in the paper's JSON layout (documents and queries as JSON arrays, judgments inline)
     let collection = |name: &str, extra: &[&str]| {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
-        let corpus: String = docids
+        let corpus: Vec<serde_json::Value> = docids
             .iter()
             .chain(extra)
-            .map(|d| {
-                format!(
-                    "{}\n",
-                    serde_json::json!({"docid": d, "title": format!("doc {d}"), "text": "text"})
-                )
+            .map(|d| serde_json::json!({"id": d, "text": format!("text of {d}")}))
+            .collect();
+        let qs: Vec<serde_json::Value> = queries
+            .iter()
+            .enumerate()
+            .map(|(i, (text, top))| {
+                serde_json::json!({"id": format!("q{i}"), "query": text, "relevant_docs": [top]})
             })
             .collect();
-        std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
-        let (mut qs, mut qrels) = (String::new(), String::new());
-        for (i, (text, top)) in queries.iter().enumerate() {
-            qs += &format!("q{i}\t{text}\n");
-            qrels += &format!("q{i} 0 {top} 1\n");
-        }
-        std::fs::write(dir.join("queries.test.tsv"), qs).unwrap();
-        std::fs::write(dir.join("qrels.test.trec"), qrels).unwrap();
+        std::fs::write(
+            dir.join("corpus.json"),
+            serde_json::to_vec(&corpus).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("queries.test.json"),
+            serde_json::to_vec(&qs).unwrap(),
+        )
+        .unwrap();
         dir
     };
     let coll = collection("coll", &[]);
@@ -388,6 +392,16 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         out.contains("Hits@1 1.0000") && out.contains("(5 queries)"),
         "{out}"
     );
+    // and the analyses: the logit lens of its five correctly retrieved queries
+    let lens = tmp.path().join("lens");
+    ok(&genir()
+        .args(["interp", "lens", "--model"])
+        .arg(&hf)
+        .args(["--split", "test", "--out"])
+        .arg(&lens)
+        .output()
+        .unwrap());
+    assert!(lens.join("logit_lens.parquet").is_file());
 
     // a second import into the same folder refuses to overwrite; --out writes a whole new folder
     let o = genir()

@@ -914,14 +914,23 @@ fn layer_component(df: &genir_data::Table) -> Result<Vec<(i64, String)>> {
         .collect())
 }
 
-/// A cache key for a model folder: its config.json and the size of its model.safetensors.
-fn model_folder_key(dir: &Path) -> Key {
-    Key(crate::steps::fnv1a(
-        &std::fs::read(dir.join("config.json")).unwrap_or_default(),
-        std::fs::metadata(dir.join("model.safetensors"))
-            .map(|m| m.len())
-            .unwrap_or(0),
-    ))
+/// A cache key for a model folder: the bytes of its config, tokenizer and weights, so that a checkpoint
+/// replaced by another of the same architecture and size does not reuse the old one's cached results.
+fn model_folder_key(dir: &Path) -> Result<Key> {
+    let mut h = 0;
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "pytorch_model.bin",
+    ] {
+        h = crate::steps::fnv1a(name.as_bytes(), h);
+        let path = dir.join(name);
+        if path.is_file() {
+            h = crate::steps::hash_file(&path, h)?;
+        }
+    }
+    Ok(Key(h))
 }
 
 /// Runs the study and writes the report; returns the study.
@@ -962,7 +971,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let (init, train_upstream) = match &opts.pretrained {
         Some(dir) => (
             Init::Pretrained(dir.clone()),
-            vec![ckey, model_folder_key(dir)],
+            vec![ckey, model_folder_key(dir)?],
         ),
         // from scratch: the collection alone (the keys of earlier runs stay valid)
         None => (Init::Scratch(params.arch.clone()), vec![ckey]),
@@ -1451,7 +1460,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let mut mt_upstream = vec![collection_key(&mt_corpus)?];
     let mt_cfg = match &opts.pretrained {
         Some(dir) => {
-            mt_upstream.push(model_folder_key(dir));
+            mt_upstream.push(model_folder_key(dir)?);
             TrainConfig {
                 init: Init::Pretrained(dir.clone()),
                 docids: DocidKind::Naive,
@@ -1529,7 +1538,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
             ));
             continue;
         }
-        let weights = model_folder_key(dir);
+        let weights = model_folder_key(dir)?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -1631,7 +1640,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         cfg.n_new = params.edit_docs;
         let key = Key::of(
             &(cfg.n_new, cfg.seed, "edits-dense"),
-            &[ckey, model_folder_key(dir)],
+            &[ckey, model_folder_key(dir)?],
         )?;
         edits_dense = steps.run("edits_dense", key, |out, _| {
             let b = bar(progress, "edits");
@@ -1752,4 +1761,26 @@ fn mechir_sweep<M: PatchModel>(
         top,
         figure: stem.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_folder_key_changes_with_the_weights_not_only_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for (d, w) in [(&a, [1u8, 2, 3, 4]), (&b, [1u8, 2, 3, 5])] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("config.json"), b"{}").unwrap();
+            std::fs::write(d.join("model.safetensors"), w).unwrap();
+        }
+        let ka = model_folder_key(&a).unwrap();
+        assert_eq!(ka, model_folder_key(&a).unwrap());
+        assert_ne!(ka, model_folder_key(&b).unwrap());
+        // the tokenizer is part of the model
+        std::fs::write(a.join("tokenizer.json"), b"{}").unwrap();
+        assert_ne!(ka, model_folder_key(&a).unwrap());
+    }
 }
