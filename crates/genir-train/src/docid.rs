@@ -171,6 +171,18 @@ impl DocidScheme {
                 (codes, (0..n).map(|i| format!("<docid_sem_{i}>")).collect())
             }
         };
+        Self::from_parts(kind, docids, codes, token_names, token_offset, eos)
+    }
+
+    /// A scheme of these parts, checked by `reindex`.
+    fn from_parts(
+        kind: DocidKind,
+        docids: Vec<String>,
+        codes: Vec<Vec<u32>>,
+        token_names: Vec<String>,
+        token_offset: u32,
+        eos: u32,
+    ) -> Result<Self> {
         let mut scheme = Self {
             kind,
             docids,
@@ -201,18 +213,15 @@ impl DocidScheme {
                 token_names.len()
             )));
         }
-        let mut scheme = Self {
-            kind: DocidKind::Atomic,
-            codes: (0..docids.len() as u32).map(|i| vec![i]).collect(),
+        let codes = (0..docids.len() as u32).map(|i| vec![i]).collect();
+        Self::from_parts(
+            DocidKind::Atomic,
             docids,
+            codes,
             token_names,
             token_offset,
             eos,
-            deleted: BTreeSet::new(),
-            index: HashMap::new(),
-        };
-        scheme.reindex()?;
-        Ok(scheme)
+        )
     }
 
     fn reindex(&mut self) -> Result<()> {
