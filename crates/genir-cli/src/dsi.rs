@@ -329,17 +329,24 @@ pub const IMPORT_EXAMPLES: &str = "Examples:
   genir import --model runs/t5-nq10k --docid-tokens '@DOC_ID_{}@' --corpus data/nq10k --out models/t5-nq10k
   # without a copy: docids.json (and genir_run.json) written beside the weights
   genir import --model runs/t5-nq10k --corpus data/nq10k
+  # naive docids written as text (the docid's own tokens, then </s>): the collection names the docids
+  genir import --model runs/t5-nq10k-naive --docids text --corpus data/nq10k --out models/t5-nq10k-naive
   # then every command opens it
   genir eval --model models/t5-nq10k --split test";
 
 /// Arguments of `genir import`.
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// Hugging Face T5 folder (config.json, model.safetensors, tokenizer.json) trained with atomic docids by
-    /// other code: one token of its tokenizer per docid.
+    /// Hugging Face T5 folder (config.json, model.safetensors or pytorch_model.bin, tokenizer.json) trained by
+    /// other code.
     #[arg(long)]
     pub model: PathBuf,
-    /// How the docid tokens are named: fixed text around `{}`, where the docid goes (the paper's code:
+    /// How the model writes docids: `atomic` (one added token per docid, named by --docid-tokens) or `text`
+    /// (the docid string in the model's own tokens, then `</s>`: naive docids of Python DSI code; needs
+    /// --corpus, whose documents are the docids).
+    #[arg(long, default_value = "atomic", value_parser = ["atomic", "text"])]
+    pub docids: String,
+    /// How the atomic docid tokens are named: fixed text around `{}`, where the docid goes (the paper's code:
     /// `@DOC_ID_{}@`). The matching tokens must be consecutive ids, in any order of docids.
     #[arg(long, default_value = "@DOC_ID_{}@")]
     pub docid_tokens: String,
@@ -354,9 +361,22 @@ pub struct ImportArgs {
 
 pub fn import(args: ImportArgs, device: &Device) -> Result<()> {
     let pattern: DocidTokenPattern = args.docid_tokens.parse()?;
-    let model = GenirModel::import_atomic(&args.model, &pattern, device)
-        .with_context(|| format!("importing {}", args.model.display()))?;
-    if let Some(spec) = &args.corpus {
+    let model = if args.docids == "text" {
+        let spec = args
+            .corpus
+            .as_deref()
+            .context("--docids text needs --corpus: its documents' ids are the docids")?;
+        let docids: Vec<String> = load_collection(spec)?
+            .corpus
+            .iter()
+            .map(|d| d.docid.clone())
+            .collect();
+        GenirModel::import_text(&args.model, &docids, device)
+    } else {
+        GenirModel::import_atomic(&args.model, &pattern, device)
+    }
+    .with_context(|| format!("importing {}", args.model.display()))?;
+    if let (Some(spec), true) = (&args.corpus, model.scheme.is_atomic()) {
         let c = load_collection(spec)?;
         let missing: Vec<&str> = c
             .corpus
@@ -404,10 +424,16 @@ pub fn import(args: ImportArgs, device: &Device) -> Result<()> {
         genir_io::write_atomic(&dir.join(RUN_INFO), info.to_string().as_bytes())?;
     }
     eprintln!(
-        "{} atomic docids (tokens {}..{}, {pattern}); genir model folder {}",
+        "{} {} docids (docid tokens {}..{}{}); genir model folder {}",
         model.scheme.len(),
+        model.scheme.kind,
         model.scheme.token_offset,
         model.scheme.vocab_size(),
+        if model.scheme.is_atomic() {
+            format!(", {pattern}")
+        } else {
+            String::new()
+        },
         dir.display()
     );
     Ok(())

@@ -31,8 +31,8 @@ enum Command {
     /// Retrieve docids for queries with constrained beam search.
     #[command(after_help = dsi::SEARCH_EXAMPLES)]
     Search(dsi::SearchArgs),
-    /// Open a Hugging Face T5 checkpoint trained with atomic docids by other code (one added token per docid,
-    /// e.g. `@DOC_ID_<docid>@`) as a genir model.
+    /// Open a Hugging Face T5 checkpoint trained by other code as a genir model: atomic docids (one added
+    /// token per docid, e.g. `@DOC_ID_<docid>@`) or docids written as text (naive docids).
     #[command(after_help = dsi::IMPORT_EXAMPLES)]
     Import(dsi::ImportArgs),
     /// Evaluate a model on a query split: Hits@1, Hits@10, MRR@10, Recall@k; TREC run and Parquet output.

@@ -420,4 +420,56 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         .output()
         .unwrap());
     assert!(copy.join("model.safetensors").is_file() && copy.join("docids.json").is_file());
+
+    // naive docids written as text in the model's own tokens: the docids come from --corpus
+    let text_fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../genir-train/tests/fixtures/hf-dsi-text");
+    let exp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(text_fixture.join("expected.json")).unwrap())
+            .unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(exp["model"].as_str().unwrap());
+    let text_coll = tmp.path().join("text-coll");
+    std::fs::create_dir(&text_coll).unwrap();
+    let corpus: Vec<serde_json::Value> = exp["docids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::json!({"id": d, "text": "text"}))
+        .collect();
+    std::fs::write(
+        text_coll.join("corpus.json"),
+        serde_json::to_vec(&corpus).unwrap(),
+    )
+    .unwrap();
+    let o = genir()
+        .args(["import", "--docids", "text", "--model"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--docids text needs --corpus"));
+    let naive = tmp.path().join("naive");
+    let out = ok(&genir()
+        .args(["import", "--docids", "text", "--model"])
+        .arg(&base)
+        .arg("--corpus")
+        .arg(&text_coll)
+        .arg("--out")
+        .arg(&naive)
+        .output()
+        .unwrap());
+    assert!(out.contains("12 tokenized docids"), "{out}");
+    let q = &exp["queries"][0];
+    let out = ok(&genir()
+        .args(["search", "--model"])
+        .arg(&naive)
+        .args(["-k", "1", q["text"].as_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(
+        out.contains(&format!("  1  {:>8}", q["top"].as_str().unwrap())),
+        "{out}"
+    );
 }

@@ -154,6 +154,111 @@ impl GenirModel {
         Self::new(model, tok, scheme)
     }
 
+    /// Opens a Hugging Face T5 checkpoint trained by other code with docids written as text in its own
+    /// vocabulary (naive string docids of Python DSI code: the target of a document is its docid's tokens,
+    /// then `</s>`, as `tokenizer(text_target=docid)` gives them). `docids` are the documents' ids (a
+    /// collection's). Every distinct text token of those targets gets a docid row past the model's table
+    /// that copies the token's input-embedding and output rows, so the network computes exactly what it
+    /// computes on the text tokens, and the docid tokens form the block every genir search and analysis
+    /// expects ([`DocidKind::Tokenized`](crate::docid::DocidKind::Tokenized); the tokenizer is padded with
+    /// `<unused_N>` tokens up to the table's size). Search scores stay the original model's: each step is
+    /// normalised over the original rows and read at the text tokens ([`DocidScheme::sources`]).
+    pub fn import_text(dir: &Path, docids: &[String], device: &Device) -> Result<Self> {
+        let base = T5Model::from_pretrained(dir, device)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tok = TextTokenizer::from_file(&tok_path, base.config.vocab_size)?;
+        let eos = base.config.eos_token_id as u32;
+        let unk = tok.inner().token_to_id("<unk>");
+        let mut texts: Vec<Vec<u32>> = Vec::with_capacity(docids.len());
+        for d in docids {
+            let mut ids = tok.encode(d)?;
+            if ids.last() == Some(&eos) {
+                ids.pop();
+            }
+            if ids.is_empty() || ids.iter().any(|&i| Some(i) == unk || i == eos) {
+                return Err(TrainError::Checkpoint {
+                    path: tok_path.clone(),
+                    message: format!(
+                        "docid {d:?} tokenizes to {ids:?}: empty, or with <unk> or </s> inside"
+                    ),
+                });
+            }
+            texts.push(ids);
+        }
+        // the distinct text tokens, in id order, are the docid tokens 0..n
+        let sources: Vec<u32> = texts
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect();
+        let local: std::collections::HashMap<u32, u32> = sources
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| (t, j as u32))
+            .collect();
+        let codes: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|ids| ids.iter().map(|t| local[t]).collect())
+            .collect();
+        let names: Vec<String> = sources
+            .iter()
+            .map(|&t| {
+                format!(
+                    "<docid:{}>",
+                    tok.id_to_token(t).unwrap_or_else(|| t.to_string())
+                )
+            })
+            .collect();
+        // the docid rows come after every row of the table, so the original rows (text tokens and unused
+        // ones) are exactly the original model's normaliser
+        let offset = base.config.vocab_size as u32;
+        let scheme = DocidScheme::from_parts(
+            crate::docid::DocidKind::Tokenized,
+            docids.to_vec(),
+            codes,
+            (names, sources.clone()),
+            offset,
+            eos,
+        )?;
+        let rows = scheme.vocab_size();
+        let mut tensors = base.to_hf_tensors()?;
+        for name in ["shared.weight", "lm_head.weight"] {
+            let Some(t) = tensors.get_mut(name) else {
+                continue;
+            };
+            let d = t.shape[1];
+            t.values.resize(rows * d, 0.0);
+            t.shape[0] = rows;
+            for (j, &src) in sources.iter().enumerate() {
+                let (from, to) = (src as usize * d, (offset as usize + j) * d);
+                t.values.copy_within(from..from + d, to);
+            }
+        }
+        let mut config = base.config.clone();
+        config.vocab_size = rows;
+        let mut w = genir_model::weights::WeightFile::from_tensors(
+            "<imported model with docid rows>",
+            tensors.into_iter().collect(),
+        );
+        let model = T5Model::from_weights(config, &mut w, device)?;
+        let mut inner = tok.inner().clone();
+        let fillers: Vec<tokenizers::AddedToken> = (tok.vocab_size()..offset as usize)
+            .map(|i| tokenizers::AddedToken::from(format!("<unused_{i}>"), true))
+            .collect();
+        inner.add_special_tokens(&fillers);
+        crate::vocab::add_docid_tokens(&mut inner, &scheme)?;
+        let tok = TextTokenizer::from_tokenizer(inner, tok_path);
+        tracing::info!(
+            "{}: {} docids over {} text tokens, copied to rows {offset}..{rows}",
+            dir.display(),
+            scheme.len(),
+            sources.len(),
+        );
+        Self::new(model, tok, scheme)
+    }
+
     /// Writes the folder (atomic file writes): model, tokenizer, docids.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;

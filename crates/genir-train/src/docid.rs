@@ -9,6 +9,8 @@
 //!   `</s>`.
 //! - [`DocidKind::Semantic`]: the path of the document in a hierarchical k-means tree over document
 //!   embeddings (DSI's semantically structured ids), then `</s>`.
+//! - [`DocidKind::Tokenized`]: the docid string as the model's own tokenizer splits it, then `</s>` (a
+//!   checkpoint of Python DSI code, imported: each text token a docid string uses is copied to a docid row).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -27,6 +29,10 @@ pub enum DocidKind {
     Atomic,
     /// One token per character of the docid string, then `</s>`.
     Naive,
+    /// The docid string in the tokens of the model's own text vocabulary, then `</s>` (naive docids of Python
+    /// DSI code; made only by [`GenirModel::import_text`](crate::bundle::GenirModel::import_text), which
+    /// copies each such text token's rows to a docid row).
+    Tokenized,
     /// Hierarchical k-means path: `branching` clusters per level, leaves of at most `leaf_size` documents.
     Semantic {
         /// Clusters per level (DSI: 10).
@@ -73,6 +79,7 @@ impl std::fmt::Display for DocidKind {
         match self {
             Self::Atomic => write!(f, "atomic"),
             Self::Naive => write!(f, "naive"),
+            Self::Tokenized => write!(f, "tokenized"),
             Self::Semantic {
                 branching,
                 leaf_size,
@@ -96,6 +103,11 @@ pub struct DocidScheme {
     pub token_offset: u32,
     /// End-of-sequence id that closes multi-token docids (T5: 1).
     pub eos: u32,
+    /// [`DocidKind::Tokenized`] schemes only: the text token each docid token copies. Their scores are
+    /// normalised over the original rows `0..token_offset`, read at these tokens, which is exactly the
+    /// original model's log-probability. Not written to `docids.json` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<u32>,
     /// Documents deleted from the index (by `genir-edit`): they keep their doc index and docid tokens, but
     /// [`Searcher`](crate::search::Searcher) never returns them (they are left out of its trie). Not written
     /// to `docids.json` when empty.
@@ -152,6 +164,11 @@ impl DocidScheme {
                     chars.iter().map(|c| format!("<docid_char_{c}>")).collect(),
                 )
             }
+            DocidKind::Tokenized => {
+                return Err(TrainError::Config(
+                    "tokenized docids come from a checkpoint of other code (genir import --docids text), not from training".into(),
+                ))
+            }
             DocidKind::Semantic {
                 branching,
                 leaf_size,
@@ -171,18 +188,30 @@ impl DocidScheme {
                 (codes, (0..n).map(|i| format!("<docid_sem_{i}>")).collect())
             }
         };
-        Self::from_parts(kind, docids, codes, token_names, token_offset, eos)
+        Self::from_parts(
+            kind,
+            docids,
+            codes,
+            (token_names, Vec::new()),
+            token_offset,
+            eos,
+        )
     }
 
-    /// A scheme of these parts, checked by `reindex`.
-    fn from_parts(
+    /// A scheme of these parts, checked: document `i` is `docids[i]` with code `codes[i]` over the docid
+    /// tokens `token_offset + j`, named `token_names[j]` (for [`DocidKind::Tokenized`], each a copy of text
+    /// token `sources[j]`; otherwise `sources` is empty).
+    pub fn from_parts(
         kind: DocidKind,
         docids: Vec<String>,
         codes: Vec<Vec<u32>>,
-        token_names: Vec<String>,
+        (token_names, sources): (Vec<String>, Vec<u32>),
         token_offset: u32,
         eos: u32,
     ) -> Result<Self> {
+        if docids.is_empty() {
+            return Err(TrainError::Config("a docid scheme needs documents".into()));
+        }
         let mut scheme = Self {
             kind,
             docids,
@@ -190,6 +219,7 @@ impl DocidScheme {
             token_names,
             token_offset,
             eos,
+            sources,
             deleted: BTreeSet::new(),
             index: HashMap::new(),
         };
@@ -218,7 +248,7 @@ impl DocidScheme {
             DocidKind::Atomic,
             docids,
             codes,
-            token_names,
+            (token_names, Vec::new()),
             token_offset,
             eos,
         )
@@ -232,7 +262,12 @@ impl DocidScheme {
             .map(|(i, d)| (d.clone(), i))
             .collect();
         if self.index.len() != self.docids.len() {
-            return Err(TrainError::Config("duplicate docids in the scheme".into()));
+            let mut seen = BTreeSet::new();
+            let dup = self.docids.iter().find(|d| !seen.insert(d.as_str()));
+            return Err(TrainError::Config(format!(
+                "duplicate docid {:?} in the scheme",
+                dup.map(String::as_str).unwrap_or_default()
+            )));
         }
         if let Some(d) = self.deleted.iter().find(|d| !self.index.contains_key(*d)) {
             return Err(TrainError::Config(format!(
@@ -261,6 +296,20 @@ impl DocidScheme {
                     self.docids[i]
                 )));
             }
+        }
+        let tokenized = self.kind == DocidKind::Tokenized;
+        if tokenized == self.sources.is_empty()
+            || (tokenized
+                && (self.sources.len() != self.token_names.len()
+                    || self.sources.iter().any(|&t| t >= self.token_offset)))
+        {
+            return Err(TrainError::Config(format!(
+                "{} docids with {} source tokens for {} docid tokens: tokenized schemes (only) name one text token below {} per docid token",
+                self.kind,
+                self.sources.len(),
+                self.token_names.len(),
+                self.token_offset
+            )));
         }
         if self.is_atomic() && self.codes.iter().any(|c| c.len() != 1) {
             return Err(TrainError::Config(

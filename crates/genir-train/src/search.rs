@@ -34,8 +34,12 @@ pub struct Searcher<'a> {
     scheme: &'a DocidScheme,
     trie: Trie,
     allowed: Vec<bool>,
-    /// Vocabulary columns a decoding step reads: the docid tokens, then `</s>`.
+    /// Vocabulary columns a decoding step reads: the docid tokens, then `</s>` (for a tokenized scheme, the
+    /// text tokens the docid tokens copy).
     step_cols: Vec<usize>,
+    /// Columns `0..norm_width` are a step's normaliser: the whole vocabulary, or a tokenized scheme's
+    /// original rows (its docid rows are copies).
+    norm_width: Option<usize>,
     /// Longest query in tokens (`</s>` included); longer queries are cut.
     pub max_source_len: usize,
     /// Beam width for multi-token docids (at least `k`).
@@ -69,12 +73,20 @@ impl<'a> Searcher<'a> {
             scheme,
             trie: scheme.trie(|d| !scheme.is_deleted(d)),
             allowed: (0..scheme.len()).map(|d| !scheme.is_deleted(d)).collect(),
-            step_cols: {
+            step_cols: if scheme.sources.is_empty() {
                 let off = scheme.token_offset as usize;
                 (off..off + scheme.n_tokens())
                     .chain([scheme.eos as usize])
                     .collect()
+            } else {
+                scheme
+                    .sources
+                    .iter()
+                    .chain([&scheme.eos])
+                    .map(|&t| t as usize)
+                    .collect()
             },
+            norm_width: (!scheme.sources.is_empty()).then_some(scheme.token_offset as usize),
             max_source_len: 64,
             beams: 10,
         })
@@ -158,6 +170,7 @@ impl<'a> Searcher<'a> {
     ) -> Result<(Vec<f32>, usize)> {
         let logits = self.model.decode_step(state, ids, &mut Hooks::none())?;
         let [rows, n_new, v] = logits.dims();
+        let v = self.norm_width.unwrap_or(v).min(v);
         let last = logits
             .slice([0..rows, n_new - 1..n_new, 0..v])
             .reshape([rows, v]);
@@ -270,9 +283,36 @@ impl<'a> Searcher<'a> {
         let refs: Vec<&crate::examples::Example> = examples.iter().collect();
         let batch = crate::examples::Batch::new(&refs, self.scheme, start, pad, &device)?;
         let logits = self.model.forward(&batch.input, &mut Hooks::none())?;
-        let [b, t, _] = logits.dims();
+        let [b, t, v] = logits.dims();
+        let (logits, labels) = match self.norm_width {
+            // a tokenized scheme: the original rows, read at the text tokens the docid tokens copy
+            Some(w) => {
+                let off = self.scheme.token_offset as i64;
+                let labels: Vec<i64> = batch
+                    .labels
+                    .clone()
+                    .into_data()
+                    .convert::<i64>()
+                    .try_to_vec::<i64>()
+                    .map_err(|e| TrainError::Tensor(format!("{e:?}")))?
+                    .into_iter()
+                    .map(|l| {
+                        if l >= off {
+                            i64::from(self.scheme.sources[(l - off) as usize])
+                        } else {
+                            l
+                        }
+                    })
+                    .collect();
+                (
+                    logits.slice([0..b, 0..t, 0..w.min(v)]),
+                    Tensor::<2, Int>::from_data(TensorData::new(labels, [b, t]), &device),
+                )
+            }
+            None => (logits, batch.labels.clone()),
+        };
         let logp = burn::tensor::activation::log_softmax(logits, 2)
-            .gather(2, batch.labels.clone().reshape([b, t, 1]))
+            .gather(2, labels.reshape([b, t, 1]))
             .reshape([b, t]);
         let per_doc = (logp * batch.label_mask).sum_dim(1);
         host(per_doc)

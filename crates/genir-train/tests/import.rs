@@ -126,3 +126,101 @@ fn bad_patterns_and_checkpoints_get_errors_that_say_what_is_wrong() {
         .to_string();
     assert!(e.contains(&tmp.path().display().to_string()), "{e}");
 }
+
+#[derive(serde::Deserialize)]
+struct ExpectedText {
+    model: String,
+    docids: Vec<String>,
+    targets: BTreeMap<String, Vec<String>>,
+    queries: Vec<ExpectedTextQuery>,
+}
+
+#[derive(serde::Deserialize)]
+struct ExpectedTextQuery {
+    text: String,
+    scores: BTreeMap<String, f64>,
+    top: String,
+}
+
+#[test]
+fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
+    // tools/reference/make_hf_dsi_text_fixture.py: naive docids as the model's own tokens (`text_target`), each
+    // docid's log-probability (every step normalised over the whole vocabulary), by transformers
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-dsi-text");
+    let exp: ExpectedText =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(&exp.model);
+    let gm = GenirModel::import_text(&model_dir, &exp.docids, &Device::flex()).unwrap();
+    assert!(!gm.scheme.is_atomic());
+    assert_eq!(gm.scheme.docids, exp.docids);
+    // 12 docid tokens (the distinct text tokens of the targets; `</s>` closes each docid) after the table's
+    // 312 rows (a 300-token tokenizer padded with 12 unused tokens), each a copy of its text token
+    assert_eq!((gm.scheme.token_offset, gm.scheme.n_tokens()), (312, 12));
+    assert_eq!(
+        (gm.model.config.vocab_size, gm.tok.vocab_size()),
+        (324, 324)
+    );
+    assert_eq!(gm.tok.id_to_token(311).unwrap(), "<unused_311>");
+    for (doc, d) in exp.docids.iter().enumerate() {
+        let target = gm.scheme.target(doc);
+        let (last, code) = target.split_last().unwrap();
+        assert_eq!(*last, gm.scheme.eos);
+        let names: Vec<String> = code
+            .iter()
+            .map(|&t| gm.tok.id_to_token(t).unwrap())
+            .collect();
+        let want: Vec<String> = exp.targets[d]
+            .iter()
+            .map(|t| format!("<docid:{t}>"))
+            .collect();
+        assert_eq!(names, want, "docid {d}");
+    }
+    let mut searcher = gm.searcher().unwrap();
+    searcher.beams = exp.docids.len();
+    for q in &exp.queries {
+        // beams as wide as the collection: the search is exhaustive
+        let hits = searcher
+            .search(std::slice::from_ref(&q.text), exp.docids.len())
+            .unwrap()
+            .remove(0);
+        assert_eq!(hits.len(), exp.docids.len());
+        assert_eq!(hits[0].docid, q.top, "{}", q.text);
+        for h in &hits {
+            let want = q.scores[&h.docid];
+            assert!(
+                (f64::from(h.score) - want).abs() < 1e-4,
+                "{}: docid {} scored {} by genir, {want} by transformers",
+                q.text,
+                h.docid,
+                h.score
+            );
+        }
+        // teacher-forced scores (what the analyses use for "rank of the docid") are the same numbers
+        let ids = searcher
+            .encode_queries(std::slice::from_ref(&q.text))
+            .unwrap();
+        let docs: Vec<usize> = (0..exp.docids.len()).collect();
+        let forced = searcher.score_docs(&ids[0], &docs).unwrap();
+        for (d, f) in exp.docids.iter().zip(forced) {
+            assert!(
+                (f64::from(f) - q.scores[d]).abs() < 1e-4,
+                "{}: docid {d}",
+                q.text
+            );
+        }
+    }
+    // docids the tokenizer cannot write are refused by name
+    let e = GenirModel::import_text(&model_dir, &["12".into(), "".into()], &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("docid \"\"") && e.contains("tokenizer.json"),
+        "{e}"
+    );
+    let e = GenirModel::import_text(&model_dir, &["12".into(), "12".into()], &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("12"), "{e}");
+}
