@@ -511,6 +511,12 @@ fn sections(s: &Study) -> Vec<Section> {
                 f3(mt.train_hits_at_1),
                 mt.probes
             ));
+            if !mt.lens.iter().any(|r| r.step > 0) {
+                sec.text(format!(
+                    "With {} probes, fewer than two have a docid with a second digit, so only the first step is analysed: the per-step experiments need a model that retrieves its training queries.",
+                    mt.probes
+                ));
+            }
             sec.text("Logit lens (residual stream after each decoder layer): share of probes with the correct token at rank 1, and its median rank.");
             sec.table(
                 &["step", "layer", "probes", "top-1 share", "median rank"],
