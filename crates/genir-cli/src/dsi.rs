@@ -331,6 +331,8 @@ pub const IMPORT_EXAMPLES: &str = "Examples:
   genir import --model runs/t5-nq10k --corpus data/nq10k
   # naive docids written as text (the docid's own tokens, then </s>): the collection names the docids
   genir import --model runs/t5-nq10k-naive --docids text --corpus data/nq10k --out models/t5-nq10k-naive
+  # the paper's semantic ids (its --semantic-doc-id-mapping: docid -> \"1_4_2\", written as the words 1 4 2)
+  genir import --model runs/t5-nq10k-sem --docids text --docid-map semantic_ids.json --corpus data/nq10k --out models/t5-sem
   # then every command opens it
   genir eval --model models/t5-nq10k --split test";
 
@@ -346,6 +348,10 @@ pub struct ImportArgs {
     /// --corpus, whose documents are the docids).
     #[arg(long, default_value = "atomic", value_parser = ["atomic", "text"])]
     pub docids: String,
+    /// With `--docids text`: a JSON object from each docid to what the model writes for it, e.g. the paper's
+    /// semantic ids (`"1_4_2"`; underscores separate words, written as `1 4 2`). Default: the docid itself.
+    #[arg(long, value_name = "FILE")]
+    pub docid_map: Option<PathBuf>,
     /// How the atomic docid tokens are named: fixed text around `{}`, where the docid goes (the paper's code:
     /// `@DOC_ID_{}@`). The matching tokens must be consecutive ids, in any order of docids.
     #[arg(long, default_value = "@DOC_ID_{}@")]
@@ -361,6 +367,9 @@ pub struct ImportArgs {
 
 pub fn import(args: ImportArgs, device: &Device) -> Result<()> {
     let pattern: DocidTokenPattern = args.docid_tokens.parse()?;
+    if args.docid_map.is_some() && args.docids != "text" {
+        bail!("--docid-map applies to --docids text (atomic docids are named by --docid-tokens)");
+    }
     let model = if args.docids == "text" {
         let spec = args
             .corpus
@@ -371,7 +380,32 @@ pub fn import(args: ImportArgs, device: &Device) -> Result<()> {
             .iter()
             .map(|d| d.docid.clone())
             .collect();
-        GenirModel::import_text(&args.model, &docids, device)
+        let written = match &args.docid_map {
+            None => docids.clone(),
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .with_context(|| format!("reading --docid-map {}", path.display()))?;
+                let map: std::collections::HashMap<String, String> = serde_json::from_slice(&text)
+                    .with_context(|| {
+                        format!(
+                            "--docid-map {}: expected a JSON object from docid to string",
+                            path.display()
+                        )
+                    })?;
+                docids
+                    .iter()
+                    .map(|d| {
+                        map.get(d).map(|w| w.replace('_', " ")).with_context(|| {
+                            format!(
+                                "--docid-map {} has no entry for docid {d:?}",
+                                path.display()
+                            )
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        GenirModel::import_text(&args.model, &docids, &written, device)
     } else {
         GenirModel::import_atomic(&args.model, &pattern, device)
     }

@@ -472,4 +472,46 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         out.contains(&format!("  1  {:>8}", q["top"].as_str().unwrap())),
         "{out}"
     );
+
+    // the paper's semantic ids, from a docid map; a docid the map lacks is named
+    let map = tmp.path().join("semantic.json");
+    std::fs::write(&map, serde_json::to_vec(&exp["semantic"]["ids"]).unwrap()).unwrap();
+    let sem = tmp.path().join("sem");
+    ok(&genir()
+        .args(["import", "--docids", "text", "--model"])
+        .arg(&base)
+        .arg("--corpus")
+        .arg(&text_coll)
+        .arg("--docid-map")
+        .arg(&map)
+        .arg("--out")
+        .arg(&sem)
+        .output()
+        .unwrap());
+    let q = &exp["semantic"]["queries"][1];
+    let out = ok(&genir()
+        .args(["search", "--model"])
+        .arg(&sem)
+        .args(["-k", "1", q["text"].as_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(
+        out.contains(&format!("  1  {:>8}", q["top"].as_str().unwrap())),
+        "{out}"
+    );
+    std::fs::write(&map, br#"{"12": "0_0"}"#).unwrap();
+    let o = genir()
+        .args(["import", "--docids", "text", "--model"])
+        .arg(&base)
+        .arg("--corpus")
+        .arg(&text_coll)
+        .arg("--docid-map")
+        .arg(&map)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("has no entry for docid \"3\""),
+        "{err}"
+    );
 }

@@ -157,21 +157,35 @@ impl GenirModel {
     /// Opens a Hugging Face T5 checkpoint trained by other code with docids written as text in its own
     /// vocabulary (naive string docids of Python DSI code: the target of a document is its docid's tokens,
     /// then `</s>`, as `tokenizer(text_target=docid)` gives them). `docids` are the documents' ids (a
-    /// collection's). Every distinct text token of those targets gets a docid row past the model's table
+    /// collection's); `written[i]` is the text the model writes for `docids[i]`: the docid itself for naive
+    /// docids, or e.g. a semantic id's cluster numbers as words (`"1 4 2"` for the paper's `1_4_2`, which its
+    /// code tokenizes as the words 1, 4, 2). Every distinct text token of those targets gets a docid row past the model's table
     /// that copies the token's input-embedding and output rows, so the network computes exactly what it
     /// computes on the text tokens, and the docid tokens form the block every genir search and analysis
     /// expects ([`DocidKind::Tokenized`](crate::docid::DocidKind::Tokenized); the tokenizer is padded with
     /// `<unused_N>` tokens up to the table's size). Search scores stay the original model's: each step is
     /// normalised over the original rows and read at the text tokens ([`DocidScheme::sources`]).
-    pub fn import_text(dir: &Path, docids: &[String], device: &Device) -> Result<Self> {
+    pub fn import_text(
+        dir: &Path,
+        docids: &[String],
+        written: &[String],
+        device: &Device,
+    ) -> Result<Self> {
+        if docids.len() != written.len() {
+            return Err(TrainError::Config(format!(
+                "{} docids but {} written forms",
+                docids.len(),
+                written.len()
+            )));
+        }
         let base = T5Model::from_pretrained(dir, device)?;
         let tok_path = dir.join("tokenizer.json");
         let tok = TextTokenizer::from_file(&tok_path, base.config.vocab_size)?;
         let eos = base.config.eos_token_id as u32;
         let unk = tok.inner().token_to_id("<unk>");
         let mut texts: Vec<Vec<u32>> = Vec::with_capacity(docids.len());
-        for d in docids {
-            let mut ids = tok.encode(d)?;
+        for (d, w) in docids.iter().zip(written) {
+            let mut ids = tok.encode(w)?;
             if ids.last() == Some(&eos) {
                 ids.pop();
             }
@@ -179,7 +193,7 @@ impl GenirModel {
                 return Err(TrainError::Checkpoint {
                     path: tok_path.clone(),
                     message: format!(
-                        "docid {d:?} tokenizes to {ids:?}: empty, or with <unk> or </s> inside"
+                        "docid {d:?}, written {w:?}, tokenizes to {ids:?}: empty, or with <unk> or </s> inside"
                     ),
                 });
             }

@@ -133,6 +133,14 @@ struct ExpectedText {
     docids: Vec<String>,
     targets: BTreeMap<String, Vec<String>>,
     queries: Vec<ExpectedTextQuery>,
+    semantic: ExpectedSemantic,
+}
+
+#[derive(serde::Deserialize)]
+struct ExpectedSemantic {
+    ids: BTreeMap<String, String>,
+    targets: BTreeMap<String, Vec<String>>,
+    queries: Vec<ExpectedTextQuery>,
 }
 
 #[derive(serde::Deserialize)]
@@ -152,7 +160,8 @@ fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
     let model_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(&exp.model);
-    let gm = GenirModel::import_text(&model_dir, &exp.docids, &Device::flex()).unwrap();
+    let gm =
+        GenirModel::import_text(&model_dir, &exp.docids, &exp.docids, &Device::flex()).unwrap();
     assert!(!gm.scheme.is_atomic());
     assert_eq!(gm.scheme.docids, exp.docids);
     // 12 docid tokens (the distinct text tokens of the targets; `</s>` closes each docid) after the table's
@@ -163,7 +172,46 @@ fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
         (324, 324)
     );
     assert_eq!(gm.tok.id_to_token(311).unwrap(), "<unused_311>");
-    for (doc, d) in exp.docids.iter().enumerate() {
+    check_text_import(&gm, &exp.targets, &exp.queries);
+
+    // semantic ids in the paper's form (`1_4_2`, tokenized as the words 1, 4, 2)
+    let written: Vec<String> = exp
+        .docids
+        .iter()
+        .map(|d| exp.semantic.ids[d].replace('_', " "))
+        .collect();
+    let gm = GenirModel::import_text(&model_dir, &exp.docids, &written, &Device::flex()).unwrap();
+    check_text_import(&gm, &exp.semantic.targets, &exp.semantic.queries);
+
+    // docids the tokenizer cannot write are refused by name
+    let two = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+    let e = GenirModel::import_text(&model_dir, &two("12", "x"), &two("12", ""), &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("docid \"x\", written \"\"") && e.contains("tokenizer.json"),
+        "{e}"
+    );
+    let e = GenirModel::import_text(
+        &model_dir,
+        &two("12", "12"),
+        &two("12", "13"),
+        &Device::flex(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("12"), "{e}");
+}
+
+/// The imported model writes every docid with transformers' tokens and scores every docid of every query as
+/// transformers does (exhaustive beam search and teacher forcing), within 1e-4.
+fn check_text_import(
+    gm: &GenirModel,
+    targets: &BTreeMap<String, Vec<String>>,
+    queries: &[ExpectedTextQuery],
+) {
+    let n = gm.scheme.len();
+    for (doc, d) in gm.scheme.docids.iter().enumerate() {
         let target = gm.scheme.target(doc);
         let (last, code) = target.split_last().unwrap();
         assert_eq!(*last, gm.scheme.eos);
@@ -171,21 +219,19 @@ fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
             .iter()
             .map(|&t| gm.tok.id_to_token(t).unwrap())
             .collect();
-        let want: Vec<String> = exp.targets[d]
-            .iter()
-            .map(|t| format!("<docid:{t}>"))
-            .collect();
+        let want: Vec<String> = targets[d].iter().map(|t| format!("<docid:{t}>")).collect();
         assert_eq!(names, want, "docid {d}");
     }
     let mut searcher = gm.searcher().unwrap();
-    searcher.beams = exp.docids.len();
-    for q in &exp.queries {
+    searcher.beams = n;
+    let docs: Vec<usize> = (0..n).collect();
+    for q in queries {
         // beams as wide as the collection: the search is exhaustive
         let hits = searcher
-            .search(std::slice::from_ref(&q.text), exp.docids.len())
+            .search(std::slice::from_ref(&q.text), n)
             .unwrap()
             .remove(0);
-        assert_eq!(hits.len(), exp.docids.len());
+        assert_eq!(hits.len(), n);
         assert_eq!(hits[0].docid, q.top, "{}", q.text);
         for h in &hits {
             let want = q.scores[&h.docid];
@@ -201,9 +247,8 @@ fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
         let ids = searcher
             .encode_queries(std::slice::from_ref(&q.text))
             .unwrap();
-        let docs: Vec<usize> = (0..exp.docids.len()).collect();
         let forced = searcher.score_docs(&ids[0], &docs).unwrap();
-        for (d, f) in exp.docids.iter().zip(forced) {
+        for (d, f) in gm.scheme.docids.iter().zip(forced) {
             assert!(
                 (f64::from(f) - q.scores[d]).abs() < 1e-4,
                 "{}: docid {d}",
@@ -211,16 +256,4 @@ fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
             );
         }
     }
-    // docids the tokenizer cannot write are refused by name
-    let e = GenirModel::import_text(&model_dir, &["12".into(), "".into()], &Device::flex())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("docid \"\"") && e.contains("tokenizer.json"),
-        "{e}"
-    );
-    let e = GenirModel::import_text(&model_dir, &["12".into(), "12".into()], &Device::flex())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("12"), "{e}");
 }
