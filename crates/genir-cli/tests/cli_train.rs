@@ -450,65 +450,46 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--docids text needs --corpus"));
+    let import_text = |extra: &[&std::ffi::OsStr]| {
+        genir()
+            .args(["import", "--docids", "text", "--model"])
+            .arg(&base)
+            .arg("--corpus")
+            .arg(&text_coll)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let retrieves_first = |model: &Path, q: &serde_json::Value| {
+        let out = ok(&genir()
+            .args(["search", "--model"])
+            .arg(model)
+            .args(["-k", "1", q["text"].as_str().unwrap()])
+            .output()
+            .unwrap());
+        assert!(
+            out.contains(&format!("  1  {:>8}", q["top"].as_str().unwrap())),
+            "{out}"
+        );
+    };
     let naive = tmp.path().join("naive");
-    let out = ok(&genir()
-        .args(["import", "--docids", "text", "--model"])
-        .arg(&base)
-        .arg("--corpus")
-        .arg(&text_coll)
-        .arg("--out")
-        .arg(&naive)
-        .output()
-        .unwrap());
+    let out = ok(&import_text(&["--out".as_ref(), naive.as_os_str()]));
     assert!(out.contains("12 tokenized docids"), "{out}");
-    let q = &exp["queries"][0];
-    let out = ok(&genir()
-        .args(["search", "--model"])
-        .arg(&naive)
-        .args(["-k", "1", q["text"].as_str().unwrap()])
-        .output()
-        .unwrap());
-    assert!(
-        out.contains(&format!("  1  {:>8}", q["top"].as_str().unwrap())),
-        "{out}"
-    );
+    retrieves_first(&naive, &exp["queries"][0]);
 
     // the paper's semantic ids, from a docid map; a docid the map lacks is named
     let map = tmp.path().join("semantic.json");
     std::fs::write(&map, serde_json::to_vec(&exp["semantic"]["ids"]).unwrap()).unwrap();
     let sem = tmp.path().join("sem");
-    ok(&genir()
-        .args(["import", "--docids", "text", "--model"])
-        .arg(&base)
-        .arg("--corpus")
-        .arg(&text_coll)
-        .arg("--docid-map")
-        .arg(&map)
-        .arg("--out")
-        .arg(&sem)
-        .output()
-        .unwrap());
-    let q = &exp["semantic"]["queries"][1];
-    let out = ok(&genir()
-        .args(["search", "--model"])
-        .arg(&sem)
-        .args(["-k", "1", q["text"].as_str().unwrap()])
-        .output()
-        .unwrap());
-    assert!(
-        out.contains(&format!("  1  {:>8}", q["top"].as_str().unwrap())),
-        "{out}"
-    );
+    ok(&import_text(&[
+        "--docid-map".as_ref(),
+        map.as_os_str(),
+        "--out".as_ref(),
+        sem.as_os_str(),
+    ]));
+    retrieves_first(&sem, &exp["semantic"]["queries"][1]);
     std::fs::write(&map, br#"{"12": "0_0"}"#).unwrap();
-    let o = genir()
-        .args(["import", "--docids", "text", "--model"])
-        .arg(&base)
-        .arg("--corpus")
-        .arg(&text_coll)
-        .arg("--docid-map")
-        .arg(&map)
-        .output()
-        .unwrap();
+    let o = import_text(&["--docid-map".as_ref(), map.as_os_str()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("has no entry for docid \"3\""),
