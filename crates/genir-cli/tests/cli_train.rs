@@ -402,6 +402,23 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         .output()
         .unwrap());
     assert!(lens.join("logit_lens.parquet").is_file());
+    // and the edits: a document added by IncDSI gets a token named like the others and is found by its text
+    let text = "Open the device file and read the stream of bytes.";
+    ok(&genir()
+        .args(["edit", "add", "--model"])
+        .arg(&hf)
+        .args(["--docid", "new-doc", "--text", text])
+        .output()
+        .unwrap());
+    let tok = std::fs::read_to_string(hf.join("tokenizer.json")).unwrap();
+    assert!(tok.contains("@DOC_ID_new-doc@"));
+    let out = ok(&genir()
+        .args(["search", "--model"])
+        .arg(&hf)
+        .args(["-k", "1", text])
+        .output()
+        .unwrap());
+    assert!(out.contains("  1   new-doc"), "{out}");
 
     // a second import into the same folder refuses to overwrite; --out writes a whole new folder
     let o = genir()

@@ -10,7 +10,7 @@ use genir_data::Collection;
 use genir_model::tokenizer::TextTokenizer;
 use genir_model::weights::HostTensor;
 use genir_train::bundle::GenirModel;
-use genir_train::docid::{DocidKind, DocidScheme};
+use genir_train::docid::DocidScheme;
 use genir_train::search::Searcher;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -1760,23 +1760,36 @@ fn get<'p>(payload: &'p BTreeMap<String, HostTensor>, key: &str) -> Result<&'p H
         .ok_or_else(|| EditError::Invalid(format!("edit payload has no tensor {key:?}")))
 }
 
-/// An atomic scheme over `docids`, with the token offset, eos and deletions of `old`; its token names must
-/// extend the old ones.
+/// An atomic scheme over `docids`, with the token offset, eos and deletions of `old`; its token names extend
+/// the old ones the way they are made: genir's `<docid_N>`, or the text every old name puts around its docid
+/// (a checkpoint imported from Python DSI code: `@DOC_ID_<docid>@`).
 fn rebuild_scheme(old: &DocidScheme, docids: Vec<String>) -> Result<DocidScheme> {
-    let mut s = DocidScheme::build(
-        DocidKind::Atomic,
-        docids,
-        None,
-        old.token_offset,
-        old.eos,
-        0,
-    )?;
-    let k = old.n_tokens().min(s.n_tokens());
-    if s.token_names[..k] != old.token_names[..k] {
+    let genir_names = old
+        .token_names
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == format!("<docid_{i}>"));
+    let names: Vec<String> = if genir_names {
+        (0..docids.len()).map(|i| format!("<docid_{i}>")).collect()
+    } else {
+        let (prefix, suffix) = name_pattern(old).ok_or_else(|| {
+            EditError::Invalid(
+                "the model's docid token names are neither genir's <docid_N> nor one text around each docid: cannot name new ones".into(),
+            )
+        })?;
+        docids
+            .iter()
+            .map(|d| format!("{prefix}{d}{suffix}"))
+            .collect()
+    };
+    let k = old.n_tokens().min(names.len());
+    if names[..k] != old.token_names[..k] {
         return Err(EditError::Invalid(
-            "the model's docid token names are not genir's <docid_N>: cannot extend them".into(),
+            "the model's docid tokens do not name its first docids in order: cannot extend them"
+                .into(),
         ));
     }
+    let mut s = DocidScheme::atomic_over_tokens(docids, names, old.token_offset, old.eos)?;
     s.deleted = old
         .deleted
         .iter()
@@ -1784,6 +1797,21 @@ fn rebuild_scheme(old: &DocidScheme, docids: Vec<String>) -> Result<DocidScheme>
         .cloned()
         .collect();
     Ok(s)
+}
+
+/// The text before and after the docid in every token name of `old`, if there is one.
+fn name_pattern(old: &DocidScheme) -> Option<(String, String)> {
+    let (d, n) = (old.docids.first()?, old.token_names.first()?);
+    n.match_indices(d.as_str())
+        .map(|(at, _)| (n[..at].to_string(), n[at + d.len()..].to_string()))
+        .find(|(p, s)| {
+            old.docids.iter().zip(&old.token_names).all(|(d, n)| {
+                n.len() == p.len() + d.len() + s.len()
+                    && n.starts_with(p.as_str())
+                    && n.ends_with(s.as_str())
+                    && &n[p.len()..n.len() - s.len()] == d
+            })
+        })
 }
 
 /// The tokenizer with `names` appended as special tokens from id `first`.
