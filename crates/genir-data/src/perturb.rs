@@ -131,13 +131,7 @@ fn append(text: &str, extra: &str) -> String {
 }
 
 fn doc_seed(seed: u64, docid: &str) -> u64 {
-    // FNV-1a: stable across platforms and Rust versions, unlike `DefaultHasher`.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in docid.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^ seed
+    genir_io::fnv1a(docid.as_bytes(), 0) ^ seed
 }
 
 /// Rewrites each alphanumeric run of `text`: `f(lowercased run, index among runs)` returns `None` to keep it,

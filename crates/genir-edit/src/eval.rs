@@ -849,6 +849,7 @@ mod tests {
             losses: vec![],
             validation: vec![],
             seconds: 12.5,
+            examples_digest: None,
         };
         std::fs::write(
             dir.path().join("train_state.json"),

@@ -35,9 +35,7 @@ pub struct TfIdfEmbedder {
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    genir_io::fnv1a(s.as_bytes(), 0)
 }
 
 impl TfIdfEmbedder {

@@ -220,6 +220,26 @@ impl TrainingSet {
         out
     }
 
+    /// A fingerprint of every example (kind, document index, source ids, in order): equal for the same
+    /// collection, tokenizer and docid scheme, different when a text, query or judgment changed. Saved with
+    /// each checkpoint so that a run does not resume on other data (64-bit FNV-1a, stable across Rust
+    /// versions).
+    pub fn digest(&self) -> String {
+        let mut h = 0;
+        for (tag, set) in [(b'i', &self.indexing), (b'r', &self.retrieval)] {
+            h = genir_io::fnv1a(&[tag], h);
+            h = genir_io::fnv1a(&(set.len() as u64).to_le_bytes(), h);
+            for e in set {
+                h = genir_io::fnv1a(&(e.doc as u64).to_le_bytes(), h);
+                h = genir_io::fnv1a(&(e.source.len() as u64).to_le_bytes(), h);
+                for id in &e.source {
+                    h = genir_io::fnv1a(&id.to_le_bytes(), h);
+                }
+            }
+        }
+        format!("{h:016x}")
+    }
+
     /// Examples per epoch for a ratio.
     pub fn epoch_len(&self, ratio: Option<f64>) -> usize {
         self.epoch(0, 0, ratio).len()

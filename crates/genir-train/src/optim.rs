@@ -4,11 +4,19 @@
 //! root, division, decay, step), each a pass over the parameter into a fresh buffer. [`FusedAdamW`] performs
 //! the same f32 operations in the same order for each element in one pass over the parameter, its gradient
 //! and its two moments, split across rayon's threads, so its results are bit-identical to burn's (tested)
-//! at a fraction of the memory traffic. Its state is burn's [`AdamWState`], so optimizer records (and
-//! checkpoints) are the same as with burn's AdamW. On any other device, or with `GENIR_FLEX_FASTMATH=0`, it
-//! runs burn's tensor operations.
+//! at a fraction of the memory traffic. Its state ([`FusedState`]) holds burn's [`AdamWState`] and is written
+//! under the same names, so optimizer records (and checkpoints) are the same as with burn's AdamW. On any
+//! other device, or with `GENIR_FLEX_FASTMATH=0`, it runs burn's tensor operations.
+//!
+//! A loaded record keeps its moments on the host until the first step moves them to the parameter's
+//! device: burn's `ModuleOptimizer::load_record` rebuilds states on `Device::default()`, which in a build
+//! with the `wgpu` (or `cuda`) feature is the GPU backend, so resuming a `flex` run would otherwise start a
+//! GPU runtime (or fail where no adapter exists) only to copy the moments back.
 
-use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
+use burn::optim::{
+    AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState,
+    StateSink, StateSource,
+};
 use burn::prelude::*;
 use rayon::prelude::*;
 
@@ -118,8 +126,94 @@ fn update_all(s: &Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32
     }
 }
 
+/// [`FusedAdamW`]'s state of one parameter: burn's AdamW state on a device, or moments read from a record
+/// and not yet placed (they go to the parameter's device before its next step).
+#[derive(Clone)]
+pub enum FusedState<const D: usize> {
+    /// burn's AdamW state, its moments on the parameter's device.
+    Device(AdamWState<D>),
+    /// Read from an optimizer record: step count and moments as host data.
+    Host {
+        /// Steps taken.
+        time: usize,
+        /// First moment.
+        moment_1: TensorData,
+        /// Second moment.
+        moment_2: TensorData,
+        /// AMSGrad's running maximum (absent for AdamW).
+        max_moment_2: Option<TensorData>,
+    },
+}
+
+/// Where burn's `AdamWState` keeps its momentum fields in a record.
+const MOMENTUM: &str = "momentum";
+
+impl<const D: usize> FusedState<D> {
+    /// The state on `device` (moments read from a record are uploaded; others moved if elsewhere).
+    pub fn on(self, device: &Device) -> AdamWState<D> {
+        match self {
+            FusedState::Device(mut s) => {
+                s.momentum = s.momentum.to_device(device);
+                s
+            }
+            FusedState::Host {
+                time,
+                moment_1,
+                moment_2,
+                max_moment_2,
+            } => {
+                let mut m = AdaptiveMomentumState::new(
+                    time,
+                    Tensor::from_data(moment_1, device),
+                    Tensor::from_data(moment_2, device),
+                );
+                m.max_moment_2 = max_moment_2.map(|d| Tensor::from_data(d, device));
+                AdamWState::new(m)
+            }
+        }
+    }
+}
+
+impl<const D: usize> RecordState for FusedState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        match self {
+            FusedState::Device(s) => s.state_flatten(prefix, out),
+            FusedState::Host {
+                time,
+                moment_1,
+                moment_2,
+                max_moment_2,
+            } => {
+                let p = burn::optim::join_path(prefix, MOMENTUM);
+                out.push_scalar(&p, "time", (*time).into());
+                out.push_tensor(&p, "moment_1", moment_1.clone());
+                out.push_tensor(&p, "moment_2", moment_2.clone());
+                if let Some(m) = max_moment_2 {
+                    out.push_tensor(&p, "max_moment_2", m.clone());
+                }
+            }
+        }
+    }
+
+    /// Reads the fields burn's `AdamWState` writes, leaving them on the host (`device` is not used: see the
+    /// module documentation).
+    fn state_unflatten(prefix: &str, src: &mut StateSource, _device: &Device) -> Option<Self> {
+        let p = burn::optim::join_path(prefix, MOMENTUM);
+        let time = usize::try_from(src.take_scalar(&p, "time")?).ok()?;
+        let moment_1 = src.take_tensor(&p, "moment_1")?;
+        let moment_2 = src.take_tensor(&p, "moment_2")?;
+        let max_moment_2 = src.take_tensor(&p, "max_moment_2");
+        Some(FusedState::Host {
+            time,
+            moment_1,
+            moment_2,
+            max_moment_2,
+        })
+    }
+}
+
 impl Optimizer for FusedAdamW {
-    type State<const D: usize> = AdamWState<D>;
+    type State<const D: usize> = FusedState<D>;
 
     fn step<const D: usize>(
         &self,
@@ -128,6 +222,26 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let state = state.map(|s| s.on(&tensor.device()));
+        let (p, s) = self.step_adamw(lr, tensor, grad, state);
+        (p, s.map(FusedState::Device))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        FusedState::Device(state.on(device))
+    }
+}
+
+impl FusedAdamW {
+    /// One step on burn's state: fused on host buffers where [`fastmath::fusable`](genir_model::fastmath::fusable)
+    /// allows, burn's operations otherwise.
+    fn step_adamw<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<AdamWState<D>>,
+    ) -> (Tensor<D>, Option<AdamWState<D>>) {
         let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
         let s = self.scalars(lr, time);
         let use_host = genir_model::fastmath::fusable(&tensor)
@@ -179,14 +293,6 @@ impl Optimizer for FusedAdamW {
         let momentum = AdaptiveMomentumState::new(time, m, v);
         (p, Some(AdamWState::new(momentum)))
     }
-
-    fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
-        state.momentum = state.momentum.to_device(device);
-        state
-    }
-}
-
-impl FusedAdamW {
     /// The same step with burn's tensor operations (any device).
     fn step_burn<const D: usize>(
         &self,
@@ -250,17 +356,94 @@ mod tests {
         v
     }
 
-    /// Four steps with a loss whose gradient changes each step.
-    fn train(mut optim: ModuleOptimizer, device: &Device) -> Vec<f32> {
-        let ad = device.clone().autodiff();
-        let mut m = model(&ad);
-        for step in 0..4 {
+    /// Steps `from..to` of a schedule whose loss gradient changes each step.
+    fn steps(optim: &mut ModuleOptimizer, mut m: Two, from: usize, to: usize) -> Two {
+        for step in from..to {
             let w = (step as f32 + 1.0) * 0.5;
             let loss = (m.a.val().sin() * w).sum() + (m.b.val().powi_scalar(2) * w).sum();
             let grads = GradientsParams::from_grads(loss.backward(), &m);
             m = optim.step(1e-2 * (step as f64 + 1.0), m, grads);
         }
-        values(&m)
+        m
+    }
+
+    /// Four steps of that schedule.
+    fn train(mut optim: ModuleOptimizer, device: &Device) -> Vec<f32> {
+        let ad = device.clone().autodiff();
+        values(&steps(&mut optim, model(&ad), 0, 4))
+    }
+
+    fn burn_adamw() -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_weight_decay(0.01)
+            .with_epsilon(1e-8)
+            .init()
+    }
+
+    #[test]
+    fn records_resume_bit_identically_and_are_burns_adamw_records() {
+        let device = Device::flex();
+        let ad = device.clone().autodiff();
+        let whole = train(FusedAdamW::new(0.01, 1e-8).init(), &device);
+        let mut o = FusedAdamW::new(0.01, 1e-8).init();
+        let half = steps(&mut o, model(&ad), 0, 2);
+        let bytes = o.into_bytes().unwrap();
+        // fused record -> fused
+        let mut resumed = FusedAdamW::new(0.01, 1e-8)
+            .init()
+            .from_bytes(bytes.clone())
+            .unwrap();
+        assert_eq!(values(&steps(&mut resumed, half.clone(), 2, 4)), whole);
+        // fused record -> burn's AdamW
+        let mut b = burn_adamw().from_bytes(bytes).unwrap();
+        assert_eq!(values(&steps(&mut b, half.clone(), 2, 4)), whole);
+        // burn's record -> fused
+        let mut b = burn_adamw();
+        let half_b = steps(&mut b, model(&ad), 0, 2);
+        let mut f = FusedAdamW::new(0.01, 1e-8)
+            .init()
+            .from_bytes(b.into_bytes().unwrap())
+            .unwrap();
+        assert_eq!(values(&steps(&mut f, half_b, 2, 4)), whole);
+        // without the record the moments restart: the record carried them
+        let mut fresh = FusedAdamW::new(0.01, 1e-8).init();
+        assert_ne!(values(&steps(&mut fresh, half, 2, 4)), whole);
+    }
+
+    #[test]
+    fn a_state_read_from_a_record_stays_on_the_host_until_placed() {
+        let device = Device::flex();
+        let o = FusedAdamW::new(0.01, 1e-8);
+        let p = Tensor::<1>::from_data(TensorData::new(vec![0.5f32, -1.0, 2.0], [3]), &device);
+        let g = Tensor::<1>::from_data(TensorData::new(vec![0.1f32, 0.2, -0.3], [3]), &device);
+        let (p, st) = o.step(1e-2, p, g.clone(), None);
+        let (_, st) = o.step(1e-2, p, g, st);
+        let st = st.unwrap();
+        let mut sink = StateSink::default();
+        st.state_flatten("7", &mut sink);
+        let names: Vec<&str> = sink.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["7.momentum.moment_1", "7.momentum.moment_2"]);
+        let mut src = StateSource::new(sink.scalars.into_iter().collect());
+        for (n, d) in sink.tensors {
+            src.insert_tensor(n, d);
+        }
+        let back = FusedState::<1>::state_unflatten("7", &mut src, &device).unwrap();
+        let FusedState::Host { time, .. } = &back else {
+            panic!("a state read from a record was placed on a device")
+        };
+        assert_eq!(*time, 2);
+        let host = |s: AdamWState<1>| {
+            let m = s.momentum;
+            (
+                m.time,
+                m.moment_1.into_data().try_into_vec::<f32>().unwrap(),
+                m.moment_2.into_data().try_into_vec::<f32>().unwrap(),
+            )
+        };
+        assert_eq!(host(back.on(&device)), host(st.on(&device)));
+        // a record without the moments gives no state (burn then starts the parameter afresh)
+        let mut empty = StateSource::new(Default::default());
+        assert!(FusedState::<1>::state_unflatten("7", &mut empty, &device).is_none());
     }
 
     #[test]

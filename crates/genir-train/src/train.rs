@@ -211,6 +211,45 @@ pub trait Progress {
 pub struct LogProgress;
 impl Progress for LogProgress {}
 
+/// The settings in which two configurations differ, as `path: checkpoint value, now value` (paths of their
+/// JSON form, e.g. `epochs: 8 in the checkpoint, 10 now`).
+pub fn config_differences(was: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value::Object;
+        match (a, b) {
+            (Object(x), Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                let null = serde_json::Value::Null;
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} in the checkpoint, {b} now")),
+            _ => {}
+        }
+    }
+    let (a, b) = (serde_json::to_value(was), serde_json::to_value(now));
+    let mut out = Vec::new();
+    match (a, b) {
+        (Ok(a), Ok(b)) => walk("", &a, &b, &mut out),
+        _ => out.push(format!("{was:?} in the checkpoint, {now:?} now")),
+    }
+    if out.is_empty() {
+        out.push("settings that compare unequal but serialise alike".into());
+    }
+    out
+}
+
 /// State saved in every checkpoint beside the weights and optimizer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
@@ -226,6 +265,10 @@ pub struct TrainState {
     pub validation: Vec<ValidationPoint>,
     /// Wall-clock seconds spent training (summed over resumes).
     pub seconds: f64,
+    /// [`TrainingSet::digest`] of the examples the run trains on (absent in checkpoints written before it
+    /// was recorded): a resume on other data is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples_digest: Option<String>,
 }
 
 impl TrainState {
@@ -634,8 +677,9 @@ impl Trainer {
                     return Err(TrainError::Checkpoint {
                         path: dir.clone(),
                         message: format!(
-                            "it was written by a run with another configuration:\n  checkpoint: {:?}\n  now:        {:?}",
-                            state.config, cfg
+                            "it was written by a run with another configuration ({}); resume with the run's \
+                             settings (its train_config.json), or train into a new folder",
+                            config_differences(&state.config, cfg).join("; ")
                         ),
                     });
                 }
@@ -669,6 +713,7 @@ impl Trainer {
                     losses: Vec::new(),
                     validation: Vec::new(),
                     seconds: 0.0,
+                    examples_digest: None,
                 };
                 (b, state, None)
             }
@@ -682,6 +727,21 @@ impl Trainer {
             &bundle.tok,
             &cfg.examples,
         )?;
+        let digest = set.digest();
+        if let (Some(dir), Some(was)) = (ckpt.as_ref().filter(|_| resumed), &state.examples_digest)
+        {
+            if *was != digest {
+                return Err(TrainError::Checkpoint {
+                    path: dir.clone(),
+                    message: format!(
+                        "the run started on other training data (examples digest {was}, now {digest}): a \
+                         document, query or judgment of the collection changed since; restore it, or train \
+                         into a new folder"
+                    ),
+                });
+            }
+        }
+        state.examples_digest = Some(digest);
         let epoch_len = set.epoch_len(cfg.examples.index_ratio);
         let steps_per_epoch = epoch_len.div_ceil(cfg.batch_size);
         let total = steps_per_epoch * cfg.epochs;

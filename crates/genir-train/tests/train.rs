@@ -7,7 +7,7 @@ use burn::prelude::*;
 use genir_data::{Collection, Corpus, Document, Qrel, Qrels, Queries, Query, QuerySet};
 use genir_train::bundle::GenirModel;
 use genir_train::docid::DocidKind;
-use genir_train::examples::ExampleConfig;
+use genir_train::examples::{ExampleConfig, TrainingSet};
 use genir_train::metrics::evaluate;
 use genir_train::train::{Architecture, Init, LogProgress, TrainConfig, Trainer};
 use genir_train::TrainError;
@@ -241,13 +241,57 @@ fn a_stopped_run_resumes_bit_for_bit() {
         model_bytes(straight.path()) == model_bytes(stopped.path()),
         "resumed model differs from the uninterrupted one"
     );
-    // a different configuration cannot resume this run
-    let mut other = cfg;
+    let m = GenirModel::load(stopped.path(), &device()).unwrap();
+    let set = TrainingSet::build(
+        &c.corpus,
+        c.split("train"),
+        &m.scheme,
+        &m.tok,
+        &cfg.examples,
+    );
+    assert_eq!(s.state.examples_digest, Some(set.unwrap().digest()));
+    // a different configuration cannot resume this run; the error names the setting and both values
+    let mut other = cfg.clone();
     other.lr *= 2.0;
     let err = Trainer::new(other, device())
         .train(&c, stopped.path(), true, &mut LogProgress)
         .unwrap_err();
     assert!(matches!(err, TrainError::Checkpoint { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("lr: 0.01 in the checkpoint, 0.02 now") && !msg.contains("epochs"),
+        "{msg}"
+    );
+    // nor can other training data: one training query's text changed after the run started
+    let run = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(cfg.clone(), device());
+    t.stop_after = Some(6);
+    t.train(&c, run.path(), false, &mut LogProgress).unwrap();
+    let mut changed = tiny_collection();
+    let train = changed.splits.get_mut("train").unwrap();
+    let qs: Vec<Query> = train
+        .queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| match i {
+            0 => Query::new(&q.qid, format!("{} again", q.text)),
+            _ => q.clone(),
+        })
+        .collect();
+    train.queries = Queries::new(qs);
+    let err = Trainer::new(cfg.clone(), device())
+        .train(&changed, run.path(), true, &mut LogProgress)
+        .unwrap_err();
+    assert!(
+        matches!(err, TrainError::Checkpoint { .. })
+            && err.to_string().contains("other training data"),
+        "{err}"
+    );
+    // the unchanged collection still resumes it
+    let s = Trainer::new(cfg, device())
+        .train(&c, run.path(), true, &mut LogProgress)
+        .unwrap();
+    assert!(s.resumed && s.finished);
 }
 
 #[test]

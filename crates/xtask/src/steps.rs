@@ -9,15 +9,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// 64-bit FNV-1a: a stable hash (unlike `std`'s hasher) for cache keys.
-pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub use genir_io::fnv1a;
 
 /// A stable hash of a file's bytes, for cache keys of model weights: FNV-1a's step over 8-byte words (then
 /// the tail bytes), read in 4 MiB pieces, so hundreds of megabytes take a fraction of a second. Any one changed
