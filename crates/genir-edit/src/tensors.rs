@@ -98,10 +98,9 @@ pub fn read(model: &T5Model, name: &str) -> Result<HostTensor> {
 pub fn read_rows(model: &T5Model, name: &str, start: usize, n: usize) -> Result<Vec<f32>> {
     let t = param(model, name)?.val();
     let [r, c] = t.dims();
-    if start + n > r {
+    if start.checked_add(n).is_none_or(|end| end > r) {
         return Err(EditError::Invalid(format!(
-            "rows {start}..{} of {name} but it has {r}",
-            start + n
+            "{n} rows from row {start} of {name} but it has {r}"
         )));
     }
     to_host(t.slice([start..start + n, 0..c]))
@@ -111,7 +110,12 @@ pub fn read_rows(model: &T5Model, name: &str, start: usize, n: usize) -> Result<
 pub fn write_rows(model: &mut T5Model, name: &str, start: usize, values: &[f32]) -> Result<()> {
     let p = param_mut(model, name)?;
     let [r, c] = p.val().dims();
-    if c == 0 || !values.len().is_multiple_of(c) || start + values.len() / c > r {
+    if c == 0
+        || !values.len().is_multiple_of(c)
+        || start
+            .checked_add(values.len() / c)
+            .is_none_or(|end| end > r)
+    {
         return Err(EditError::Invalid(format!(
             "cannot write {} values at row {start} of {name} [{r}, {c}]",
             values.len()
@@ -178,7 +182,12 @@ pub fn truncate_vocab(model: &mut T5Model, vocab: usize) -> Result<()> {
 /// `a + u @ v` for `a: [r, c]`, `u: [r, k]`, `v: [k, c]`, on host in a fixed order (so that replaying an
 /// edit gives identical bits).
 pub fn add_low_rank(a: &HostTensor, u: &HostTensor, v: &HostTensor) -> Result<HostTensor> {
-    let (r, c) = (a.shape[0], a.shape[1]);
+    let &[r, c] = a.shape.as_slice() else {
+        return Err(EditError::Invalid(format!(
+            "a low-rank update needs a matrix, not a tensor of shape {:?}",
+            a.shape
+        )));
+    };
     let k = u.shape.get(1).copied().unwrap_or(0);
     if u.shape != [r, k] || v.shape != [k, c] {
         return Err(EditError::Invalid(format!(
@@ -200,4 +209,27 @@ pub fn add_low_rank(a: &HostTensor, u: &HostTensor, v: &HostTensor) -> Result<Ho
         }
     }
     Ok(HostTensor::new(vec![r, c], out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_rank_update_checks_every_shape() {
+        let a = HostTensor::new(vec![2, 3], vec![0.0; 6]);
+        let u = HostTensor::new(vec![2, 1], vec![1.0, 2.0]);
+        let v = HostTensor::new(vec![1, 3], vec![1.0, 0.0, -1.0]);
+        let out = add_low_rank(&a, &u, &v).unwrap();
+        assert_eq!(out.values, [1.0, 0.0, -1.0, 2.0, 0.0, -2.0]);
+        // a base that is not a matrix (e.g. a corrupt edit log's base tensor) is an error, not a panic
+        for shape in [vec![], vec![6], vec![1, 2, 3]] {
+            let n = shape.iter().product::<usize>();
+            let bad = HostTensor::new(shape.clone(), vec![0.0; n]);
+            let e = add_low_rank(&bad, &u, &v).unwrap_err().to_string();
+            assert!(e.contains("matrix"), "{shape:?}: {e}");
+        }
+        let e = add_low_rank(&a, &v, &u).unwrap_err().to_string();
+        assert!(e.contains("does not fit"), "{e}");
+    }
 }

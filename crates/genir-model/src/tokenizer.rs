@@ -118,6 +118,22 @@ impl TextTokenizer {
                 ),
             });
         }
+        // ids the vocabulary does not list: the post-processor's special tokens and the padding id
+        let probe = self.encode("a")?;
+        let pad = self.inner.get_padding().map(|p| p.pad_id);
+        if let Some(id) = probe
+            .into_iter()
+            .chain(pad)
+            .find(|&id| id as usize >= vocab_size)
+        {
+            return Err(ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!(
+                    "the post-processor or padding adds token id {id}, outside the model's vocabulary of \
+                     {vocab_size} rows"
+                ),
+            });
+        }
         Ok(())
     }
 

@@ -670,6 +670,34 @@ fn bad_checkpoints_are_clear_errors() {
         err.contains("tokenizer.json") && err.contains("does not belong"),
         "{err}"
     );
+
+    // A post-processor whose special token is outside the vocabulary (every encode would index past the table).
+    let dir = copy_fixture("relu-tied");
+    let p = dir.path().join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    t["post_processor"]["special_tokens"]["</s>"]["ids"] = serde_json::json!([99999]);
+    std::fs::write(&p, t.to_string()).unwrap();
+    let err = TextTokenizer::from_file(&p, 312).unwrap_err().to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("99999"),
+        "{err}"
+    );
+
+    // config.json: an end-of-sequence id outside the vocabulary
+    let dir = copy_fixture("relu-tied");
+    let p = dir.path().join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    c["eos_token_id"] = serde_json::json!(312);
+    std::fs::write(&p, c.to_string()).unwrap();
+    let err = T5Model::from_pretrained(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("eos_token_id"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -81,6 +81,13 @@ impl GenirModel {
                 model.config.vocab_size
             )));
         }
+        if scheme.eos as usize >= (scheme.token_offset as usize).min(model.config.vocab_size) {
+            return Err(TrainError::Config(format!(
+                "the docid scheme's end-of-docid token {} is not a text token of the model (text tokens end at \
+                 id {}, the vocabulary at {})",
+                scheme.eos, scheme.token_offset, model.config.vocab_size
+            )));
+        }
         Ok(Self { model, tok, scheme })
     }
 

@@ -56,11 +56,14 @@ impl std::str::FromStr for DocidKind {
             }),
             ["semantic", k, c] => {
                 let parse = |v: &str, what: &str| -> Result<usize> {
-                    v.parse::<usize>().ok().filter(|&n| n >= 2).ok_or_else(|| {
-                        TrainError::Config(format!(
-                            "docid scheme {s:?}: {what} must be an integer >= 2"
-                        ))
-                    })
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|n| (2..=MAX_SEMANTIC_WIDTH).contains(n))
+                        .ok_or_else(|| {
+                            TrainError::Config(format!(
+                                "docid scheme {s:?}: {what} must be an integer from 2 to {MAX_SEMANTIC_WIDTH}"
+                            ))
+                        })
                 };
                 Ok(Self::Semantic {
                     branching: parse(k, "branching")?,
@@ -490,6 +493,9 @@ impl Trie {
     }
 }
 
+/// Largest branching factor or leaf size of semantic docids: each is a block of new output rows.
+pub const MAX_SEMANTIC_WIDTH: usize = 65_536;
+
 /// Hierarchical k-means (DSI's semantic ids): documents are split into `k` clusters recursively until a
 /// cluster holds at most `leaf_size` documents, which are then numbered. Returns one code per document.
 pub fn hierarchical_kmeans(
@@ -498,10 +504,11 @@ pub fn hierarchical_kmeans(
     leaf_size: usize,
     seed: u64,
 ) -> Result<Vec<Vec<u32>>> {
-    if k < 2 || leaf_size < 1 {
-        return Err(TrainError::Config(
-            "semantic ids need branching >= 2 and leaf size >= 1".into(),
-        ));
+    if k < 2 || leaf_size < 1 || k > MAX_SEMANTIC_WIDTH || leaf_size > MAX_SEMANTIC_WIDTH {
+        return Err(TrainError::Config(format!(
+            "semantic ids need branching from 2 to {MAX_SEMANTIC_WIDTH} and leaf size from 1 to \
+             {MAX_SEMANTIC_WIDTH}"
+        )));
     }
     let dim = emb.first().map_or(0, Vec::len);
     if dim == 0 || emb.iter().any(|e| e.len() != dim) {
@@ -746,6 +753,13 @@ mod tests {
         )
         .is_err());
         assert!("semantic:1:5".parse::<DocidKind>().is_err());
+        // sizes that would allocate without bound are refused, not attempted
+        let e = "semantic:2:18446744073709551615"
+            .parse::<DocidKind>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("leaf size") && e.contains("65536"), "{e}");
+        assert!("semantic:65536:65536".parse::<DocidKind>().is_ok());
         assert!("bogus".parse::<DocidKind>().is_err());
         assert_eq!(
             "semantic:8:50".parse::<DocidKind>().unwrap().to_string(),

@@ -211,6 +211,9 @@ pub trait Progress {
 pub struct LogProgress;
 impl Progress for LogProgress {}
 
+/// Largest `index_ratio` accepted: indexing examples per retrieval example in an epoch.
+pub const MAX_INDEX_RATIO: f64 = 1000.0;
+
 /// The settings in which two configurations differ, as `path: checkpoint value, now value` (paths of their
 /// JSON form, e.g. `epochs: 8 in the checkpoint, 10 now`).
 pub fn config_differences(was: &TrainConfig, now: &TrainConfig) -> Vec<String> {
@@ -653,6 +656,32 @@ impl Trainer {
         }
         if self.devices.is_empty() {
             return Err(TrainError::Config("no device".into()));
+        }
+        if let Init::Scratch(a) | Init::ScratchWithTokenizer { arch: a, .. } = &c.init {
+            for (name, v) in [
+                ("d_model", a.d_model),
+                ("d_ff", a.d_ff),
+                ("layers", a.layers),
+                ("heads", a.heads),
+            ] {
+                if v == 0 {
+                    return Err(TrainError::Config(format!("{name} must be positive")));
+                }
+            }
+            if a.heads > a.d_model {
+                return Err(TrainError::Config(format!(
+                    "{} heads for d_model {}: each head needs at least one dimension",
+                    a.heads, a.d_model
+                )));
+            }
+        }
+        if let Some(r) = c.examples.index_ratio {
+            if !(r > 0.0 && r <= MAX_INDEX_RATIO) {
+                return Err(TrainError::Config(format!(
+                    "index ratio {r} must be positive and at most {MAX_INDEX_RATIO} (indexing examples per \
+                     retrieval example in an epoch)"
+                )));
+            }
         }
         Ok(())
     }

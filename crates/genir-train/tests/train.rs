@@ -292,6 +292,61 @@ fn a_stopped_run_resumes_bit_for_bit() {
         .train(&c, run.path(), true, &mut LogProgress)
         .unwrap();
     assert!(s.resumed && s.finished);
+    // a docids.json whose end-of-docid token is no text token of the model is refused on load
+    let p = straight.path().join("docids.json");
+    let mut d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    d["eos"] = serde_json::json!(99999);
+    std::fs::write(&p, d.to_string()).unwrap();
+    let err = GenirModel::load(straight.path(), &device())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("end-of-docid token 99999"), "{err}");
+}
+
+#[test]
+fn impossible_settings_are_refused_before_training() {
+    let c = tiny_collection();
+    let base = config(DocidKind::Atomic, 1);
+    let arch = |f: &dyn Fn(&mut Architecture)| {
+        let mut cfg = base.clone();
+        if let Init::Scratch(a) = &mut cfg.init {
+            f(a);
+        }
+        cfg
+    };
+    for (cfg, want) in [
+        (arch(&|a| a.heads = 0), "heads must be positive"),
+        (arch(&|a| a.layers = 0), "layers must be positive"),
+        (arch(&|a| a.heads = a.d_model + 1), "at least one dimension"),
+        (
+            {
+                let mut c = base.clone();
+                c.examples.index_ratio = Some(1e30);
+                c
+            },
+            "index ratio",
+        ),
+        (
+            {
+                let mut c = base.clone();
+                c.examples.index_ratio = Some(f64::NAN);
+                c
+            },
+            "index ratio",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Trainer::new(cfg, device())
+            .train(&c, dir.path(), false, &mut LogProgress)
+            .unwrap_err();
+        assert!(
+            matches!(err, TrainError::Config(_)) && err.to_string().contains(want),
+            "{want}: {err}"
+        );
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
 }
 
 #[test]

@@ -69,7 +69,7 @@ impl ClassifierHead {
         let out_w = format!("{out}.weight");
         let labels = config
             .num_labels()
-            .or_else(|| w.get(&out_w).map(|t| t.shape[0]))
+            .or_else(|| w.get(&out_w).and_then(|t| t.shape.first().copied()))
             .unwrap_or(1);
         let head = Self {
             dense: Linear::load(w, &dense, h, h, device)?,

@@ -142,7 +142,7 @@ impl T5Config {
         Self {
             vocab_size,
             d_model,
-            d_kv: d_model / heads,
+            d_kv: d_model.checked_div(heads).unwrap_or(0),
             d_ff,
             num_layers: layers,
             num_decoder_layers: Some(layers),
@@ -195,6 +195,24 @@ impl T5Config {
         ] {
             if v == 0 {
                 return Err(format!("`{name}` must be positive"));
+            }
+        }
+        if self.relative_attention_num_buckets < 2 {
+            return Err(
+                "`relative_attention_num_buckets` must be at least 2 (the encoder halves it per direction)"
+                    .into(),
+            );
+        }
+        for (name, id) in [
+            ("pad_token_id", Some(self.pad_token_id)),
+            ("eos_token_id", Some(self.eos_token_id)),
+            ("decoder_start_token_id", self.decoder_start_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id >= self.vocab_size) {
+                return Err(format!(
+                    "`{name}` is {id}, outside the vocabulary of {} rows",
+                    self.vocab_size
+                ));
             }
         }
         self.activation()?;
@@ -315,6 +333,33 @@ mod tests {
         let c = parse(r#"{"model_type":"t5","architectures":["T5ForConditionalGeneration"]}"#);
         let back: serde_json::Value = serde_json::to_value(&c).unwrap();
         assert_eq!(back["architectures"][0], "T5ForConditionalGeneration");
+    }
+
+    #[test]
+    fn special_ids_outside_the_vocabulary_are_named() {
+        for (field, json) in [
+            ("pad_token_id", r#"{"vocab_size":100,"pad_token_id":100}"#),
+            ("eos_token_id", r#"{"vocab_size":100,"eos_token_id":4000}"#),
+            (
+                "decoder_start_token_id",
+                r#"{"vocab_size":100,"decoder_start_token_id":100}"#,
+            ),
+        ] {
+            let e = parse(json).check().unwrap_err();
+            assert!(e.contains(field) && e.contains("100 rows"), "{e}");
+        }
+        assert!(parse(r#"{"vocab_size":100,"eos_token_id":99}"#)
+            .check()
+            .is_ok());
+        let e = parse(r#"{"relative_attention_num_buckets":1}"#)
+            .check()
+            .unwrap_err();
+        assert!(e.contains("relative_attention_num_buckets"), "{e}");
+        // zero heads: an error from check, not a division by zero
+        assert!(T5Config::small(100, 16, 32, 1, 0)
+            .check()
+            .unwrap_err()
+            .contains("must be positive"));
     }
 
     #[test]
