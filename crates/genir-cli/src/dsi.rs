@@ -301,6 +301,9 @@ pub struct SearchArgs {
 }
 
 pub fn search(args: SearchArgs, device: &Device) -> Result<()> {
+    if args.k == 0 {
+        bail!("-k must be at least 1");
+    }
     let model = GenirModel::load(&args.model, device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let collection = corpus_of(&args.model, args.corpus.as_deref())
@@ -536,6 +539,9 @@ fn tag_of(dir: &Path, default: &str) -> String {
 }
 
 pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
+    if args.k == 0 {
+        bail!("-k must be at least 1 (Recall@k)");
+    }
     let model = match &args.model {
         Some(m) => {
             Some(GenirModel::load(m, device).with_context(|| format!("loading {}", m.display()))?)
@@ -550,13 +556,7 @@ pub fn eval(args: EvalArgs, device: &Device) -> Result<()> {
             .context("--bm25 and --dense need --corpus to say which collection to index")?,
     };
     let collection = load_collection(&corpus)?;
-    let Some(split) = collection.split(&args.split) else {
-        bail!(
-            "--split {}: the collection has splits {}",
-            args.split,
-            collection.split_names().join(", ")
-        );
-    };
+    let split = collection.require_split(&args.split).context("--split")?;
     // an index is built before the clock starts, as a model is loaded before it
     let reference = match (&model, &args.dense) {
         (Some(_), _) => None,

@@ -282,7 +282,8 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
             let n = a.pairs.min(probes.len());
             if n < 2 {
                 bail!(
-                    "patching needs at least two queries; {} found",
+                    "patching needs at least two queries (--pairs {}; {} queries retrieved at rank 1)",
+                    a.pairs,
                     probes.len()
                 );
             }
@@ -474,12 +475,7 @@ fn load(dir: &Path, device: &Device) -> Result<GenirModel> {
 }
 
 fn split<'a>(c: &'a genir_data::Collection, name: &str) -> Result<&'a QuerySet> {
-    c.split(name).with_context(|| {
-        format!(
-            "--split {name:?}: the collection has {}",
-            c.split_names().join(", ")
-        )
-    })
+    c.require_split(name).context("--split")
 }
 
 fn setup(c: &Common, device: &Device) -> Result<(GenirModel, QuerySet)> {

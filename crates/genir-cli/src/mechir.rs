@@ -73,7 +73,7 @@ pub struct PatchArgs {
     #[arg(long, value_enum, default_value = "dot")]
     pub kind: Kind,
     /// Shipped collection name or collection folder.
-    #[arg(long, default_value = "wiki-genir")]
+    #[arg(long, alias = "dataset", default_value = "wiki-genir")]
     pub corpus: String,
     /// Query split whose judgments give the pairs.
     #[arg(long, default_value = "test")]
@@ -124,13 +124,7 @@ fn patch(args: PatchArgs, device: &Device) -> Result<()> {
         bail!("--pairs must be positive");
     }
     let collection = load_collection(&args.corpus)?;
-    let split = collection.split(&args.split).with_context(|| {
-        format!(
-            "--split {:?}: the collection has {}",
-            args.split,
-            collection.split_names().join(", ")
-        )
-    })?;
+    let split = collection.require_split(&args.split).context("--split")?;
     let perturbation = PairPerturbation::parse(&args.perturbation, args.seed)?;
     let pairs = PairDataset::sample(
         &collection.corpus,

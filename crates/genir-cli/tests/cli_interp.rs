@@ -224,7 +224,11 @@ fn every_analysis_writes_tables_and_figures() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("hook_nope"));
     let o = interp(&["lens", "--split", "nope"], &model, &out);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--split \"nope\""));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--split") && e.contains("no query split `nope`"),
+        "{e}"
+    );
     let o = interp(&["lens"], &tmp.path().join("no-model"), &out);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no-model"));
 }

@@ -15,7 +15,7 @@ fn mechir_patch_writes_tables_and_figures() {
         .args([
             "--kind",
             "cat",
-            "--corpus",
+            "--dataset", // the spelling of --corpus
             "wiki-genir-mini",
             "--pairs",
             "3",

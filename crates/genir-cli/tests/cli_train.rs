@@ -5,8 +5,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// The `genir` binary, with `CUBECL_WGPU_DEFAULT_DEVICE` naming no adapter: these commands run on `flex`, and
+/// in a `wgpu` build anything that starts a wgpu runtime anyway (as resuming once did: burn's optimizer
+/// loading put the moments on its default device, the GPU) panics and fails the test.
 fn genir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_genir"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genir"));
+    c.env("CUBECL_WGPU_DEFAULT_DEVICE", "no-adapter-for-flex-commands");
+    c
 }
 
 const TINY: [&str; 22] = [
@@ -151,6 +156,25 @@ fn a_killed_run_resumes_to_the_same_model() {
     let o = genir().args(["eval", "--bm25"]).output().unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--corpus"), "{e}");
+
+    // bad arguments on a real model: the error names the argument and what there is
+    for (args, want) in [
+        (vec!["search", "-k", "0", "x"], "-k must be at least 1"),
+        (
+            vec!["eval", "--split", "nope"],
+            "has no query split `nope`; it has test, train, validation",
+        ),
+    ] {
+        let o = genir()
+            .args(&args[..1])
+            .arg("--model")
+            .arg(&straight)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(want), "{args:?}: {e}");
+    }
 }
 
 #[test]
@@ -227,6 +251,24 @@ fn bad_arguments_are_clear_errors() {
         .unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("docids.json"), "{e}");
+
+    let o = genir()
+        .args([
+            "train",
+            "--corpus",
+            "wiki-genir-mini",
+            "--heads",
+            "0",
+            "--out",
+        ])
+        .arg(tmp.path().join("z"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("heads must be positive"),
+        "{e}"
+    );
 
     let o = genir().args(["train", "--help"]).output().unwrap();
     let h = String::from_utf8_lossy(&o.stdout);

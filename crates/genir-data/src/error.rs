@@ -38,6 +38,16 @@ pub enum Error {
     /// A caller-supplied argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A query split the collection does not have.
+    #[error("collection `{collection}` has no query split `{split}`; {available}")]
+    UnknownSplit {
+        /// The collection's name.
+        collection: String,
+        /// The split asked for.
+        split: String,
+        /// The splits it has (or that it has none).
+        available: String,
+    },
     /// No dataset of this name is registered.
     #[error("unknown dataset `{name}`; registered: {known}")]
     UnknownDataset {

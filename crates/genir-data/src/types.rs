@@ -477,6 +477,18 @@ impl Collection {
         self.splits.get(name)
     }
 
+    /// One split, or an error naming the splits there are.
+    pub fn require_split(&self, name: &str) -> Result<&QuerySet, crate::Error> {
+        self.split(name).ok_or_else(|| crate::Error::UnknownSplit {
+            collection: self.name.clone(),
+            split: name.into(),
+            available: match self.split_names() {
+                v if v.is_empty() => "it has no queries (only documents)".into(),
+                v => format!("it has {}", v.join(", ")),
+            },
+        })
+    }
+
     /// Split names, sorted.
     pub fn split_names(&self) -> Vec<&str> {
         self.splits.keys().map(String::as_str).collect()
@@ -485,5 +497,36 @@ impl Collection {
     /// Checks every split against the corpus; see [`crate::validate::validate_collection`].
     pub fn validate(&self) -> crate::validate::ValidationReport {
         crate::validate::validate_collection(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_split_names_the_splits_there_are() {
+        let mut c = Collection {
+            name: "mine".into(),
+            corpus: Corpus::new(vec![Document::new("1", "", "text")]),
+            splits: BTreeMap::new(),
+        };
+        let e = c.require_split("test").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "collection `mine` has no query split `test`; it has no queries (only documents)"
+        );
+        for s in ["train", "dev"] {
+            c.splits.insert(
+                s.into(),
+                QuerySet {
+                    queries: Queries::new(vec![]),
+                    qrels: Qrels::new(vec![]),
+                },
+            );
+        }
+        let e = c.require_split("test").unwrap_err().to_string();
+        assert!(e.ends_with("it has dev, train"), "{e}");
+        assert!(c.require_split("dev").is_ok());
     }
 }
