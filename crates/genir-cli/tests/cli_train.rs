@@ -270,6 +270,23 @@ fn bad_arguments_are_clear_errors() {
         "{e}"
     );
 
+    // a backend whose runtime cannot start (here: wgpu told to use an adapter that does not exist; or wgpu not
+    // built in) is an error naming it, not a panic
+    let o = genir()
+        .args([
+            "--backend",
+            "wgpu",
+            "eval",
+            "--bm25",
+            "--corpus",
+            "wiki-genir-mini",
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("Error: backend `wgpu`"), "{e}");
+
     let o = genir().args(["train", "--help"]).output().unwrap();
     let h = String::from_utf8_lossy(&o.stdout);
     assert!(h.contains("Examples:") && h.contains("--resume"), "{h}");

@@ -45,8 +45,34 @@ impl Backend {
         std::env::var(var).map_or(Ok(Backend::Flex), |v| v.parse())
     }
 
-    /// A device of this backend, or an error if this build does not include it.
+    /// A usable device of this backend: an error if this build does not include it, or if its runtime cannot
+    /// start (e.g. `wgpu` on a machine with no Vulkan, Metal or DX12 adapter, which burn reports by
+    /// panicking in its device thread: the panic is caught here and returned as the error).
     pub fn device(self) -> Result<Device, ModelError> {
+        let device = self.device_unchecked()?;
+        if self == Backend::Flex {
+            return Ok(device);
+        }
+        let probe = device.clone();
+        std::panic::catch_unwind(move || {
+            Tensor::<1>::zeros([1], &probe)
+                .into_data()
+                .try_to_vec::<f32>()
+                .is_ok()
+        })
+        .ok()
+        .filter(|&ok| ok)
+        .map(|_| device)
+        .ok_or_else(|| ModelError::Backend {
+            name: self.name().into(),
+            message:
+                "the runtime could not start (no usable adapter or driver; see the message above)"
+                    .into(),
+        })
+    }
+
+    /// A device of this backend without starting its runtime, or an error if this build does not include it.
+    pub fn device_unchecked(self) -> Result<Device, ModelError> {
         let missing = |feature: &str| ModelError::Backend {
             name: self.name().into(),
             message: format!("not built in; rebuild with `--features {feature}`"),

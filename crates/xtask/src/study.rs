@@ -495,9 +495,7 @@ fn multi_token_study(
     device: &Device,
 ) -> Result<MultiTokenResult> {
     let gm = GenirModel::load(&trained.dir, device)?;
-    let train = c
-        .split("train")
-        .context("the mini collection has no train split")?;
+    let train = c.require_split("train")?;
     let run = gm.searcher()?.run(&train.queries, 1, 64, "mt")?;
     let train_hits_at_1 = genir_train::metrics::evaluate(&run, &train.qrels, None).hits_at_1;
     let all = Probe::from_query_set(&genir_interp::correctly_retrieved_in(
@@ -820,9 +818,7 @@ fn collection_key(c: &Collection) -> Result<Key> {
 /// Documents that are the only relevant document of at least one training query: the missing-documents
 /// model leaves `n` of them out (seeded).
 fn choose_removed(c: &Collection, n: usize, seed: u64) -> Result<Vec<String>> {
-    let train = c
-        .split("train")
-        .context("the collection has no train split")?;
+    let train = c.require_split("train")?;
     let mut cand = BTreeSet::new();
     for q in train.queries.iter() {
         let rel: Vec<&str> = train.qrels.relevant(&q.qid).collect();
@@ -1023,7 +1019,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         "swap",
         Key::of(&"swap", &[base_key, missing_key])?,
         |dir, _| {
-            let train = c.split("train").context("no train split")?;
+            let train = c.require_split("train")?;
             let mut rows = Vec::new();
             let combos = [
                 ("base", &gm, "base", &gm),
@@ -1068,12 +1064,8 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     });
 
     // ---- probes: training queries the base model gets right
-    let probe_set = genir_interp::correctly_retrieved(
-        &gm,
-        c.split("train")
-            .context("the collection has no train split")?,
-        params.probes,
-    )?;
+    let probe_set =
+        genir_interp::correctly_retrieved(&gm, c.require_split("train")?, params.probes)?;
     let probes = Probe::from_query_set(&probe_set);
     let pkey = Key::of(&(params.probes, "probes"), &[base_key])?;
 
