@@ -272,7 +272,8 @@ impl PairDataset {
                 (g, v.into_iter())
             })
             .collect();
-        let mut pairs = Vec::with_capacity(sampling.n);
+        let judged: usize = lists.iter().map(|(_, it)| it.len()).sum();
+        let mut pairs = Vec::with_capacity(sampling.n.min(judged));
         while pairs.len() < sampling.n {
             let mut progressed = false;
             for (grade, it) in lists.iter_mut() {

@@ -1,7 +1,7 @@
 //! A trained GenIR model folder: a Hugging Face T5 folder (`config.json`, `model.safetensors`,
 //! `tokenizer.json`) plus `docids.json`, the docid scheme.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::prelude::*;
@@ -103,8 +103,7 @@ impl GenirModel {
             });
         }
         let scheme = DocidScheme::load(&docids)?;
-        let model = T5Model::from_pretrained(dir, device)?;
-        let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), model.config.vocab_size)?;
+        let (model, tok, _) = open_folder(dir, device)?;
         Self::new(model, tok, scheme)
     }
 
@@ -115,9 +114,7 @@ impl GenirModel {
     /// block of ids; the scheme lists the docids in token-id order. [`GenirModel::save`] (or the scheme's
     /// [`DocidScheme::save`] beside the weights) then makes a folder every genir command opens.
     pub fn import_atomic(dir: &Path, pattern: &DocidTokenPattern, device: &Device) -> Result<Self> {
-        let model = T5Model::from_pretrained(dir, device)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tok = TextTokenizer::from_file(&tok_path, model.config.vocab_size)?;
+        let (model, tok, tok_path) = open_folder(dir, device)?;
         let mut found: Vec<(u32, String, String)> = tok
             .inner()
             .get_vocab(true)
@@ -185,9 +182,7 @@ impl GenirModel {
                 written.len()
             )));
         }
-        let base = T5Model::from_pretrained(dir, device)?;
-        let tok_path = dir.join("tokenizer.json");
-        let tok = TextTokenizer::from_file(&tok_path, base.config.vocab_size)?;
+        let (base, tok, tok_path) = open_folder(dir, device)?;
         let eos = base.config.eos_token_id as u32;
         let unk = tok.inner().token_to_id("<unk>");
         let mut texts: Vec<Vec<u32>> = Vec::with_capacity(docids.len());
@@ -292,4 +287,13 @@ impl GenirModel {
     pub fn searcher(&self) -> Result<Searcher<'_>> {
         Searcher::new(&self.model, &self.tok, &self.scheme)
     }
+}
+
+/// A Hugging Face T5 folder's model and its `tokenizer.json` (checked against the model's vocabulary), with
+/// the tokenizer's path for error messages.
+fn open_folder(dir: &Path, device: &Device) -> Result<(T5Model, TextTokenizer, PathBuf)> {
+    let model = T5Model::from_pretrained(dir, device)?;
+    let tok_path = dir.join("tokenizer.json");
+    let tok = TextTokenizer::from_file(&tok_path, model.config.vocab_size)?;
+    Ok((model, tok, tok_path))
 }
