@@ -109,16 +109,20 @@ fn lines(
                 .map_err(|x| e(&x))?;
             for (i, (name, pts)) in series.iter().enumerate() {
                 let c = PALETTE[i % PALETTE.len()];
+                // a one-point series (e.g. resid_pre, read only before the first layer) is its marker alone:
+                // an SVG polyline needs two points
+                if pts.len() >= 2 {
+                    chart
+                        .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                        .map_err(|x| e(&x))?;
+                }
                 chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
                     .map_err(|x| e(&x))?
                     .label(name.as_str())
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
                     });
-                chart
-                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
-                    .map_err(|x| e(&x))?;
             }
             chart
                 .configure_series_labels()
