@@ -339,6 +339,57 @@ pub const IMPORT_EXAMPLES: &str = "Examples:
   # then every command opens it
   genir eval --model models/t5-nq10k --split test";
 
+pub const EXPORT_EXAMPLES: &str = "Examples:
+  # a genir model whose docid tokens the paper's Python code finds (@DOC_ID_<docid>@)
+  genir export --model models/dsi-atomic --out exported/dsi-atomic
+  # in Python: transformers.T5ForConditionalGeneration.from_pretrained(\"exported/dsi-atomic\"), and
+  # tokenizer.convert_tokens_to_ids(\"@DOC_ID_17@\") is document 17's output row
+  genir export --model models/dsi-atomic --docid-tokens '<doc {}>' --out exported/other-names";
+
+/// Arguments of `genir export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// genir model folder with atomic docids.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// How the docid tokens are named in the copy: fixed text around `{}`, where the docid goes (the paper's
+    /// code: `@DOC_ID_{}@`).
+    #[arg(long, default_value = "@DOC_ID_{}@")]
+    pub docid_tokens: String,
+    /// The new folder (a Hugging Face T5 folder that is also a genir model folder). Must not hold a model.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `genir export`: a copy of a model with its docid tokens renamed.
+pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
+    let pattern: DocidTokenPattern = args.docid_tokens.parse()?;
+    for f in [DOCIDS_FILE, "model.safetensors", "config.json"] {
+        let p = args.out.join(f);
+        if p.exists() {
+            bail!("{} exists: --out must be a new folder", p.display());
+        }
+    }
+    let model = GenirModel::load(&args.model, device)
+        .with_context(|| format!("loading {}", args.model.display()))?
+        .rename_docid_tokens(&pattern)
+        .with_context(|| format!("renaming the docid tokens of {}", args.model.display()))?;
+    model.save(&args.out)?;
+    let info = args.model.join(RUN_INFO);
+    if info.exists() {
+        let bytes = std::fs::read(&info).with_context(|| format!("reading {}", info.display()))?;
+        genir_io::write_atomic(&args.out.join(RUN_INFO), &bytes)?;
+    }
+    eprintln!(
+        "{} docid tokens named {pattern} (ids {}..{}); model folder {}",
+        model.scheme.len(),
+        model.scheme.token_offset,
+        model.scheme.vocab_size(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 /// Arguments of `genir import`.
 #[derive(Args, Debug)]
 pub struct ImportArgs {

@@ -35,6 +35,10 @@ enum Command {
     /// token per docid, e.g. `@DOC_ID_<docid>@`) or docids written as text (naive docids).
     #[command(after_help = dsi::IMPORT_EXAMPLES)]
     Import(dsi::ImportArgs),
+    /// Write a copy of a model with its atomic docid tokens renamed (e.g. `@DOC_ID_<docid>@`, what the
+    /// paper's Python code looks up): the way back from genir to Python DSI code.
+    #[command(after_help = dsi::EXPORT_EXAMPLES)]
+    Export(dsi::ExportArgs),
     /// Evaluate a model on a query split: Hits@1, Hits@10, MRR@10, Recall@k; TREC run and Parquet output.
     #[command(after_help = dsi::EVAL_EXAMPLES)]
     Eval(dsi::EvalArgs),
@@ -74,6 +78,7 @@ fn main() -> Result<()> {
         Command::Train(args) => dsi::train(*args, &device),
         Command::Search(args) => dsi::search(args, &device),
         Command::Import(args) => dsi::import(args, &device),
+        Command::Export(args) => dsi::export(args, &device),
         Command::Eval(args) => dsi::eval(args, &device),
         Command::Interp(args) => interp::run(args, &device),
         Command::Mechir(args) => mechir::run(args, &device),

@@ -157,6 +157,40 @@ fn a_killed_run_resumes_to_the_same_model() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--corpus"), "{e}");
 
+    // export: a copy whose docid tokens are named like the paper's code's; it searches the same
+    let exported = tmp.path().join("exported");
+    let e = ok(&genir()
+        .args(["export", "--model"])
+        .arg(&straight)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap());
+    assert!(e.contains("docid tokens named @DOC_ID_{}@"), "{e}");
+    let tok = std::fs::read_to_string(exported.join("tokenizer.json")).unwrap();
+    assert!(tok.contains("\"@DOC_ID_0@\"") && !tok.contains("<docid_0>"));
+    let search = |m: &Path| {
+        ok(&genir()
+            .args(["search", "--model"])
+            .arg(m)
+            .args(["-k", "5", "anarchism political philosophy"])
+            .output()
+            .unwrap())
+    };
+    assert_eq!(search(&straight), search(&exported));
+    let o = genir()
+        .args(["export", "--model"])
+        .arg(&straight)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("must be a new folder"),
+        "{e}"
+    );
+
     // bad arguments on a real model: the error names the argument and what there is
     for (args, want) in [
         (vec!["search", "-k", "0", "x"], "-k must be at least 1"),

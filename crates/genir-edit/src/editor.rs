@@ -9,7 +9,7 @@ use burn::prelude::*;
 use genir_data::Collection;
 use genir_model::tokenizer::TextTokenizer;
 use genir_model::weights::HostTensor;
-use genir_train::bundle::GenirModel;
+use genir_train::bundle::{DocidTokenPattern, GenirModel};
 use genir_train::docid::DocidScheme;
 use genir_train::search::Searcher;
 use rand::SeedableRng;
@@ -1772,15 +1772,12 @@ fn rebuild_scheme(old: &DocidScheme, docids: Vec<String>) -> Result<DocidScheme>
     let names: Vec<String> = if genir_names {
         (0..docids.len()).map(|i| format!("<docid_{i}>")).collect()
     } else {
-        let (prefix, suffix) = name_pattern(old).ok_or_else(|| {
+        let pattern = DocidTokenPattern::of_scheme(old).ok_or_else(|| {
             EditError::Invalid(
                 "the model's docid token names are neither genir's <docid_N> nor one text around each docid: cannot name new ones".into(),
             )
         })?;
-        docids
-            .iter()
-            .map(|d| format!("{prefix}{d}{suffix}"))
-            .collect()
+        docids.iter().map(|d| pattern.token(d)).collect()
     };
     let k = old.n_tokens().min(names.len());
     if names[..k] != old.token_names[..k] {
@@ -1797,21 +1794,6 @@ fn rebuild_scheme(old: &DocidScheme, docids: Vec<String>) -> Result<DocidScheme>
         .cloned()
         .collect();
     Ok(s)
-}
-
-/// The text before and after the docid in every token name of `old`, if there is one.
-fn name_pattern(old: &DocidScheme) -> Option<(String, String)> {
-    let (d, n) = (old.docids.first()?, old.token_names.first()?);
-    n.match_indices(d.as_str())
-        .map(|(at, _)| (n[..at].to_string(), n[at + d.len()..].to_string()))
-        .find(|(p, s)| {
-            old.docids.iter().zip(&old.token_names).all(|(d, n)| {
-                n.len() == p.len() + d.len() + s.len()
-                    && n.starts_with(p.as_str())
-                    && n.ends_with(s.as_str())
-                    && &n[p.len()..n.len() - s.len()] == d
-            })
-        })
 }
 
 /// The tokenizer with `names` appended as special tokens from id `first`.

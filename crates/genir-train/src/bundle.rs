@@ -57,6 +57,37 @@ impl DocidTokenPattern {
             .strip_suffix(self.suffix.as_str())?;
         (!docid.is_empty()).then_some(docid)
     }
+
+    /// The token that names `docid`.
+    pub fn token(&self, docid: &str) -> String {
+        format!("{}{docid}{}", self.prefix, self.suffix)
+    }
+
+    /// The pattern every docid token of an atomic scheme follows (the same text before and after each
+    /// token's docid, e.g. `@DOC_ID_{}@` for an imported checkpoint), if there is one.
+    pub fn of_scheme(scheme: &DocidScheme) -> Option<Self> {
+        if !scheme.is_atomic() {
+            return None;
+        }
+        let named = |doc: usize| -> Option<&str> {
+            let j = *scheme.codes.get(doc)?.first()? as usize;
+            scheme.token_names.get(j).map(String::as_str)
+        };
+        let (d, n) = (scheme.docids.first()?, named(0)?);
+        n.match_indices(d.as_str())
+            .map(|(at, _)| Self {
+                prefix: n[..at].to_string(),
+                suffix: n[at + d.len()..].to_string(),
+            })
+            .filter(|p| !p.prefix.is_empty() || !p.suffix.is_empty())
+            .find(|p| {
+                scheme
+                    .docids
+                    .iter()
+                    .enumerate()
+                    .all(|(i, d)| named(i) == Some(p.token(d).as_str()))
+            })
+    }
 }
 
 /// A model, its tokenizer and its docid scheme, checked to fit each other.
@@ -281,6 +312,76 @@ impl GenirModel {
         self.model.save_pretrained(dir)?;
         crate::vocab::save_tokenizer(self.tok.inner(), &dir.join("tokenizer.json"))?;
         self.scheme.save(&dir.join(DOCIDS_FILE))
+    }
+
+    /// The same model with its atomic docid tokens renamed by `pattern`, in the tokenizer and the scheme;
+    /// weights unchanged. With the paper's `@DOC_ID_{}@` the saved folder is what its Python code
+    /// (technion-cs-nlp/re-gen-ir) loads: `tokenizer.convert_tokens_to_ids("@DOC_ID_<docid>@")` is that
+    /// docid's output row. Naive and semantic docids are sequences of shared tokens and have no per-document
+    /// token to rename; a name that is already a text token is refused.
+    pub fn rename_docid_tokens(mut self, pattern: &DocidTokenPattern) -> Result<Self> {
+        if !self.scheme.is_atomic() {
+            return Err(TrainError::Config(format!(
+                "only atomic docids have one token per document to name by {pattern}; this model's docids \
+                 are {}",
+                self.scheme.kind
+            )));
+        }
+        let off = self.scheme.token_offset;
+        let mut names = self.scheme.token_names.clone();
+        for (d, code) in self.scheme.docids.iter().zip(&self.scheme.codes) {
+            let j = code[0] as usize; // atomic: one token per document (checked by the scheme)
+            names[j] = pattern.token(d);
+        }
+        let inner = self.tok.inner();
+        if let Some((n, id)) = names.iter().find_map(|n| {
+            inner
+                .token_to_id(n)
+                .filter(|&id| id < off)
+                .map(|id| (n, id))
+        }) {
+            return Err(TrainError::Config(format!(
+                "docid token name {n:?} (pattern {pattern}) is already text token {id} of the tokenizer"
+            )));
+        }
+        let text = inner
+            .to_string(false)
+            .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+        let mut renamed = 0;
+        if let Some(added) = json
+            .get_mut("added_tokens")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for t in added {
+                let j = t
+                    .get("id")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|id| id.checked_sub(u64::from(off)))
+                    .and_then(|j| usize::try_from(j).ok())
+                    .filter(|&j| j < names.len());
+                if let Some(j) = j {
+                    t["content"] = serde_json::Value::String(names[j].clone());
+                    renamed += 1;
+                }
+            }
+        }
+        let inner = tokenizers::Tokenizer::from_str(&json.to_string())
+            .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+        let placed = names
+            .iter()
+            .enumerate()
+            .all(|(j, n)| inner.token_to_id(n) == Some(off + j as u32));
+        if renamed != names.len() || !placed {
+            return Err(TrainError::Tokenizer(format!(
+                "the tokenizer's added tokens are not the {} docid tokens from id {off}: cannot rename them",
+                names.len()
+            )));
+        }
+        self.tok = TextTokenizer::from_tokenizer(inner, self.tok.path().to_path_buf());
+        self.scheme.token_names = names;
+        Ok(self)
     }
 
     /// A searcher over every docid.

@@ -130,19 +130,23 @@ fn update_all(s: &Scalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32
 /// and not yet placed (they go to the parameter's device before its next step).
 #[derive(Clone)]
 pub enum FusedState<const D: usize> {
-    /// burn's AdamW state, its moments on the parameter's device.
-    Device(AdamWState<D>),
+    /// burn's AdamW state, its moments on the parameter's device (boxed: burn's tensors are large values).
+    Device(Box<AdamWState<D>>),
     /// Read from an optimizer record: step count and moments as host data.
-    Host {
-        /// Steps taken.
-        time: usize,
-        /// First moment.
-        moment_1: TensorData,
-        /// Second moment.
-        moment_2: TensorData,
-        /// AMSGrad's running maximum (absent for AdamW).
-        max_moment_2: Option<TensorData>,
-    },
+    Host(Box<HostMoments>),
+}
+
+/// An AdamW state read from an optimizer record, before it is placed on a device.
+#[derive(Clone)]
+pub struct HostMoments {
+    /// Steps taken.
+    pub time: usize,
+    /// First moment.
+    pub moment_1: TensorData,
+    /// Second moment.
+    pub moment_2: TensorData,
+    /// AMSGrad's running maximum (absent for AdamW).
+    pub max_moment_2: Option<TensorData>,
 }
 
 /// Where burn's `AdamWState` keeps its momentum fields in a record.
@@ -152,16 +156,18 @@ impl<const D: usize> FusedState<D> {
     /// The state on `device` (moments read from a record are uploaded; others moved if elsewhere).
     pub fn on(self, device: &Device) -> AdamWState<D> {
         match self {
-            FusedState::Device(mut s) => {
+            FusedState::Device(s) => {
+                let mut s = *s;
                 s.momentum = s.momentum.to_device(device);
                 s
             }
-            FusedState::Host {
-                time,
-                moment_1,
-                moment_2,
-                max_moment_2,
-            } => {
+            FusedState::Host(h) => {
+                let HostMoments {
+                    time,
+                    moment_1,
+                    moment_2,
+                    max_moment_2,
+                } = *h;
                 let mut m = AdaptiveMomentumState::new(
                     time,
                     Tensor::from_data(moment_1, device),
@@ -178,17 +184,12 @@ impl<const D: usize> RecordState for FusedState<D> {
     fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
         match self {
             FusedState::Device(s) => s.state_flatten(prefix, out),
-            FusedState::Host {
-                time,
-                moment_1,
-                moment_2,
-                max_moment_2,
-            } => {
+            FusedState::Host(h) => {
                 let p = burn::optim::join_path(prefix, MOMENTUM);
-                out.push_scalar(&p, "time", (*time).into());
-                out.push_tensor(&p, "moment_1", moment_1.clone());
-                out.push_tensor(&p, "moment_2", moment_2.clone());
-                if let Some(m) = max_moment_2 {
+                out.push_scalar(&p, "time", h.time.into());
+                out.push_tensor(&p, "moment_1", h.moment_1.clone());
+                out.push_tensor(&p, "moment_2", h.moment_2.clone());
+                if let Some(m) = &h.max_moment_2 {
                     out.push_tensor(&p, "max_moment_2", m.clone());
                 }
             }
@@ -203,12 +204,12 @@ impl<const D: usize> RecordState for FusedState<D> {
         let moment_1 = src.take_tensor(&p, "moment_1")?;
         let moment_2 = src.take_tensor(&p, "moment_2")?;
         let max_moment_2 = src.take_tensor(&p, "max_moment_2");
-        Some(FusedState::Host {
+        Some(FusedState::Host(Box::new(HostMoments {
             time,
             moment_1,
             moment_2,
             max_moment_2,
-        })
+        })))
     }
 }
 
@@ -224,11 +225,11 @@ impl Optimizer for FusedAdamW {
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let state = state.map(|s| s.on(&tensor.device()));
         let (p, s) = self.step_adamw(lr, tensor, grad, state);
-        (p, s.map(FusedState::Device))
+        (p, s.map(|s| FusedState::Device(Box::new(s))))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
-        FusedState::Device(state.on(device))
+        FusedState::Device(Box::new(state.on(device)))
     }
 }
 
@@ -428,10 +429,10 @@ mod tests {
             src.insert_tensor(n, d);
         }
         let back = FusedState::<1>::state_unflatten("7", &mut src, &device).unwrap();
-        let FusedState::Host { time, .. } = &back else {
+        let FusedState::Host(h) = &back else {
             panic!("a state read from a record was placed on a device")
         };
-        assert_eq!(*time, 2);
+        assert_eq!(h.time, 2);
         let host = |s: AdamWState<1>| {
             let m = s.momentum;
             (

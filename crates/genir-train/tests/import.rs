@@ -151,6 +151,93 @@ struct ExpectedTextQuery {
 }
 
 #[test]
+fn renamed_docid_tokens_export_what_the_python_code_looks_up() {
+    let exp = expected();
+    let gm = import(&exp.pattern).unwrap();
+    assert_eq!(
+        DocidTokenPattern::of_scheme(&gm.scheme).map(|p| p.to_string()),
+        Some(exp.pattern.clone())
+    );
+    let rows: Vec<(String, u32)> = gm
+        .scheme
+        .docids
+        .iter()
+        .map(|d| {
+            (
+                d.clone(),
+                gm.tok
+                    .inner()
+                    .token_to_id(&format!("@DOC_ID_{d}@"))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let queries: Vec<String> = exp.queries.iter().map(|q| q.text.clone()).collect();
+    let before = gm.searcher().unwrap().search(&queries, 16).unwrap();
+    let renamed = gm
+        .rename_docid_tokens(&"<doc {}>".parse().unwrap())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    renamed.save(dir.path()).unwrap();
+    // the copy opens as a genir model and, through its new names, as a checkpoint of Python DSI code
+    for gm in [
+        GenirModel::load(dir.path(), &Device::flex()).unwrap(),
+        GenirModel::import_atomic(dir.path(), &"<doc {}>".parse().unwrap(), &Device::flex())
+            .unwrap(),
+    ] {
+        assert_eq!(
+            DocidTokenPattern::of_scheme(&gm.scheme).map(|p| p.to_string()),
+            Some("<doc {}>".into())
+        );
+        for (d, row) in &rows {
+            assert_eq!(
+                gm.tok.inner().token_to_id(&format!("<doc {d}>")),
+                Some(*row)
+            );
+            assert_eq!(gm.tok.inner().token_to_id(&format!("@DOC_ID_{d}@")), None);
+        }
+        let after = gm.searcher().unwrap().search(&queries, 16).unwrap();
+        for (a, b) in before.iter().zip(&after) {
+            let key = |h: &[genir_train::search::Hit]| {
+                h.iter()
+                    .map(|h| (h.docid.clone(), h.score.to_bits()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(key(a), key(b), "same weights, same scores");
+        }
+    }
+    // a name that is already a text token (the tokenizer has `▁0`), and docids that are not atomic
+    let e = import(&exp.pattern)
+        .unwrap()
+        .rename_docid_tokens(&"▁{}".parse().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("\"▁0\"") && e.contains("already text token"),
+        "{e}"
+    );
+    let text = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-dsi-text/expected.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(text["model"].as_str().unwrap());
+    let docids: Vec<String> = serde_json::from_value(text["docids"].clone()).unwrap();
+    let e = GenirModel::import_text(&model_dir, &docids, &docids, &Device::flex())
+        .unwrap()
+        .rename_docid_tokens(&"@DOC_ID_{}@".parse().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("only atomic docids"), "{e}");
+}
+
+#[test]
 fn text_docids_of_python_dsi_code_import_and_score_as_transformers_does() {
     // tools/reference/make_hf_dsi_text_fixture.py: naive docids as the model's own tokens (`text_target`), each
     // docid's log-probability (every step normalised over the whole vocabulary), by transformers
