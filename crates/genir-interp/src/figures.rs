@@ -23,7 +23,8 @@ type Series = Vec<(String, Vec<(f64, f64)>)>;
 /// A heatmap panel: title, row names, column names, values per row.
 type Panel = (String, Vec<String>, Vec<String>, Vec<Vec<f64>>);
 
-const PALETTE: [RGBColor; 8] = [
+/// matplotlib's tab10: ten distinct colours (the logit lens draws nine series).
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -32,6 +33,8 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn fig_err(path: &Path) -> impl Fn(String) -> InterpError + '_ {
@@ -98,6 +101,23 @@ fn lines(
         .x_label_area_size(40)
         .y_label_area_size(60);
     let e = |e: &dyn std::fmt::Display| e.to_string();
+    // whole-number x values (layers, decoding steps): one labelled tick per value, no fractions
+    let integral = series
+        .iter()
+        .flat_map(|s| s.1.iter())
+        .all(|&(x, _)| x.fract() == 0.0);
+    let x_ticks = if integral && x1 - x0 <= 40.0 {
+        (x1 - x0) as usize + 1
+    } else {
+        10
+    };
+    let x_fmt = move |x: &f64| {
+        if integral {
+            format!("{x:.0}")
+        } else {
+            format!("{x}")
+        }
+    };
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -105,6 +125,8 @@ fn lines(
                 .configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
+                .x_labels(x_ticks)
+                .x_label_formatter(&x_fmt)
                 .draw()
                 .map_err(|x| e(&x))?;
             for (i, (name, pts)) in series.iter().enumerate() {
