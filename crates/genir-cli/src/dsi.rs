@@ -359,6 +359,15 @@ pub struct ExportArgs {
     /// The new folder (a Hugging Face T5 folder that is also a genir model folder). Must not hold a model.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write the model's collection in the paper's layout here: `corpus.json` and `queries.<split>.json`
+    /// (JSON arrays, relevant documents inline: its preprocess.py's -d, -t, -v and --test files) and
+    /// `correct_valid.json`, the [docid token, query id] pairs of validation queries the model retrieves at
+    /// rank 1 (what its analysis scripts take as --correct-valid).
+    #[arg(long, value_name = "DIR")]
+    pub collection_out: Option<PathBuf>,
+    /// The collection for --collection-out (default: the one the model was trained on).
+    #[arg(long)]
+    pub corpus: Option<String>,
 }
 
 /// `genir export`: a copy of a model with its docid tokens renamed.
@@ -387,6 +396,39 @@ pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
         model.scheme.vocab_size(),
         args.out.display()
     );
+    if let Some(dir) = &args.collection_out {
+        let spec = corpus_of(&args.model, args.corpus.as_deref())?;
+        let c = load_collection(&spec)?;
+        let files = genir_data::formats::save_json_array_collection(dir, &c)?;
+        eprintln!(
+            "collection {spec:?} in the paper's layout: {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        match c.split("validation") {
+            Some(val) => {
+                let run = model.searcher()?.run(&val.queries, 1, 32, "genir")?;
+                let pairs: Vec<(String, String)> = run
+                    .entries
+                    .iter()
+                    .filter(|e| val.qrels.relevant(&e.qid).any(|d| d == e.docid))
+                    .map(|e| (pattern.token(&e.docid), e.qid.clone()))
+                    .collect();
+                let path = dir.join("correct_valid.json");
+                genir_io::write_atomic(&path, serde_json::to_string(&pairs)?.as_bytes())?;
+                eprintln!(
+                    "{}: {} of {} validation queries retrieved at rank 1",
+                    path.display(),
+                    pairs.len(),
+                    val.queries.len()
+                );
+            }
+            None => eprintln!("no validation split: no correct_valid.json"),
+        }
+    }
     Ok(())
 }
 

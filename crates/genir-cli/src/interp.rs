@@ -282,7 +282,7 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
             let n = a.pairs.min(probes.len());
             if n < 2 {
                 bail!(
-                    "patching needs at least two queries (--pairs {}; {} queries retrieved at rank 1)",
+                    "patching needs at least two queries (--pairs {}; {} analysed queries)",
                     a.pairs,
                     probes.len()
                 );

@@ -159,14 +159,57 @@ fn a_killed_run_resumes_to_the_same_model() {
 
     // export: a copy whose docid tokens are named like the paper's code's; it searches the same
     let exported = tmp.path().join("exported");
+    let paper = tmp.path().join("paper-data");
     let e = ok(&genir()
         .args(["export", "--model"])
         .arg(&straight)
         .arg("--out")
         .arg(&exported)
+        .arg("--collection-out")
+        .arg(&paper)
         .output()
         .unwrap());
     assert!(e.contains("docid tokens named @DOC_ID_{}@"), "{e}");
+    // the collection in the paper's layout, and the validation queries retrieved at rank 1 as its analysis
+    // scripts take them: as many as `genir eval` counts
+    for f in [
+        "corpus.json",
+        "queries.train.json",
+        "queries.validation.json",
+        "queries.test.json",
+    ] {
+        assert!(paper.join(f).exists(), "{f}");
+    }
+    let pairs: Vec<(String, String)> =
+        serde_json::from_slice(&std::fs::read(paper.join("correct_valid.json")).unwrap()).unwrap();
+    let out = ok(&genir()
+        .args(["eval", "--model"])
+        .arg(&exported)
+        .args(["--split", "validation"])
+        .output()
+        .unwrap());
+    let field = |key: &str| -> f64 {
+        let at = out.find(key).unwrap() + key.len();
+        out[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches('(')
+            .parse()
+            .unwrap()
+    };
+    let hits1 = field("Hits@1 ");
+    let queries = out
+        .split('(')
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
+    assert_eq!(pairs.len() as f64, (hits1 * queries).round(), "{out}");
+    assert!(pairs
+        .iter()
+        .all(|(t, q)| t.starts_with("@DOC_ID_") && t.ends_with('@') && !q.is_empty()));
     let tok = std::fs::read_to_string(exported.join("tokenizer.json")).unwrap();
     assert!(tok.contains("\"@DOC_ID_0@\"") && !tok.contains("<docid_0>"));
     let search = |m: &Path| {

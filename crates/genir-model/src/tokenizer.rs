@@ -118,8 +118,17 @@ impl TextTokenizer {
                 ),
             });
         }
-        // ids the vocabulary does not list: the post-processor's special tokens and the padding id
-        let probe = self.encode("a")?;
+        // ids the vocabulary does not list: the post-processor's special tokens (single texts and pairs, as
+        // cross-encoders encode them) and the padding id
+        let mut probe: Vec<u32> = Vec::new();
+        for input in [
+            tokenizers::EncodeInput::from(""),
+            tokenizers::EncodeInput::from(("", "")),
+        ] {
+            if let Ok(e) = self.inner.encode(input, true) {
+                probe.extend(e.get_ids());
+            }
+        }
         let pad = self.inner.get_padding().map(|p| p.pad_id);
         if let Some(id) = probe
             .into_iter()

@@ -221,9 +221,9 @@ impl TrainingSet {
     }
 
     /// A fingerprint of every example (kind, document index, source ids, in order): equal for the same
-    /// collection, tokenizer and docid scheme, different when a text, query or judgment changed. Saved with
-    /// each checkpoint so that a run does not resume on other data (64-bit FNV-1a, stable across Rust
-    /// versions).
+    /// examples, different when any changed (another collection; a document's indexed text, a query or a
+    /// judgment edited; text past what the examples keep does not count). Saved with each checkpoint so that
+    /// a run does not resume on other data (64-bit FNV-1a, stable across Rust versions).
     pub fn digest(&self) -> String {
         let mut h = 0;
         for (tag, set) in [(b'i', &self.indexing), (b'r', &self.retrieval)] {

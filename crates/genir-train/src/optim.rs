@@ -433,6 +433,19 @@ mod tests {
             panic!("a state read from a record was placed on a device")
         };
         assert_eq!(h.time, 2);
+        // a host state (a parameter without a gradient since the resume) is written as burn writes it
+        let flat = |s: &FusedState<1>| {
+            let mut sink = StateSink::default();
+            s.state_flatten("7", &mut sink);
+            let tensors: Vec<(String, Vec<f32>)> = sink
+                .tensors
+                .into_iter()
+                .map(|(n, d)| (n, d.try_into_vec::<f32>().unwrap()))
+                .collect();
+            (format!("{:?}", sink.scalars), tensors)
+        };
+        assert_eq!(flat(&back), flat(&st));
+        assert!(flat(&st).0.contains("7.momentum.time"), "{}", flat(&st).0);
         let host = |s: AdamWState<1>| {
             let m = s.momentum;
             (

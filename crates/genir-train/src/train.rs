@@ -757,17 +757,22 @@ impl Trainer {
             &cfg.examples,
         )?;
         let digest = set.digest();
-        if let (Some(dir), Some(was)) = (ckpt.as_ref().filter(|_| resumed), &state.examples_digest)
-        {
-            if *was != digest {
-                return Err(TrainError::Checkpoint {
-                    path: dir.clone(),
-                    message: format!(
-                        "the run started on other training data (examples digest {was}, now {digest}): a \
-                         document, query or judgment of the collection changed since; restore it, or train \
-                         into a new folder"
-                    ),
-                });
+        if let Some(dir) = ckpt.as_ref().filter(|_| resumed) {
+            match &state.examples_digest {
+                Some(was) if *was != digest => {
+                    return Err(TrainError::Checkpoint {
+                        path: dir.clone(),
+                        message: format!(
+                            "the run started on other training examples (digest {was}, now {digest}): another \
+                             collection, or a document, query or judgment changed since; resume on the run's \
+                             data, or train into a new folder"
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => progress.event(
+                    "the checkpoint predates training-data digests: the data it resumes on is not checked",
+                ),
             }
         }
         state.examples_digest = Some(digest);
@@ -782,10 +787,23 @@ impl Trainer {
         ));
         let mut optim = self.optimizer();
         if let Some(p) = &optim_path {
-            optim = optim.load(p).map_err(|e| TrainError::Checkpoint {
-                path: p.clone(),
-                message: format!("cannot read optimizer state: {e:?}"),
-            })?;
+            // burn's loader asks for its default device, which panics when `BURN_DEVICE` names a backend this
+            // build lacks: an error here, not a crash (genir's states stay on the host, see `optim`)
+            let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optim.load(p)));
+            optim =
+                match loaded {
+                    Ok(r) => r.map_err(|e| TrainError::Checkpoint {
+                        path: p.clone(),
+                        message: format!("cannot read optimizer state: {e:?}"),
+                    })?,
+                    Err(_) => return Err(TrainError::Checkpoint {
+                        path: p.clone(),
+                        message:
+                            "burn could not pick its default device to read the optimizer state \
+                                  into (is BURN_DEVICE set to a backend this build lacks?)"
+                                .into(),
+                    }),
+                };
         }
         let start = Instant::now();
         let start_step = state.step;

@@ -284,7 +284,7 @@ fn a_stopped_run_resumes_bit_for_bit() {
         .unwrap_err();
     assert!(
         matches!(err, TrainError::Checkpoint { .. })
-            && err.to_string().contains("other training data"),
+            && err.to_string().contains("other training examples"),
         "{err}"
     );
     // the unchanged collection still resumes it

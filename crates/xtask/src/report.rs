@@ -511,7 +511,7 @@ fn sections(s: &Study) -> Vec<Section> {
                 f3(mt.train_hits_at_1),
                 mt.probes
             ));
-            if !mt.lens.iter().any(|r| r.step > 0) {
+            if !mt.lens_at(1) {
                 sec.text(format!(
                     "With {} probes, fewer than two have a docid with a second digit, so only the first step is analysed: the per-step experiments need a model that retrieves its training queries.",
                     mt.probes

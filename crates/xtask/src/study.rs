@@ -439,6 +439,20 @@ pub struct MultiTokenResult {
     pub patching: Vec<MtPatchRow>,
 }
 
+impl MultiTokenResult {
+    /// Whether the logit lens ran at decoding step `step` (it needs probes whose docid has a token there).
+    pub fn lens_at(&self, step: usize) -> bool {
+        self.lens.iter().any(|r| r.step == step)
+    }
+
+    /// Whether patching experiment `experiment` (`query` or `prefix`) ran at decoding step `step`.
+    pub fn patched_at(&self, experiment: &str, step: usize) -> bool {
+        self.patching
+            .iter()
+            .any(|r| r.step == step && r.experiment == experiment)
+    }
+}
+
 /// One (step, layer) of the multi-token logit lens (`resid_post`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MtLensRow {
@@ -1505,10 +1519,9 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         // a step's figures exist only where it had probes (a model that retrieves few training queries may
         // have none whose docid has a second digit)
         let made = match stem {
-            "mt_logit_lens_step1" => multi_token.lens.iter().any(|r| r.step == 1),
-            _ => multi_token.patching.iter().any(|r| {
-                r.step == 1 && stem == format!("mt_patching_{}_step1", r.experiment)
-            }),
+            "mt_logit_lens_step1" => multi_token.lens_at(1),
+            "mt_patching_query_step1" => multi_token.patched_at("query", 1),
+            _ => multi_token.patched_at("prefix", 1),
         };
         if made {
             figs.push(Figure {

@@ -277,6 +277,68 @@ pub fn write_queries<'a, W: Write + ?Sized>(
     Ok(())
 }
 
+/// An id as the paper's JSON files (re-gen-ir) write it: a number when the id is a canonical integer (`12`,
+/// `-5462359833619124697`), else a string; [`array_documents`] reads either back as the same string.
+fn json_id(id: &str) -> Value {
+    match id.parse::<i64>() {
+        Ok(n) if n.to_string() == id => Value::from(n),
+        _ => Value::String(id.into()),
+    }
+}
+
+/// Writes documents as one JSON array of `{"id", "title", "text"}` objects: re-gen-ir's document file
+/// (`preprocess.py -d`), which reads `id` and `text`.
+pub fn write_array_documents<'a, W: Write + ?Sized>(
+    w: &mut W,
+    docs: impl IntoIterator<Item = &'a Document>,
+) -> Result<()> {
+    let items: Vec<Value> = docs
+        .into_iter()
+        .map(|d| {
+            let mut map = Map::new();
+            map.insert("id".into(), json_id(&d.docid));
+            map.insert("title".into(), Value::String(d.title.clone()));
+            map.insert("text".into(), Value::String(d.text.clone()));
+            Value::Object(map)
+        })
+        .collect();
+    write_array(w, items)
+}
+
+/// Writes queries as one JSON array of `{"id", "query", "relevant_docs"}` objects: re-gen-ir's query files
+/// (`-t`, `-v`, `--test`). A query's relevant documents are its judgments of grade > 0, highest grade first
+/// (the paper's code reads their order as rank), ties in judgment order.
+pub fn write_array_queries<'a, W: Write + ?Sized>(
+    w: &mut W,
+    queries: impl IntoIterator<Item = &'a Query>,
+    qrels: &crate::types::Qrels,
+) -> Result<()> {
+    let items: Vec<Value> = queries
+        .into_iter()
+        .map(|q| {
+            let mut judged: Vec<&Qrel> = qrels.for_query(&q.qid).filter(|r| r.grade > 0).collect();
+            judged.sort_by_key(|r| std::cmp::Reverse(r.grade));
+            let mut map = Map::new();
+            map.insert("id".into(), Value::String(q.qid.clone()));
+            map.insert("query".into(), Value::String(q.text.clone()));
+            map.insert(
+                "relevant_docs".into(),
+                Value::Array(judged.iter().map(|r| json_id(&r.docid)).collect()),
+            );
+            Value::Object(map)
+        })
+        .collect();
+    write_array(w, items)
+}
+
+fn write_array<W: Write + ?Sized>(w: &mut W, items: Vec<Value>) -> Result<()> {
+    serde_json::to_writer(&mut *w, &Value::Array(items)).map_err(|e| Error::Unwritable {
+        what: "JSON array".into(),
+        message: e.to_string(),
+    })?;
+    w.write_all(b"\n").map_err(write_err)
+}
+
 fn write_line<W: Write + ?Sized>(w: &mut W, value: &Value) -> Result<()> {
     let line = serde_json::to_string(value).map_err(|e| Error::Unwritable {
         what: "JSON line".into(),

@@ -309,6 +309,26 @@ pub fn save_corpus(path: &Path, corpus: &Corpus) -> Result<()> {
     }
 }
 
+/// Writes a collection in the layout of the paper's code (technion-cs-nlp/re-gen-ir): `corpus.json`, one JSON
+/// array of documents, and `queries.<split>.json` per split, JSON arrays of queries with their relevant
+/// documents inline. These are the files its `preprocess.py` takes (`-d`, `-t`, `-v`, `--test`), and
+/// [`load_collection_dir`] reads the folder back as the same collection (judgments of grade > 0, as grade 1).
+/// Returns the files written.
+pub fn save_json_array_collection(dir: &Path, c: &crate::Collection) -> Result<Vec<PathBuf>> {
+    let mut written = vec![dir.join("corpus.json")];
+    finish(&written[0], |w| {
+        jsonl::write_array_documents(w, c.corpus.iter())
+    })?;
+    for (name, set) in &c.splits {
+        let path = dir.join(format!("queries.{name}.json"));
+        finish(&path, |w| {
+            jsonl::write_array_queries(w, set.queries.iter(), &set.qrels)
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Writes queries as JSONL (genir layout), TSV or Parquet, chosen by the file name.
 pub fn save_queries(path: &Path, queries: &Queries) -> Result<()> {
     match Format::from_path(path)? {

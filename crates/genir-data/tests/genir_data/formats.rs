@@ -387,6 +387,70 @@ fn collection_dir_reads_the_shipped_layout_and_names_missing_files() {
 }
 
 #[test]
+fn a_collection_written_in_the_papers_layout_reads_back_the_same() {
+    let c = genir_data::shipped::load("wiki-genir-mini").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = formats::save_json_array_collection(dir.path(), &c).unwrap();
+    assert_eq!(files.len(), 1 + c.splits.len());
+    // what the paper's code reads: arrays, numeric docids (the shipped ones are "0", "1", ...)
+    let docs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("corpus.json")).unwrap()).unwrap();
+    assert_eq!(docs[0]["id"], serde_json::json!(0));
+    assert!(docs[0]["text"].is_string());
+    let test: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("queries.test.json")).unwrap())
+            .unwrap();
+    assert!(test[0]["query"].is_string() && test[0]["relevant_docs"][0].is_number());
+    let back = formats::load_collection_dir(dir.path()).unwrap();
+    assert_eq!(back.corpus.len(), c.corpus.len());
+    for d in c.corpus.iter() {
+        let b = back.corpus.get(&d.docid).unwrap();
+        assert_eq!((&b.title, &b.text), (&d.title, &d.text));
+    }
+    assert_eq!(back.split_names(), c.split_names());
+    for (name, set) in &c.splits {
+        let got = back.split(name).unwrap();
+        assert_eq!(got.queries.len(), set.queries.len(), "{name}");
+        for q in set.queries.iter() {
+            assert_eq!(got.queries.get(&q.qid).unwrap().text, q.text);
+            let rel = |s: &genir_data::QuerySet| {
+                let mut v: Vec<String> = s.qrels.relevant(&q.qid).map(String::from).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(rel(got), rel(set), "{name} {}", q.qid);
+        }
+    }
+    // ids that are not canonical integers stay strings; grades order the relevant documents
+    let odd = genir_data::Collection {
+        name: "odd".into(),
+        corpus: Corpus::new(vec![
+            Document::new("007", "", "a"),
+            Document::new("x-1", "", "b"),
+        ]),
+        splits: [(
+            "train".to_string(),
+            genir_data::QuerySet {
+                queries: Queries::new(vec![Query::new("q", "text")]),
+                qrels: Qrels::new(vec![
+                    Qrel::new("q", "x-1", 1),
+                    Qrel::new("q", "007", 3),
+                    Qrel::new("q", "zzz", 0),
+                ]),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    formats::save_json_array_collection(dir.path(), &odd).unwrap();
+    let q: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("queries.train.json")).unwrap())
+            .unwrap();
+    assert_eq!(q[0]["relevant_docs"], serde_json::json!(["007", "x-1"]));
+}
+
+#[test]
 fn collection_dir_reads_the_papers_json_arrays_with_inline_judgments() {
     // the layout of technion-cs-nlp/re-gen-ir: documents.json `[{"id", "text"}]` and queries
     // `[{"id", "query", "relevant_docs": [...]}]` (integer docids), renamed to genir's file names
