@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Builds the fixture of genir-interp's TransformerLens test (run by hand, not by CI): a small ReLU T5 DSI
+checkpoint with atomic docid tokens added the paper's way, and what TransformerLens computes on it for the
+paper's analyses (Reusch & Belinkov, technion-cs-nlp/re-gen-ir: analysis/eval_residual_rank.py and the
+zero-patching scripts), independent of genir.
+
+The model: a seeded random T5 (ReLU, tied head, 2 encoder + 2 decoder layers, d_model 32, 4 heads; TransformerLens
+2.18 loads ReLU T5 with as many decoder as encoder layers only) over the 300-token Unigram tokenizer of
+genir-model's fixtures, with 16 added tokens `@DOC_ID_<docid>@` (`add_tokens`, `resize_token_embeddings`). Six
+docid rows point along one query's final decoder state each, so the six queries retrieve six docids; each
+query's probe docid is its top docid.
+
+`expected.json`, per probe (decoder input [[0]], as the paper): the logit lens (rank, 1 = top, of the probe's
+docid token in the full-vocabulary logits of each decoder hook read through the final norm, times d_model^-0.5
+for the tied head, and the unembedding), the residual-stream measures of each component (length, ratio to the
+layer's residual change, cosine with resid_post), and zero ablations (hooks zeroing the listed outputs;
+Hits@1, Hits@10 and MRR@10 of the probe docids among the docid tokens).
+
+Usage: tools/reference/make_tl_interp_fixture.py [OUT_DIR]   (default crates/genir-interp/tests/fixtures/tl-dsi)
+Needs the reference venv (../shared/tools/reference-venv.sh) with transformer-lens 2.18.
+"""
+import json
+import os
+import sys
+
+import torch
+from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+TOKENIZER = "crates/genir-model/tests/fixtures/t5/relu-tied/tokenizer.json"
+OUT = sys.argv[1] if len(sys.argv) > 1 else "crates/genir-interp/tests/fixtures/tl-dsi"
+DOCIDS = ["7", "12", "3", "0", "15", "9", "1", "14", "5", "10", "2", "13", "8", "11", "4", "6"]
+QUERIES = [
+    "Return a new list containing all items from the iterable.",
+    "The quick brown fox.",
+    "Open file and return a stream.",
+    "Raise an error upon failure of the device.",
+    "sorted items in ascending order",
+    "A stream of bytes read from the file.",
+]
+
+torch.manual_seed(5)
+tok = PreTrainedTokenizerFast(tokenizer_file=TOKENIZER, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+assert len(tok) == 300
+cfg = T5Config(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+               feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0, decoder_start_token_id=0,
+               pad_token_id=0, eos_token_id=1)
+model = T5ForConditionalGeneration(cfg).eval()
+tok.add_tokens([f"@DOC_ID_{d}@" for d in DOCIDS])
+model.resize_token_embeddings(len(tok))
+n = len(DOCIDS)
+ids_of = {d: tok.convert_tokens_to_ids(f"@DOC_ID_{d}@") for d in DOCIDS}
+assert sorted(ids_of.values()) == list(range(300, 300 + n))
+gen = torch.Generator().manual_seed(13)
+with torch.no_grad():
+    states = []
+    for q in QUERIES:
+        enc = tok(q, return_tensors="pt")
+        o = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                  decoder_input_ids=torch.tensor([[0]]), output_hidden_states=True)
+        states.append(o.decoder_hidden_states[-1][0, 0])  # after the final norm
+    h = torch.stack(states)
+    c = h - h.mean(0, keepdim=True)
+    c = c / c.norm(dim=1, keepdim=True)
+    model.shared.weight[300:] = torch.randn(n, 32, generator=gen) * 0.5
+    for i in range(len(QUERIES)):
+        model.shared.weight[300 + i] += 40.0 * c[i]
+os.makedirs(OUT, exist_ok=True)
+model.save_pretrained(OUT, safe_serialization=True)
+tok.save_pretrained(OUT)
+
+from transformer_lens import HookedEncoderDecoder  # noqa: E402
+from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES  # noqa: E402
+
+torch.set_grad_enabled(False)
+OFFICIAL_MODEL_NAMES.append(OUT)
+hf = T5ForConditionalGeneration.from_pretrained(OUT).eval()
+tl = HookedEncoderDecoder.from_pretrained(OUT, hf_model=hf, device="cpu")
+rows = torch.tensor([ids_of[d] for d in DOCIDS])
+
+# genir's component names -> TransformerLens hook names
+LENS = {"resid_pre": "hook_resid_pre", "self_attn_out": "hook_attn_out", "resid_mid": "hook_resid_mid",
+        "cross_attn_out": "hook_cross_attn_out", "resid_mid_cross": "hook_resid_mid_cross",
+        "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
+PARTS = {"self_attn": "hook_attn_out", "cross_attn": "hook_cross_attn_out", "mlp": "hook_mlp_out"}
+
+
+def encode(q):
+    return tok(q, return_tensors="pt")["input_ids"]
+
+
+probes, lens, contributions = [], [], []
+for k, q in enumerate(QUERIES):
+    logits, cache = tl.run_with_cache(encode(q), torch.tensor([[0]]), remove_batch_dim=True)
+    first = logits.reshape(-1, logits.shape[-1])[0]  # the first decoder position
+    hf_logits = hf(input_ids=encode(q), decoder_input_ids=torch.tensor([[0]])).logits[0, 0]
+    assert (first - hf_logits).abs().max() < 1e-4
+    docid = DOCIDS[int(first[rows].argmax())]
+    qid = f"q{k}"
+    probes.append({"qid": qid, "text": q, "docid": docid})
+    target = ids_of[docid]
+    for layer in range(tl.cfg.n_layers):
+        for name, hook in LENS.items():
+            if name == "resid_pre" and layer > 0:
+                continue  # genir reads resid_pre before the first layer only (it is the last resid_post)
+            x = tl.decoder_final_ln(cache[f"decoder.{layer}.{hook}"]) * tl.cfg.d_model ** -0.5
+            lg = tl.unembed(x)[0]
+            lens.append({"qid": qid, "layer": layer, "component": name,
+                         "rank": int((lg > lg[target]).sum()) + 1})
+        post = cache[f"decoder.{layer}.hook_resid_post"][0]
+        delta = post - cache[f"decoder.{layer}.hook_resid_pre"][0]
+        for name, hook in PARTS.items():
+            v = cache[f"decoder.{layer}.{hook}"][0]
+            contributions.append({
+                "qid": qid, "layer": layer, "component": name,
+                "norm": torch.linalg.norm(v).item(),
+                "ratio_to_delta": (torch.linalg.norm(v) / torch.linalg.norm(delta)).item(),
+                "cos_resid_post": torch.cosine_similarity(v, post, dim=-1).item(),
+            })
+assert len({p["docid"] for p in probes}) == len(QUERIES), [p["docid"] for p in probes]
+
+ABLATIONS = [
+    ["decoder.blocks.0.hook_self_attn_out", "decoder.blocks.1.hook_self_attn_out"],
+    ["decoder.blocks.0.hook_cross_attn_out"],
+    ["decoder.blocks.1.hook_cross_attn_out"],
+    ["decoder.blocks.0.hook_mlp_out"],
+    ["decoder.blocks.1.hook_mlp_out"],
+    ["decoder.blocks.0.hook_mlp_out", "decoder.blocks.1.hook_mlp_out"],
+]
+TL_NAME = {"hook_self_attn_out": "hook_attn_out", "hook_cross_attn_out": "hook_cross_attn_out",
+           "hook_mlp_out": "hook_mlp_out"}
+ablations = []
+for points in ABLATIONS:
+    hooks = []
+    for p in points:
+        _, _, layer, hook = p.split(".")
+        hooks.append((f"decoder.{layer}.{TL_NAME[hook]}", lambda act, hook: torch.zeros_like(act)))
+    h1 = h10 = mrr = 0.0
+    for p in probes:
+        lg = tl.run_with_hooks(encode(p["text"]), torch.tensor([[0]]), fwd_hooks=hooks)[0, 0, rows]
+        rank = int((lg > lg[DOCIDS.index(p["docid"])]).sum()) + 1
+        h1 += rank == 1
+        h10 += rank <= 10
+        mrr += 1.0 / rank if rank <= 10 else 0.0
+    m = len(probes)
+    ablations.append({"points": points, "hits_at_1": h1 / m, "hits_at_10": h10 / m, "mrr_at_10": mrr / m})
+
+with open(os.path.join(OUT, "expected.json"), "w") as f:
+    json.dump({"pattern": "@DOC_ID_{}@", "probes": probes, "lens": lens, "contributions": contributions,
+               "ablations": ablations}, f, indent=1)
+print("probes:", [p["docid"] for p in probes])
+print("ablations:", [(a["points"], round(a["hits_at_1"], 3)) for a in ablations])
