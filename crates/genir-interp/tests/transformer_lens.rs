@@ -54,6 +54,9 @@ struct ContributionRow {
     cos_resid_post: f64,
 }
 
+/// Reads one measure of a row.
+type Measure = fn(&ContributionRow) -> f64;
+
 #[derive(serde::Deserialize)]
 struct AblationRow {
     points: Vec<String>,
@@ -128,7 +131,7 @@ fn the_logit_lens_ranks_are_transformer_lens_ranks() {
 fn component_measures_are_transformer_lens_measures() {
     let (gm, exp, probes) = setup();
     let df = component_contributions(&gm, &probes, &LensConfig::default()).unwrap();
-    let columns: [(&str, fn(&ContributionRow) -> f64); 3] = [
+    let columns: [(&str, Measure); 3] = [
         ("norm", |r| r.norm),
         ("ratio_to_delta", |r| r.ratio_to_delta),
         ("cos_resid_post", |r| r.cos_resid_post),
