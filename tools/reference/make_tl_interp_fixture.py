@@ -13,8 +13,9 @@ query's probe docid is its top docid.
 `expected.json`, per probe (decoder input [[0]], as the paper): the logit lens (rank, 1 = top, of the probe's
 docid token in the full-vocabulary logits of each decoder hook read through the final norm, times d_model^-0.5
 for the tied head, and the unembedding), the residual-stream measures of each component (length, ratio to the
-layer's residual change, cosine with resid_post), and zero ablations (hooks zeroing the listed outputs;
-Hits@1, Hits@10 and MRR@10 of the probe docids among the docid tokens).
+layer's residual change, cosine with resid_post), and zero and mean ablations (hooks replacing the listed
+outputs with zeros, or with their mean over eight reference queries at the first decoder position, the paper's
+mean patching; Hits@1, Hits@10 and MRR@10 of the probe docids among the docid tokens).
 
 Usage: tools/reference/make_tl_interp_fixture.py [OUT_DIR]   (default crates/genir-interp/tests/fixtures/tl-dsi)
 Needs the reference venv (../shared/tools/reference-venv.sh) with transformer-lens 2.18.
@@ -128,12 +129,44 @@ ABLATIONS = [
 ]
 TL_NAME = {"hook_self_attn_out": "hook_attn_out", "hook_cross_attn_out": "hook_cross_attn_out",
            "hook_mlp_out": "hook_mlp_out"}
+# mean ablation (the paper's "mean patching"): each output replaced by its mean over these reference queries at
+# the first decoder position
+REFERENCE = [
+    "Close the file when done.",
+    "A list of numbers in order.",
+    "The device failed to start.",
+    "Read all bytes from a stream.",
+    "items are returned as a new list",
+    "the brown dog jumps over the fox",
+    "raise an exception on error",
+    "sort the list in place",
+]
+means = {}
+for q in REFERENCE:
+    _, cache = tl.run_with_cache(encode(q), torch.tensor([[0]]), remove_batch_dim=True)
+    for layer in range(tl.cfg.n_layers):
+        for hook in TL_NAME.values():
+            name = f"decoder.{layer}.{hook}"
+            v = cache[name].reshape(-1, cache[name].shape[-1])[0].double()
+            means[name] = means.get(name, 0) + v / len(REFERENCE)
+
+
+def replace_with(value):
+    def hook_fn(act, hook):
+        return value.to(act.dtype).expand_as(act).clone()
+    return hook_fn
+
+
 ablations = []
-for points in ABLATIONS:
+for mode, points in [("zero", p) for p in ABLATIONS] + [("mean", p) for p in ABLATIONS]:
     hooks = []
     for p in points:
         _, _, layer, hook = p.split(".")
-        hooks.append((f"decoder.{layer}.{TL_NAME[hook]}", lambda act, hook: torch.zeros_like(act)))
+        name = f"decoder.{layer}.{TL_NAME[hook]}"
+        if mode == "zero":
+            hooks.append((name, lambda act, hook: torch.zeros_like(act)))
+        else:
+            hooks.append((name, replace_with(means[name])))
     h1 = h10 = mrr = 0.0
     for p in probes:
         lg = tl.run_with_hooks(encode(p["text"]), torch.tensor([[0]]), fwd_hooks=hooks)[0, 0, rows]
@@ -142,10 +175,11 @@ for points in ABLATIONS:
         h10 += rank <= 10
         mrr += 1.0 / rank if rank <= 10 else 0.0
     m = len(probes)
-    ablations.append({"points": points, "hits_at_1": h1 / m, "hits_at_10": h10 / m, "mrr_at_10": mrr / m})
+    ablations.append({"mode": mode, "points": points, "hits_at_1": h1 / m, "hits_at_10": h10 / m,
+                      "mrr_at_10": mrr / m})
 
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump({"pattern": "@DOC_ID_{}@", "probes": probes, "lens": lens, "contributions": contributions,
-               "ablations": ablations}, f, indent=1)
+               "reference": REFERENCE, "ablations": ablations}, f, indent=1)
 print("probes:", [p["docid"] for p in probes])
-print("ablations:", [(a["points"], round(a["hits_at_1"], 3)) for a in ablations])
+print("ablations:", [(a["mode"], a["points"], round(a["hits_at_1"], 3), round(a["mrr_at_10"], 3)) for a in ablations])

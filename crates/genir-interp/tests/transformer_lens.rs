@@ -1,10 +1,11 @@
-//! genir's logit lens, component measures and zero ablations against TransformerLens, the tool of the paper's
-//! code (technion-cs-nlp/re-gen-ir), on the same checkpoint: a small ReLU T5 with atomic docid tokens added the
-//! paper's way. `tools/reference/make_tl_interp_fixture.py` (run by hand) built the checkpoint and computed
-//! `expected.json` with TransformerLens's `HookedEncoderDecoder`, as the paper's `eval_residual_rank.py` and
-//! zero-patching scripts do (decoder input [[0]]; the lens reads each hook through the final norm, the tied
-//! head's d_model^-0.5 and the unembedding). Ranks and ablation results must be equal; the measures agree
-//! within 1e-4 (relative).
+//! genir's logit lens, component measures and zero / mean ablations against TransformerLens, the tool of the
+//! paper's code (technion-cs-nlp/re-gen-ir), on the same checkpoint: a small ReLU T5 with atomic docid tokens
+//! added the paper's way. `tools/reference/make_tl_interp_fixture.py` (run by hand) built the checkpoint and
+//! computed `expected.json` with TransformerLens's `HookedEncoderDecoder`, as the paper's
+//! `eval_residual_rank.py` and its zero and mean patching scripts do (decoder input [[0]]; the lens reads each
+//! hook through the final norm, the tied head's d_model^-0.5 and the unembedding; a mean ablation puts each
+//! output's mean over reference queries at the first position). Ranks and ablation results must be equal; the
+//! measures agree within 1e-4 (relative).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ struct Expected {
     probes: Vec<ExpectedProbe>,
     lens: Vec<LensRow>,
     contributions: Vec<ContributionRow>,
+    reference: Vec<String>,
     ablations: Vec<AblationRow>,
 }
 
@@ -59,6 +61,7 @@ type Measure = fn(&ContributionRow) -> f64;
 
 #[derive(serde::Deserialize)]
 struct AblationRow {
+    mode: String,
     points: Vec<String>,
     hits_at_1: f64,
     hits_at_10: f64,
@@ -153,7 +156,7 @@ fn component_measures_are_transformer_lens_measures() {
 }
 
 #[test]
-fn zero_ablations_give_transformer_lens_results() {
+fn zero_and_mean_ablations_give_transformer_lens_results() {
     let (gm, exp, probes) = setup();
     let set = QuerySet {
         queries: Queries::new(probes.iter().map(|p| Query::new(&p.qid, &p.text)).collect()),
@@ -169,16 +172,22 @@ fn zero_ablations_give_transformer_lens_results() {
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            Ablation::parse(
-                &gm,
-                &format!("a{i}"),
-                &a.points.join(","),
-                AblationMode::Zero,
-            )
-            .unwrap()
+            let mode = match a.mode.as_str() {
+                "zero" => AblationMode::Zero,
+                _ => AblationMode::Mean,
+            };
+            Ablation::parse(&gm, &format!("a{i}"), &a.points.join(","), mode).unwrap()
         })
         .collect();
-    let df = ablation_study(&gm, &set, &ablations, None, &AblationConfig::default()).unwrap();
+    assert!(exp.ablations.iter().any(|a| a.mode == "mean"));
+    let df = ablation_study(
+        &gm,
+        &set,
+        &ablations,
+        Some(&exp.reference),
+        &AblationConfig::default(),
+    )
+    .unwrap();
     let labels = df.strs("label").unwrap();
     for (i, a) in exp.ablations.iter().enumerate() {
         let row = labels.iter().position(|l| *l == format!("a{i}")).unwrap();
@@ -190,7 +199,8 @@ fn zero_ablations_give_transformer_lens_results() {
             let g = df.f64s(column).unwrap()[row];
             assert!(
                 (g - want).abs() < 1e-9,
-                "{:?} {column}: genir {g}, TransformerLens {want}",
+                "{} {:?} {column}: genir {g}, TransformerLens {want}",
+                a.mode,
                 a.points
             );
         }
