@@ -12,8 +12,9 @@ genir's:
   --contributions  each component's length, its ratio to the layer's residual change (resid_post - resid_pre)
                    and its cosine with resid_post, against `genir interp contributions` (norm, ratio_to_delta,
                    cos_resid_post); relative difference under 1e-4.
-  --ablation       zero ablation: every row of `genir interp ablate --mode zero` rerun with TransformerLens
-                   hooks that zero the same points; Hits@1, Hits@10 and MRR@10 among the docid tokens; exact.
+  --ablation       zero and mean ablation: every row of `genir interp ablate --mode zero|mean` rerun with
+                   TransformerLens hooks that zero the same points or put their mean over the analysed queries
+                   (at the first decoder position); Hits@1, Hits@10 and MRR@10 among the docid tokens; exact.
 
   genir export --model M --out EXPORTED --collection-out DATA --corpus C
   genir interp lens --model EXPORTED --corpus C --split validation --out LENS
@@ -112,15 +113,34 @@ for token, qid in pairs:
 
 # zero ablation: genir hook names -> TransformerLens hook names
 tl_hook = {"hook_self_attn_out": "hook_attn_out", "hook_cross_attn_out": "hook_cross_attn_out", "hook_mlp_out": "hook_mlp_out"}
+means = {}  # hook -> its mean output over the analysed queries at the first decoder position (genir's CLI
+# mean ablation averages over the queries it evaluates)
+for _, qid in pairs if args.ablation else []:
+    _, cache = tl.run_with_cache(encode(qid), torch.tensor([[0]]), remove_batch_dim=True)
+    for layer in range(tl.cfg.n_layers):
+        for hook in tl_hook.values():
+            name = f"decoder.{layer}.{hook}"
+            v = cache[name].reshape(-1, cache[name].shape[-1])[0].double()
+            means[name] = means.get(name, 0) + v / len(pairs)
+
+
+def replaced_by(value):
+    return lambda act, hook: value.to(act.dtype).expand_as(act).clone()
+
+
 for row in csv.DictReader(open(args.ablation)) if args.ablation else []:
-    if row["mode"] != "zero":
+    if row["mode"] not in ("zero", "mean"):
         continue
     points = []
     for p in row["points"].split(","):
         m = re.fullmatch(r"decoder\.blocks\.(\d+)\.(\w+)", p)
         if not m or m.group(2) not in tl_hook:
             sys.exit(f"ablation point {p} has no TransformerLens counterpart here")
-        points.append((f"decoder.{m.group(1)}.{tl_hook[m.group(2)]}", lambda act, hook: torch.zeros_like(act)))
+        name = f"decoder.{m.group(1)}.{tl_hook[m.group(2)]}"
+        if row["mode"] == "zero":
+            points.append((name, lambda act, hook: torch.zeros_like(act)))
+        else:
+            points.append((name, replaced_by(means[name])))
     h1 = h10 = mrr = 0.0
     for token, qid in pairs:
         logits = tl.run_with_hooks(encode(qid), torch.tensor([[0]]), fwd_hooks=points)[0, 0, rows]
@@ -138,6 +158,6 @@ for f in failures:
     print(f)
 print(
     f"{len(pairs)} queries; compared {counts['lens']} lens ranks, {counts['contributions']} residual-stream "
-    f"measures, {counts['ablation']} zero ablations; {len(failures)} differ"
+    f"measures, {counts['ablation']} ablations; {len(failures)} differ"
 )
 sys.exit(1 if failures or not any(counts.values()) else 0)
