@@ -30,15 +30,14 @@ import argparse
 import csv
 import json
 import os
-import re
 import sys
 
 import torch
-from transformer_lens import HookedEncoderDecoder
-from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-torch.set_grad_enabled(False)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import paper_tl  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("folder")
 ap.add_argument("data")
@@ -49,10 +48,9 @@ ap.add_argument("--correct", help="[docid token, query id] pairs (default: DATA/
 ap.add_argument("--queries", help="their queries (default: DATA/queries.validation.json)")
 args = ap.parse_args()
 
-OFFICIAL_MODEL_NAMES.append(args.folder)  # TransformerLens loads only names it knows
 hf = AutoModelForSeq2SeqLM.from_pretrained(args.folder)
 tok = AutoTokenizer.from_pretrained(args.folder)
-tl = HookedEncoderDecoder.from_pretrained(args.folder, hf_model=hf, device="cpu")
+tl = paper_tl.load(args.folder, hf)
 
 pairs = json.load(open(args.correct or os.path.join(args.data, "correct_valid.json")))
 queries_file = args.queries or os.path.join(args.data, "queries.validation.json")
@@ -71,88 +69,43 @@ def table(path, key):
 
 lens = table(args.lens, lambda r: (r["qid"], int(r["layer"]), r["component"]))
 contrib = table(args.contributions, lambda r: (r["qid"], int(r["layer"]), r["component"]))
-components = ["resid_mid", "resid_mid_cross", "cross_attn_out", "mlp_out", "resid_post"]
-# genir's component names -> the paper's (TransformerLens) hook names
-hooks = {"self_attn": "attn_out", "cross_attn": "cross_attn_out", "mlp": "mlp_out"}
 failures = []
 counts = {"lens": 0, "contributions": 0, "ablation": 0}
 
 for token, qid in pairs:
-    _, cache = tl.run_with_cache(encode(qid), torch.tensor([[0]]), remove_batch_dim=True)
+    _, cache = tl.run_with_cache(encode(qid), paper_tl.START, remove_batch_dim=True)
     target = tok.convert_tokens_to_ids(token)
     for layer in range(tl.cfg.n_layers):
-        post = cache[f"decoder.{layer}.hook_resid_post"][0]
-        delta = post - cache[f"decoder.{layer}.hook_resid_pre"][0]
-        for name, hook in hooks.items():
+        for name, hook in paper_tl.PARTS.items():
             row = contrib.get((qid, layer, name))
             if row is None:
                 continue
-            c = cache[f"decoder.{layer}.hook_{hook}"][0]
-            paper = {
-                "norm": torch.linalg.norm(c).item(),
-                "ratio_to_delta": (torch.linalg.norm(c) / torch.linalg.norm(delta)).item(),
-                "cos_resid_post": torch.cosine_similarity(c, post, dim=-1).item(),
-            }
-            for key, want in paper.items():
+            for key, want in paper_tl.measures(cache, layer, hook).items():
                 got = float(row[key])
                 counts["contributions"] += 1
                 if abs(got - want) > 1e-4 * max(1.0, abs(want)):
                     failures.append(f"{qid} layer {layer} {name} {key}: TransformerLens {want:.6g}, genir {got:.6g}")
-        for comp in components:
-            row = lens.get((qid, layer, comp))
+        for name, hook in paper_tl.LENS.items():
+            row = lens.get((qid, layer, name))
             if row is None:
                 continue
-            x = tl.decoder_final_ln(cache[f"decoder.{layer}.hook_{comp}"])
-            if tl.cfg.tie_word_embeddings:
-                x = x * tl.cfg.d_model ** -0.5
-            logits = tl.unembed(x)[0]
-            rank = int((logits > logits[target]).sum().item()) + 1
+            rank = paper_tl.lens_rank(tl, cache, layer, hook, target)
             counts["lens"] += 1
             if int(row["rank"]) != rank:
-                failures.append(f"{qid} layer {layer} {comp}: TransformerLens rank {rank}, genir {row['rank']}")
+                failures.append(f"{qid} layer {layer} {name}: TransformerLens rank {rank}, genir {row['rank']}")
 
-# zero ablation: genir hook names -> TransformerLens hook names
-tl_hook = {"hook_self_attn_out": "hook_attn_out", "hook_cross_attn_out": "hook_cross_attn_out", "hook_mlp_out": "hook_mlp_out"}
-means = {}  # hook -> its mean output over the analysed queries at the first decoder position (genir's CLI
-# mean ablation averages over the queries it evaluates)
-for _, qid in pairs if args.ablation else []:
-    _, cache = tl.run_with_cache(encode(qid), torch.tensor([[0]]), remove_batch_dim=True)
-    for layer in range(tl.cfg.n_layers):
-        for hook in tl_hook.values():
-            name = f"decoder.{layer}.{hook}"
-            v = cache[name].reshape(-1, cache[name].shape[-1])[0].double()
-            means[name] = means.get(name, 0) + v / len(pairs)
-
-
-def replaced_by(value):
-    return lambda act, hook: value.to(act.dtype).expand_as(act).clone()
-
-
-for row in csv.DictReader(open(args.ablation)) if args.ablation else []:
+# genir's CLI mean ablation averages each output over the queries it evaluates
+ablation_rows = [r for r in csv.DictReader(open(args.ablation))] if args.ablation else []
+means = paper_tl.mean_outputs(tl, [encode(q) for _, q in pairs]) if ablation_rows else {}
+targets = [(encode(qid), docids.index(token[len("@DOC_ID_"):-1])) for token, qid in pairs]
+for row in ablation_rows:
     if row["mode"] not in ("zero", "mean"):
         continue
-    points = []
-    for p in row["points"].split(","):
-        m = re.fullmatch(r"decoder\.blocks\.(\d+)\.(\w+)", p)
-        if not m or m.group(2) not in tl_hook:
-            sys.exit(f"ablation point {p} has no TransformerLens counterpart here")
-        name = f"decoder.{m.group(1)}.{tl_hook[m.group(2)]}"
-        if row["mode"] == "zero":
-            points.append((name, lambda act, hook: torch.zeros_like(act)))
-        else:
-            points.append((name, replaced_by(means[name])))
-    h1 = h10 = mrr = 0.0
-    for token, qid in pairs:
-        logits = tl.run_with_hooks(encode(qid), torch.tensor([[0]]), fwd_hooks=points)[0, 0, rows]
-        rank = int((logits > logits[docids.index(token[len("@DOC_ID_"):-1])]).sum()) + 1
-        h1 += rank == 1
-        h10 += rank <= 10
-        mrr += 1 / rank if rank <= 10 else 0.0
-    n = len(pairs)
+    hooks = paper_tl.ablation_hooks(row["points"].split(","), row["mode"], means)
     counts["ablation"] += 1
-    for key, want in [("hits_at_1", h1 / n), ("hits_at_10", h10 / n), ("mrr_at_10", mrr / n)]:
+    for key, want in paper_tl.ablated_metrics(tl, targets, rows, hooks).items():
         if abs(float(row[key]) - want) > 1e-9:
-            failures.append(f"ablation {row['label']} {key}: TransformerLens {want:.4f}, genir {row[key]}")
+            failures.append(f"ablation {row['label']} {row['mode']} {key}: TransformerLens {want:.4f}, genir {row[key]}")
 
 for f in failures:
     print(f)

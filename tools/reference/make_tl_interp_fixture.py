@@ -69,20 +69,12 @@ os.makedirs(OUT, exist_ok=True)
 model.save_pretrained(OUT, safe_serialization=True)
 tok.save_pretrained(OUT)
 
-from transformer_lens import HookedEncoderDecoder  # noqa: E402
-from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import paper_tl  # noqa: E402
 
-torch.set_grad_enabled(False)
-OFFICIAL_MODEL_NAMES.append(OUT)
 hf = T5ForConditionalGeneration.from_pretrained(OUT).eval()
-tl = HookedEncoderDecoder.from_pretrained(OUT, hf_model=hf, device="cpu")
+tl = paper_tl.load(OUT, hf)
 rows = torch.tensor([ids_of[d] for d in DOCIDS])
-
-# genir's component names -> TransformerLens hook names
-LENS = {"resid_pre": "hook_resid_pre", "self_attn_out": "hook_attn_out", "resid_mid": "hook_resid_mid",
-        "cross_attn_out": "hook_cross_attn_out", "resid_mid_cross": "hook_resid_mid_cross",
-        "mlp_out": "hook_mlp_out", "resid_post": "hook_resid_post"}
-PARTS = {"self_attn": "hook_attn_out", "cross_attn": "hook_cross_attn_out", "mlp": "hook_mlp_out"}
 
 
 def encode(q):
@@ -91,32 +83,22 @@ def encode(q):
 
 probes, lens, contributions = [], [], []
 for k, q in enumerate(QUERIES):
-    logits, cache = tl.run_with_cache(encode(q), torch.tensor([[0]]), remove_batch_dim=True)
-    first = logits.reshape(-1, logits.shape[-1])[0]  # the first decoder position
-    hf_logits = hf(input_ids=encode(q), decoder_input_ids=torch.tensor([[0]])).logits[0, 0]
-    assert (first - hf_logits).abs().max() < 1e-4
-    docid = DOCIDS[int(first[rows].argmax())]
+    logits, cache = tl.run_with_cache(encode(q), paper_tl.START, remove_batch_dim=True)
+    top = paper_tl.first(logits)
+    hf_logits = hf(input_ids=encode(q), decoder_input_ids=paper_tl.START).logits[0, 0]
+    assert (top - hf_logits).abs().max() < 1e-4
+    docid = DOCIDS[int(top[rows].argmax())]
     qid = f"q{k}"
     probes.append({"qid": qid, "text": q, "docid": docid})
-    target = ids_of[docid]
     for layer in range(tl.cfg.n_layers):
-        for name, hook in LENS.items():
+        for name, hook in paper_tl.LENS.items():
             if name == "resid_pre" and layer > 0:
                 continue  # genir reads resid_pre before the first layer only (it is the last resid_post)
-            x = tl.decoder_final_ln(cache[f"decoder.{layer}.{hook}"]) * tl.cfg.d_model ** -0.5
-            lg = tl.unembed(x)[0]
             lens.append({"qid": qid, "layer": layer, "component": name,
-                         "rank": int((lg > lg[target]).sum()) + 1})
-        post = cache[f"decoder.{layer}.hook_resid_post"][0]
-        delta = post - cache[f"decoder.{layer}.hook_resid_pre"][0]
-        for name, hook in PARTS.items():
-            v = cache[f"decoder.{layer}.{hook}"][0]
-            contributions.append({
-                "qid": qid, "layer": layer, "component": name,
-                "norm": torch.linalg.norm(v).item(),
-                "ratio_to_delta": (torch.linalg.norm(v) / torch.linalg.norm(delta)).item(),
-                "cos_resid_post": torch.cosine_similarity(v, post, dim=-1).item(),
-            })
+                         "rank": paper_tl.lens_rank(tl, cache, layer, hook, ids_of[docid])})
+        for name, hook in paper_tl.PARTS.items():
+            contributions.append({"qid": qid, "layer": layer, "component": name,
+                                  **paper_tl.measures(cache, layer, hook)})
 assert len({p["docid"] for p in probes}) == len(QUERIES), [p["docid"] for p in probes]
 
 ABLATIONS = [
@@ -127,8 +109,6 @@ ABLATIONS = [
     ["decoder.blocks.1.hook_mlp_out"],
     ["decoder.blocks.0.hook_mlp_out", "decoder.blocks.1.hook_mlp_out"],
 ]
-TL_NAME = {"hook_self_attn_out": "hook_attn_out", "hook_cross_attn_out": "hook_cross_attn_out",
-           "hook_mlp_out": "hook_mlp_out"}
 # mean ablation (the paper's "mean patching"): each output replaced by its mean over these reference queries at
 # the first decoder position
 REFERENCE = [
@@ -141,42 +121,12 @@ REFERENCE = [
     "raise an exception on error",
     "sort the list in place",
 ]
-means = {}
-for q in REFERENCE:
-    _, cache = tl.run_with_cache(encode(q), torch.tensor([[0]]), remove_batch_dim=True)
-    for layer in range(tl.cfg.n_layers):
-        for hook in TL_NAME.values():
-            name = f"decoder.{layer}.{hook}"
-            v = cache[name].reshape(-1, cache[name].shape[-1])[0].double()
-            means[name] = means.get(name, 0) + v / len(REFERENCE)
-
-
-def replace_with(value):
-    def hook_fn(act, hook):
-        return value.to(act.dtype).expand_as(act).clone()
-    return hook_fn
-
-
+means = paper_tl.mean_outputs(tl, [encode(q) for q in REFERENCE])
+targets = [(encode(p["text"]), DOCIDS.index(p["docid"])) for p in probes]
 ablations = []
 for mode, points in [("zero", p) for p in ABLATIONS] + [("mean", p) for p in ABLATIONS]:
-    hooks = []
-    for p in points:
-        _, _, layer, hook = p.split(".")
-        name = f"decoder.{layer}.{TL_NAME[hook]}"
-        if mode == "zero":
-            hooks.append((name, lambda act, hook: torch.zeros_like(act)))
-        else:
-            hooks.append((name, replace_with(means[name])))
-    h1 = h10 = mrr = 0.0
-    for p in probes:
-        lg = tl.run_with_hooks(encode(p["text"]), torch.tensor([[0]]), fwd_hooks=hooks)[0, 0, rows]
-        rank = int((lg > lg[DOCIDS.index(p["docid"])]).sum()) + 1
-        h1 += rank == 1
-        h10 += rank <= 10
-        mrr += 1.0 / rank if rank <= 10 else 0.0
-    m = len(probes)
-    ablations.append({"mode": mode, "points": points, "hits_at_1": h1 / m, "hits_at_10": h10 / m,
-                      "mrr_at_10": mrr / m})
+    hooks = paper_tl.ablation_hooks(points, mode, means)
+    ablations.append({"mode": mode, "points": points, **paper_tl.ablated_metrics(tl, targets, rows, hooks)})
 
 with open(os.path.join(OUT, "expected.json"), "w") as f:
     json.dump({"pattern": "@DOC_ID_{}@", "probes": probes, "lens": lens, "contributions": contributions,
