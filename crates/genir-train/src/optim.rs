@@ -223,7 +223,12 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let state = state.map(|s| s.on(&tensor.device()));
+        // burn's mapper has already called `to_device` on the state (a device state as it is; a host one only
+        // if a caller skipped that)
+        let state = state.map(|s| match s {
+            FusedState::Device(s) => *s,
+            host => host.on(&tensor.device()),
+        });
         let (p, s) = self.step_adamw(lr, tensor, grad, state);
         (p, s.map(|s| FusedState::Device(Box::new(s))))
     }
