@@ -55,7 +55,8 @@ def main() -> None:
 
     datasets = []
     marco = file("msmarco-passage", "collectionandqueries")
-    marco_docs = src(marco, "tsv-documents", "collection.tsv")
+    # ir_datasets repairs collection.tsv's mis-encoded characters (FixEncoding): genir's msmarco-passages reader does the same
+    marco_docs = src(marco, "msmarco-passages", "collection.tsv")
     datasets.append({
         "name": "msmarco-passage/dev/small",
         "description": "MS MARCO passage ranking, the 6,980 'dev small' queries over the 8.8M-passage collection.",

@@ -254,8 +254,21 @@ impl Downloader {
             }
         }
         if let Err(e) = verify(&part, file) {
-            let _ = fs::remove_file(&part);
-            return Err(e);
+            let removed = fs::remove_file(&part).is_ok();
+            return Err(match e {
+                Error::Integrity {
+                    url,
+                    expected,
+                    actual,
+                    kept,
+                } => Error::Integrity {
+                    url,
+                    expected,
+                    actual,
+                    kept: kept.filter(|_| !removed),
+                },
+                other => other,
+            });
         }
         fs::rename(&part, &dest).map_err(|e| Error::io(&dest, e))?;
         info!(path = %dest.display(), "downloaded and verified");
@@ -456,7 +469,7 @@ pub fn md5_file(path: &Path) -> Result<String> {
 }
 
 /// Checks a downloaded file: its MD5 when one is expected (the size is then only a hint, as in ir_datasets),
-/// otherwise its size when one is expected.
+/// otherwise its size when one is expected. It leaves the file in place (the error says where).
 pub fn verify(path: &Path, file: &RemoteFile) -> Result<()> {
     let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if let Some(expected) = &file.md5 {
@@ -466,6 +479,7 @@ pub fn verify(path: &Path, file: &RemoteFile) -> Result<()> {
                 url: file.url.clone(),
                 expected: format!("md5 {expected}"),
                 actual: format!("md5 {actual} ({len} bytes)"),
+                kept: Some(path.to_path_buf()),
             });
         }
     } else if let Some(size) = file.size {
@@ -474,6 +488,7 @@ pub fn verify(path: &Path, file: &RemoteFile) -> Result<()> {
                 url: file.url.clone(),
                 expected: format!("{size} bytes"),
                 actual: format!("{len} bytes"),
+                kept: Some(path.to_path_buf()),
             });
         }
     }

@@ -15,6 +15,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be read at a line: an I/O error, or bytes that are not UTF-8.
+    #[error("{path} line {line}: {source}")]
+    ReadLine {
+        /// The file (or the label of an in-memory source).
+        path: PathBuf,
+        /// 1-based number of the line being read.
+        line: u64,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A record is malformed.
     #[error("{path}:{line}: field `{field}`: {message}")]
     Parse {
@@ -79,7 +90,7 @@ pub enum Error {
         message: String,
     },
     /// The downloaded (or cached) bytes do not have the expected size or checksum.
-    #[error("{url}: expected {expected}, got {actual}; the file was not kept")]
+    #[error("{url}: expected {expected}, got {actual}; {}", kept_note(.kept))]
     Integrity {
         /// The URL the file came from.
         url: String,
@@ -87,6 +98,8 @@ pub enum Error {
         expected: String,
         /// What was found.
         actual: String,
+        /// Where the file was left (e.g. a cached file in offline mode); `None` when it was removed.
+        kept: Option<PathBuf>,
     },
     /// Offline mode was requested and the file is not in the cache.
     #[error("offline: {path} is not in the cache (would be downloaded from {url})")]
@@ -119,6 +132,13 @@ pub enum Error {
     Table(String),
 }
 
+fn kept_note(kept: &Option<PathBuf>) -> String {
+    match kept {
+        Some(path) => format!("the file is left at {}", path.display()),
+        None => "the file was not kept".into(),
+    }
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -135,6 +155,14 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn read_line(path: impl Into<PathBuf>, line: u64, source: std::io::Error) -> Self {
+        Error::ReadLine {
+            path: path.into(),
+            line,
             source,
         }
     }

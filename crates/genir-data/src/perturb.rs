@@ -33,12 +33,23 @@ use serde::{Deserialize, Serialize};
 use crate::split::rng;
 use crate::types::{Corpus, Document};
 
-/// Lowercases `text` and splits it on non-alphanumeric characters.
+/// Lowercases `text` and splits it on non-alphanumeric characters. Each term tokenizes to itself.
 pub fn tokenize(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
+        .map(lowercase_term)
         .collect()
+}
+
+/// A run of alphanumeric characters, lowercased. Lowercasing `İ` (U+0130) gives `i` and a combining dot, which
+/// is not alphanumeric: it is dropped so that the term stays one alphanumeric run (`İzmir` → `izmir`).
+fn lowercase_term(run: &str) -> String {
+    let lower = run.to_lowercase();
+    if lower.chars().all(char::is_alphanumeric) {
+        lower
+    } else {
+        lower.chars().filter(|c| c.is_alphanumeric()).collect()
+    }
 }
 
 /// Document frequencies and IDF of a corpus (title and text, [`tokenize`]d).
@@ -146,7 +157,7 @@ fn map_terms(text: &str, mut f: impl FnMut(&str, usize) -> Option<String>) -> St
         if run.is_empty() {
             return;
         }
-        match f(&run.to_lowercase(), index) {
+        match f(&lowercase_term(run), index) {
             Some(s) if s.is_empty() => {
                 // Deleting a word also deletes the whitespace before it (or after it, at the start).
                 if out.ends_with(char::is_whitespace) {
@@ -283,7 +294,7 @@ impl Targets {
     fn selector(&self, query: &str, docid: &str) -> impl FnMut(&str) -> bool {
         let set: HashSet<String> = match self {
             Targets::QueryTerms => tokenize(query).into_iter().collect(),
-            Targets::Terms(t) => t.iter().map(|s| s.to_lowercase()).collect(),
+            Targets::Terms(t) => t.iter().map(|s| lowercase_term(s)).collect(),
             Targets::Random { .. } => HashSet::new(),
         };
         let random = match self {

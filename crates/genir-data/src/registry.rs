@@ -35,6 +35,9 @@ use crate::types::{Collection, Corpus, Qrels, Queries, QuerySet};
 pub enum SourceFormat {
     /// `docid<TAB>text` or `docid<TAB>title<TAB>text` (MS MARCO `collection.tsv`).
     TsvDocuments,
+    /// MS MARCO passage `collection.tsv`: [`SourceFormat::TsvDocuments`] with ir_datasets' repair of mis-encoded
+    /// characters ([`tsv::fix_msmarco_encoding`]).
+    MsmarcoPassages,
     /// `qid<TAB>text` (MS MARCO and TREC DL queries).
     TsvQueries,
     /// `qid 0 docid grade` (TREC, MS MARCO qrels) or `qid docid grade`.
@@ -43,7 +46,7 @@ pub enum SourceFormat {
     BeirCorpus,
     /// BEIR `queries.jsonl` (`_id`, `text`).
     BeirQueries,
-    /// BEIR `qrels/<split>.tsv` (`query-id corpus-id score` with header).
+    /// BEIR `qrels/<split>.tsv` (`query-id corpus-id score` with header, exactly 3 columns).
     BeirQrels,
     /// Cranfield `cran.all.1400`.
     CranfieldDocuments,
@@ -298,6 +301,7 @@ impl Registry {
         let reader = formats::open(&path)?;
         match corpus.format {
             SourceFormat::TsvDocuments => Ok(Box::new(tsv::documents(reader, path))),
+            SourceFormat::MsmarcoPassages => Ok(Box::new(tsv::msmarco_passages(reader, path))),
             SourceFormat::BeirCorpus => Ok(Box::new(jsonl::documents(reader, path))),
             SourceFormat::CranfieldDocuments => Ok(Box::new(
                 cranfield::documents(reader, &path)?.into_iter().map(Ok),
@@ -365,6 +369,7 @@ pub fn read_documents(path: &Path, format: SourceFormat) -> Result<Corpus> {
     let reader = formats::open(path)?;
     match format {
         SourceFormat::TsvDocuments => tsv::documents(reader, path).collect(),
+        SourceFormat::MsmarcoPassages => tsv::msmarco_passages(reader, path).collect(),
         SourceFormat::BeirCorpus => jsonl::documents(reader, path).collect(),
         SourceFormat::CranfieldDocuments => Ok(Corpus::new(cranfield::documents(reader, path)?)),
         other => wrong_kind(path, other, "documents"),
@@ -386,7 +391,8 @@ pub fn read_queries(path: &Path, format: SourceFormat) -> Result<Queries> {
 pub fn read_qrels(path: &Path, format: SourceFormat) -> Result<Qrels> {
     let reader = formats::open(path)?;
     match format {
-        SourceFormat::TrecQrels | SourceFormat::BeirQrels => trec::qrels(reader, path).collect(),
+        SourceFormat::TrecQrels => trec::qrels(reader, path).collect(),
+        SourceFormat::BeirQrels => trec::beir_qrels(reader, path).collect(),
         SourceFormat::CranfieldQrels => Ok(cranfield::qrels(reader, path)?
             .into_iter()
             .map(|mut q| {

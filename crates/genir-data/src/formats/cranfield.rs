@@ -11,7 +11,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use super::{parse_grade, required};
+use super::{numbered_lines, parse_grade, required};
 use crate::error::{Error, Result};
 use crate::types::{Document, Qrel, Query};
 
@@ -23,9 +23,8 @@ struct Record {
 
 fn records<R: BufRead>(reader: R, path: &Path) -> Result<Vec<Record>> {
     let mut out: Vec<Record> = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line.map_err(|e| Error::io(path, e))?;
+    for line in numbered_lines(reader, path) {
+        let (line_no, line) = line?;
         let trimmed = line.trim_end();
         if let Some(rest) = trimmed.strip_prefix(".I") {
             let id = rest.trim();
@@ -136,9 +135,8 @@ pub fn queries<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Result<Vec<Quer
 pub fn qrels<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Result<Vec<Qrel>> {
     let path = path.as_ref();
     let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = line.map_err(|e| Error::io(path, e))?;
+    for line in numbered_lines(reader, path) {
+        let (line_no, line) = line?;
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.is_empty() {
             continue;

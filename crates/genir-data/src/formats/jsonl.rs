@@ -150,30 +150,45 @@ fn query_of(map: &Map<String, Value>, path: &Path, line_no: u64) -> Result<Query
     })
 }
 
-/// Whether a `.json` file holds one JSON array (its first non-blank character is `[`) rather than one object
-/// per line.
+const BOM: &[u8] = "\u{feff}".as_bytes();
+
+/// Whether a `.json` file holds one JSON array (its first non-blank character, after a byte-order mark, is `[`)
+/// rather than one object per line.
 pub fn is_array(path: &Path) -> Result<bool> {
-    let mut reader = super::open(path)?;
-    loop {
-        let buf = reader.fill_buf().map_err(|e| Error::io(path, e))?;
-        if buf.is_empty() {
-            return Ok(false);
+    let mut bom = 0;
+    for (i, b) in super::open(path)?.bytes().enumerate() {
+        let b = b.map_err(|e| Error::io(path, e))?;
+        if i == bom && BOM.get(i) == Some(&b) {
+            bom += 1;
+            continue;
         }
-        if let Some(&b) = buf.iter().find(|b| !b.is_ascii_whitespace()) {
+        if !b.is_ascii_whitespace() {
             return Ok(b == b'[');
         }
-        let n = buf.len();
-        reader.consume(n);
     }
+    Ok(false)
 }
 
 /// The objects of a file that holds one JSON array; errors number them from 1, like lines.
 fn array_objects(path: &Path) -> Result<Vec<Map<String, Value>>> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     super::open(path)?
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
-    let items = match serde_json::from_str::<Value>(&text) {
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
+            + 1;
+        Error::read_line(
+            path,
+            line,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let items = match serde_json::from_str::<Value>(text) {
         Ok(Value::Array(items)) => items,
         Ok(_) => return Err(Error::parse(path, 1, "<file>", "not a JSON array")),
         Err(e) => {

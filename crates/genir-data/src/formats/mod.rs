@@ -64,10 +64,16 @@ impl Format {
     }
 }
 
-/// Opens a file for buffered reading, decompressing it when its name ends in `.gz`.
+/// Whether the file name ends in `.gz` (in any case, as [`Format::from_path`] reads it).
+fn is_gz(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// Opens a file for buffered reading, decompressing it when its name ends in `.gz` (in any case).
 pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    if path.extension().is_some_and(|e| e == "gz") {
+    if is_gz(path) {
         Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
             file,
         ))))
@@ -121,7 +127,7 @@ impl<R: BufRead, T> Iterator for Records<R, T> {
                 Ok(_) => {}
                 Err(e) => {
                     self.failed = true;
-                    return Some(Err(Error::io(&self.path, e)));
+                    return Some(Err(Error::read_line(&self.path, self.line_no + 1, e)));
                 }
             }
             self.line_no += 1;
@@ -388,7 +394,7 @@ fn unsupported<T>(path: &Path, what: &str, format: Format) -> Result<T> {
 /// errors to the path. A `.gz` name is compressed.
 fn finish(path: &Path, body: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     genir_io::write_atomic_with(path, |out| {
-        if path.extension().is_some_and(|e| e == "gz") {
+        if is_gz(path) {
             let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
             body(&mut gz).map_err(|e| relabel(e, path))?;
             // flate2's finish writes the trailer without flushing; flush here so an error names `path`
@@ -411,6 +417,22 @@ fn relabel(e: Error, path: &Path) -> Error {
 
 pub(crate) fn write_err(e: std::io::Error) -> Error {
     Error::io("<output>", e)
+}
+
+/// The lines of `reader`, numbered from 1, without line endings, a leading byte-order mark removed; a read
+/// error (I/O, or bytes that are not UTF-8) names the file and the line.
+pub(crate) fn numbered_lines<'a, R: BufRead + 'a>(
+    reader: R,
+    path: &'a Path,
+) -> impl Iterator<Item = Result<(u64, String)>> + 'a {
+    reader.lines().enumerate().map(move |(i, line)| {
+        let line_no = i as u64 + 1;
+        let mut line = line.map_err(|e| Error::read_line(path, line_no, e))?;
+        if line_no == 1 && line.starts_with('\u{feff}') {
+            line.drain(..'\u{feff}'.len_utf8());
+        }
+        Ok((line_no, line))
+    })
 }
 
 /// A required, non-empty field of a delimited line.

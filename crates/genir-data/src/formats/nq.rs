@@ -61,9 +61,8 @@ impl DsiBuilder {
         split: &str,
     ) -> Result<()> {
         let path = path.as_ref();
-        for (i, line) in reader.lines().enumerate() {
-            let line_no = i as u64 + 1;
-            let line = line.map_err(|e| Error::io(path, e))?;
+        for line in super::numbered_lines(reader, path) {
+            let (line_no, line) = line?;
             if line.trim().is_empty() {
                 continue;
             }

@@ -2,12 +2,13 @@
 //!
 //! Column layouts: documents `docid, title, text` (strings); queries `qid, text`; qrels `qid, docid` (strings),
 //! `grade` (i32); runs `qid, docid` (strings), `rank` (u32), `score` (f64), `tag` (string). Reading takes any
-//! integer type for `grade` and `rank`, any float or integer type for `score`, and a missing or null `title`.
+//! integer type (or integral floats) for `grade` and `rank`, any float or integer type for `score` (finite), and a
+//! missing or null `title`; a value out of these bounds is an error naming the file, row and column.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::table::{Column, Table};
+use crate::table::{Column, Table, Values};
 use crate::types::{Corpus, Document, Qrel, Qrels, Queries, Query, Run, RunEntry};
 
 fn strings<'a, T: 'a>(items: &'a [T], f: impl Fn(&'a T) -> &'a str) -> Vec<&'a str> {
@@ -85,11 +86,36 @@ fn no_nulls(t: &Table, name: &str, path: &Path) -> Result<()> {
     }
 }
 
+/// An integer column; a float column is read when every value is integral (not NaN, not fractional, in
+/// range), and an error names the row otherwise.
 fn int_column<T: TryFrom<i64>>(t: &Table, name: &str, path: &Path) -> Result<Vec<T>> {
     no_nulls(t, name, path)?;
-    let v = t
-        .i64s(name)
+    let col = t
+        .column(name)
         .map_err(|e| Error::parse(path, 0, name, e.to_string()))?;
+    let v: Vec<i64> = match col.values() {
+        Values::F64(_) | Values::F32(_) => col
+            .f64s()
+            .map_err(|e| Error::parse(path, 0, name, e.to_string()))?
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| {
+                if x.fract() == 0.0 && x.abs() < 9.0e15 {
+                    Ok(x as i64)
+                } else {
+                    Err(Error::parse(
+                        path,
+                        i as u64 + 1,
+                        name,
+                        format!("{x} is not an integer"),
+                    ))
+                }
+            })
+            .collect::<Result<_>>()?,
+        _ => col
+            .i64s()
+            .map_err(|e| Error::parse(path, 0, name, e.to_string()))?,
+    };
     v.into_iter()
         .enumerate()
         .map(|(i, x)| {
@@ -151,6 +177,14 @@ pub fn run_from_table(t: &Table, path: &Path) -> Result<Run> {
     let scores = t
         .f64s("score")
         .map_err(|e| Error::parse(path, 0, "score", e.to_string()))?;
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(Error::parse(
+            path,
+            i as u64 + 1,
+            "score",
+            format!("{} is not a finite number", scores[i]),
+        ));
+    }
     let tags = str_column(t, "tag", path, false)?;
     let entries = qids
         .into_iter()

@@ -1,8 +1,10 @@
 //! TREC qrels (`qid iteration docid grade`) and runs (`qid Q0 docid rank score tag`).
 //!
 //! Fields are separated by any whitespace, so MS MARCO's tab-separated `qrels.dev.tsv` reads as TREC qrels.
-//! The qrels reader also accepts 3-column judgments (`qid docid grade`: BEIR TSV, Cranfield), and skips a
-//! BEIR header (`query-id corpus-id score`) on the first line.
+//! A line with a tab must have the same columns split on tabs as on whitespace: an empty column or one with a
+//! space (`q1<TAB>doc one<TAB>1`) is an error, not a shifted field. The qrels reader also accepts 3-column
+//! judgments (`qid docid grade`: BEIR TSV, Cranfield), and skips a BEIR header (`query-id corpus-id score`) on
+//! the first line.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -16,32 +18,68 @@ pub fn qrels<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Records<R, Qrel> 
     Records::new(reader, path.as_ref(), parse_qrel)
 }
 
+/// Streams BEIR qrels (`query-id corpus-id score`, exactly 3 columns, as ir_datasets' `BeirQrels`).
+pub fn beir_qrels<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Records<R, Qrel> {
+    Records::new(reader, path.as_ref(), parse_beir_qrel)
+}
+
 /// Streams run rows.
 pub fn run<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Records<R, RunEntry> {
     Records::new(reader, path.as_ref(), parse_run_entry)
 }
 
-fn parse_qrel(line: &str, path: &Path, line_no: u64) -> Result<Option<Qrel>> {
+/// The whitespace-separated fields of a line; a line with a tab must split into the same fields on tabs.
+fn fields<'a>(line: &'a str, path: &Path, line_no: u64) -> Result<Vec<&'a str>> {
     let fields: Vec<&str> = line.split_whitespace().collect();
+    if line.contains('\t') {
+        let columns = line.trim().split('\t').count();
+        if columns != fields.len() {
+            return Err(Error::parse(
+                path,
+                line_no,
+                "<columns>",
+                format!(
+                    "{columns} tab-separated columns but {} whitespace-separated fields (a column is empty or \
+                     contains a space)",
+                    fields.len()
+                ),
+            ));
+        }
+    }
+    Ok(fields)
+}
+
+fn parse_qrel(line: &str, path: &Path, line_no: u64) -> Result<Option<Qrel>> {
+    qrel_of(line, path, line_no, false)
+}
+
+fn parse_beir_qrel(line: &str, path: &Path, line_no: u64) -> Result<Option<Qrel>> {
+    qrel_of(line, path, line_no, true)
+}
+
+fn qrel_of(line: &str, path: &Path, line_no: u64, beir: bool) -> Result<Option<Qrel>> {
+    let fields = fields(line, path, line_no)?;
     if fields.is_empty() {
         return Ok(None);
     }
     if line_no == 1 && fields.first() == Some(&"query-id") {
         return Ok(None);
     }
-    let (qid, docid, grade) = match fields.as_slice() {
-        [qid, _iteration, docid, grade] => (*qid, *docid, *grade),
-        [qid, docid, grade] => (*qid, *docid, *grade),
+    let (qid, docid, grade) = match (fields.as_slice(), beir) {
+        ([qid, _iteration, docid, grade], false) => (*qid, *docid, *grade),
+        ([qid, docid, grade], _) => (*qid, *docid, *grade),
         _ => {
+            let expected = if beir {
+                "`query-id corpus-id score`"
+            } else {
+                "`qid 0 docid grade` or `qid docid grade`"
+            };
             return Err(Error::parse(
                 path,
                 line_no,
                 "<columns>",
-                format!(
-                    "expected `qid 0 docid grade` or `qid docid grade`, found {} fields",
-                    fields.len()
-                ),
-            ))
+                format!("expected {expected}, found {} fields", fields.len()),
+            ));
         }
     };
     Ok(Some(Qrel {
@@ -52,7 +90,7 @@ fn parse_qrel(line: &str, path: &Path, line_no: u64) -> Result<Option<Qrel>> {
 }
 
 fn parse_run_entry(line: &str, path: &Path, line_no: u64) -> Result<Option<RunEntry>> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
+    let fields = fields(line, path, line_no)?;
     if fields.is_empty() {
         return Ok(None);
     }

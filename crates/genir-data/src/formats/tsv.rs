@@ -6,7 +6,11 @@
 //!   which accepts 3- and 4-column judgments).
 //!
 //! Fields cannot contain tabs or line breaks: writing such a value is an error, not a silent rewrite.
+//!
+//! MS MARCO's passage `collection.tsv` mixes proper UTF-8 with UTF-8 read as Latin-1 (`donâ\u{80}\u{99}t`);
+//! [`msmarco_passages`] repairs it as ir_datasets does ([`fix_msmarco_encoding`]).
 
+use std::borrow::Cow;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
@@ -17,6 +21,52 @@ use crate::types::{Document, Qrel, Query};
 /// Streams documents from TSV (2 or 3 columns).
 pub fn documents<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Records<R, Document> {
     Records::new(reader, path.as_ref(), parse_document)
+}
+
+/// Streams documents from MS MARCO's passage `collection.tsv`, each line repaired by [`fix_msmarco_encoding`]
+/// before it is read as [`documents`] reads it.
+pub fn msmarco_passages<R: BufRead>(reader: R, path: impl AsRef<Path>) -> Records<R, Document> {
+    Records::new(reader, path.as_ref(), |line, path, line_no| {
+        parse_document(&fix_msmarco_encoding(line), path, line_no)
+    })
+}
+
+/// Repairs one line of MS MARCO's passage collection as ir_datasets' `FixEncoding` does (0.6.3,
+/// `datasets/msmarco_passage.py`): for windows of 4, then 3, then 2 characters, left to right, each window that
+/// holds a character in U+0080..=U+00FF is read as Latin-1 bytes decoded as UTF-8, and replaced when that gives
+/// exactly one character (`cafÃ©` → `café`). The scan resumes one character after the window's start.
+pub fn fix_msmarco_encoding(line: &str) -> Cow<'_, str> {
+    let suspicious = |c: &char| ('\u{80}'..='\u{ff}').contains(c);
+    if !line.chars().any(|c| suspicious(&c)) {
+        return Cow::Borrowed(line);
+    }
+    let mut chars: Vec<char> = line.chars().collect();
+    for width in [4, 3, 2] {
+        let mut pos = 0;
+        // Python's `.` does not match `\n`; a line here has no line break.
+        while let Some(start) = (pos..(chars.len() + 1).saturating_sub(width))
+            .find(|&i| chars[i..i + width].iter().any(suspicious))
+        {
+            if let Some(c) = latin1_as_utf8(&chars[start..start + width]) {
+                chars.splice(start..start + width, [c]);
+            }
+            pos = start + 1;
+        }
+    }
+    Cow::Owned(chars.into_iter().collect())
+}
+
+/// The one character that `window`, encoded as Latin-1, decodes to as UTF-8, if it does.
+fn latin1_as_utf8(window: &[char]) -> Option<char> {
+    let bytes = window
+        .iter()
+        .map(|&c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let mut decoded = std::str::from_utf8(&bytes).ok()?.chars();
+    match (decoded.next(), decoded.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
 }
 
 /// Streams queries from TSV (`qid<TAB>text`).

@@ -416,3 +416,51 @@ fn builtin_registry_lists_the_issue_datasets_with_checksums() {
         55
     );
 }
+
+#[test]
+fn integrity_errors_say_whether_the_file_was_kept() {
+    let home = tempfile::tempdir().unwrap();
+    let body = b"cached bytes".to_vec();
+    let file = RemoteFile {
+        url: "http://127.0.0.1:9/never".into(),
+        size: Some(body.len() as u64),
+        md5: Some(md5_hex(&body)),
+        cache_path: "off/line.txt".into(),
+        headers: vec![],
+    };
+    let dest = home.path().join("downloads/off/line.txt");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::write(&dest, b"cached bytez").unwrap();
+    let offline = Downloader::new(
+        Cache::new(home.path()),
+        DownloadOptions {
+            offline: true,
+            ..options()
+        },
+    );
+    // Offline, a corrupt cached file is left where it is, and the error says so.
+    let err = offline.fetch(&file).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, Error::Integrity { kept: Some(p), .. } if p == &dest),
+        "{msg}"
+    );
+    assert!(dest.is_file());
+    assert!(
+        msg.contains("left at") && !msg.contains("not kept"),
+        "{msg}"
+    );
+
+    // A download that fails verification is removed, and the error says so.
+    let served = payload(100);
+    let server = Server::start(
+        HashMap::from([("k.bin".to_string(), served.clone())]),
+        Behavior::Serve,
+    );
+    let online = Downloader::new(Cache::new(home.path()), options());
+    let mut bad = remote(&server, "k.bin", &served);
+    bad.md5 = Some(md5_hex(b"other"));
+    let err = online.fetch(&bad).unwrap_err();
+    assert!(matches!(err, Error::Integrity { kept: None, .. }), "{err}");
+    assert!(err.to_string().contains("not kept"), "{err}");
+}

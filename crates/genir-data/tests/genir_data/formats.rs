@@ -545,3 +545,111 @@ fn collection_dir_reads_the_papers_json_arrays_with_inline_judgments() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tab_separated_qrels_line_with_a_spaced_column_is_an_error() {
+    // Split on whitespace, `q1<TAB>doc one<TAB>1` used to read as qid q1, docid `one`, grade 1.
+    let err = trec::qrels("q1\tdoc one\t1\n".as_bytes(), "m")
+        .collect::<Result<Qrels, _>>()
+        .unwrap_err();
+    assert_eq!(parse_error(err), ("m".into(), 1, "<columns>".into()));
+    let err = trec::qrels("q1\t\td1\t1\n".as_bytes(), "m")
+        .collect::<Result<Qrels, _>>()
+        .unwrap_err();
+    assert_eq!(parse_error(err), ("m".into(), 1, "<columns>".into()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "qrels.test.tsv",
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tdoc one\t1\n",
+    );
+    let err = formats::load_qrels(&p).unwrap_err();
+    assert!(err.to_string().contains("qrels.test.tsv:3:"), "{err}");
+
+    // Whitespace-separated TREC qrels, tab-separated MS MARCO qrels and BEIR qrels still read.
+    let q: Qrels = trec::qrels(
+        "q1 0 d1 1\nq1  0 d2 2 \nq2\t0\td3\t3\t\nq3\td4\t1\n".as_bytes(),
+        "m",
+    )
+    .collect::<Result<_, _>>()
+    .unwrap();
+    assert_eq!(q.len(), 4);
+    assert_eq!(q.grade("q1", "d2"), Some(2));
+    assert_eq!(q.grade("q2", "d3"), Some(3));
+    assert_eq!(q.grade("q3", "d4"), Some(1));
+}
+
+#[test]
+fn beir_qrels_take_exactly_three_columns() {
+    use genir_data::registry::{read_qrels, SourceFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "good.tsv",
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\n",
+    );
+    assert_eq!(read_qrels(&good, SourceFormat::BeirQrels).unwrap().len(), 1);
+    for (name, body) in [
+        ("four.tsv", "query-id\tcorpus-id\tscore\nq1\t0\td1\t1\n"),
+        ("spaced.tsv", "query-id\tcorpus-id\tscore\nq1\tdoc one\t1\n"),
+    ] {
+        let p = write(dir.path(), name, body);
+        let err = read_qrels(&p, SourceFormat::BeirQrels).unwrap_err();
+        assert_eq!(parse_error(err), (name.into(), 2, "<columns>".into()));
+    }
+}
+
+#[test]
+fn read_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = b"d1\tfine\nd2\talso fine\n".to_vec();
+    bytes.extend_from_slice(b"d3\tnot utf-8: \xff\n");
+    let p = dir.path().join("corpus.tsv");
+    std::fs::write(&p, &bytes).unwrap();
+    let err = formats::load_corpus(&p).unwrap_err();
+    assert!(
+        matches!(&err, Error::ReadLine { line: 3, path, .. } if path == &p),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("corpus.tsv line 3: "), "{err}");
+
+    // A JSON array names the line of the bad bytes too.
+    let p = dir.path().join("corpus.json");
+    std::fs::write(&p, b"[\n{\"id\": \"1\", \"text\": \"\xff\"}\n]\n").unwrap();
+    let err = formats::load_corpus(&p).unwrap_err();
+    assert!(matches!(err, Error::ReadLine { line: 2, .. }), "{err:?}");
+}
+
+#[test]
+fn a_json_array_after_a_byte_order_mark_is_read_as_an_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "corpus.json",
+        "\u{feff} [{\"id\": 1, \"text\": \"one\"}, {\"id\": \"2\", \"text\": \"two\"}]\n",
+    );
+    assert!(jsonl::is_array(&p).unwrap());
+    let corpus = formats::load_corpus(&p).unwrap();
+    assert_eq!(corpus.get("2").unwrap().text, "two");
+    assert_eq!(corpus.len(), 2);
+}
+
+#[test]
+fn gz_is_recognised_in_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("corpus.jsonl.GZ");
+    formats::save_corpus(&p, &corpus()).unwrap();
+    // written compressed (gzip magic), and read back decompressed
+    assert_eq!(std::fs::read(&p).unwrap()[..2], [0x1f, 0x8b]);
+    assert_eq!(formats::load_corpus(&p).unwrap(), corpus());
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"q1\tone\n").unwrap();
+    let p = dir.path().join("queries.test.TSV.Gz");
+    std::fs::write(&p, gz.finish().unwrap()).unwrap();
+    assert_eq!(
+        formats::load_queries(&p).unwrap().get("q1").unwrap().text,
+        "one"
+    );
+}

@@ -203,3 +203,87 @@ fn nq_reports_missing_fields() {
         "{err}"
     );
 }
+
+#[test]
+fn msmarco_passages_are_repaired_as_ir_datasets_does() {
+    use genir_data::formats::tsv;
+    // Lines and ir_datasets' FixEncoding output, by fixtures/msmarco/make_fix_encoding.py.
+    let pairs: Vec<(String, String)> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("msmarco/fix_encoding.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        pairs[0],
+        (
+            "0\tThe donâ\u{80}\u{99}t of cafÃ©".to_string(),
+            "0\tThe don’t of café".to_string()
+        )
+    );
+    for (raw, fixed) in &pairs {
+        assert_eq!(tsv::fix_msmarco_encoding(raw), fixed.as_str(), "{raw:?}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("collection.tsv");
+    let raw: String = pairs.iter().map(|(r, _)| format!("{r}\n")).collect();
+    std::fs::write(&path, raw).unwrap();
+    let corpus = read_documents(&path, SourceFormat::MsmarcoPassages).unwrap();
+    assert_eq!(corpus.len(), pairs.len());
+    for (doc, (_, fixed)) in corpus.iter().zip(&pairs) {
+        assert_eq!(format!("{}\t{}", doc.docid, doc.text), *fixed);
+    }
+    // Plain TSV documents are read as they are.
+    let plain = read_documents(&path, SourceFormat::TsvDocuments).unwrap();
+    assert_eq!(
+        plain.get("0").unwrap().text,
+        "The donâ\u{80}\u{99}t of cafÃ©"
+    );
+
+    // The registered MS MARCO passage datasets repair their collection.
+    let registry = genir_data::registry::Registry::builtin();
+    for name in registry.names() {
+        if let genir_data::registry::Layout::Files { corpus, .. } =
+            &registry.get(name).unwrap().layout
+        {
+            let marco = name.starts_with("msmarco-passage/");
+            assert_eq!(
+                corpus.format == SourceFormat::MsmarcoPassages,
+                marco,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cranfield_and_nq_skip_a_byte_order_mark() {
+    let docs = cranfield::documents("\u{feff}.I 1\n.T\nt\n.W\nw\n".as_bytes(), "cran").unwrap();
+    assert_eq!(docs[0].docid, "1");
+    let qrels = cranfield::qrels("\u{feff}1 2 3\n".as_bytes(), "cranqrel").unwrap();
+    assert_eq!(qrels[0].qid, "1");
+    let mut b = nq::DsiBuilder::new(8);
+    b.add(
+        "\u{feff}{\"example_id\": 1, \"question_text\": \"q\", \"document_title\": \"t\", \"document_text\": \"x\"}\n"
+            .as_bytes(),
+        "nq.jsonl",
+        "train",
+    )
+    .unwrap();
+    assert_eq!(b.finish("nq").corpus.len(), 1);
+}
+
+#[test]
+fn cranfield_and_nq_read_errors_name_the_line() {
+    let bad = b".I 1\n.W\nw\n\xff\n";
+    let err = cranfield::documents(&bad[..], "cran.all.1400").unwrap_err();
+    assert!(
+        err.to_string().starts_with("cran.all.1400 line 4: "),
+        "{err}"
+    );
+    let err = cranfield::qrels(&b"1 2 3\n1 3 \xff\n"[..], "cranqrel").unwrap_err();
+    assert!(err.to_string().starts_with("cranqrel line 2: "), "{err}");
+    let err = nq::DsiBuilder::new(8)
+        .add(&b"\n\xff\n"[..], "nq.jsonl", "train")
+        .unwrap_err();
+    assert!(err.to_string().starts_with("nq.jsonl line 2: "), "{err}");
+}

@@ -1,5 +1,6 @@
 //! Integration tests of genir-data (one binary, to keep link time down).
 
+mod archive;
 mod bm25;
 mod download;
 mod formats;

@@ -181,3 +181,28 @@ fn corpus_caches_its_stats_until_it_changes() {
     assert_eq!(c.stats().df("zebra"), 1);
     assert_eq!(clone.stats().n_docs(), 3);
 }
+
+#[test]
+fn tokenize_is_stable_on_its_own_terms() {
+    // Lowercasing `İ` (U+0130) adds a combining dot, which is not alphanumeric.
+    assert_eq!(tokenize("İzmir"), ["izmir"]);
+    for text in [
+        "İzmir İSTANBUL",
+        "Hello, World! it's 2024—Ünïcode",
+        "ΟΔΟΣ.ΑΒ Σ ΣΑΣ",
+        "Straße ǅemal ﬁne",
+    ] {
+        for term in tokenize(text) {
+            assert_eq!(tokenize(&term), std::slice::from_ref(&term), "{text:?}");
+        }
+    }
+    // Greek final sigma is decided per term, as before.
+    assert_eq!(tokenize("ΟΔΟΣ.ΑΒ"), ["οδος", "αβ"]);
+    // Deleting a query term finds it in the document however it is cased.
+    let doc = Document::new("d", "", "İzmir is in Türkiye.");
+    let del = Delete {
+        targets: Targets::QueryTerms,
+    };
+    let stats = CorpusStats::default();
+    assert_eq!(del.apply("izmir", &doc, &stats).text, "is in Türkiye.");
+}

@@ -143,3 +143,51 @@ fn columns_genir_does_not_read_are_left_out_by_name_and_the_rest_read_right() {
         assert!(e.contains(name) && e.contains(why), "{name}: {e}");
     }
 }
+
+#[test]
+fn nan_or_fractional_grades_and_nan_scores_are_errors_naming_the_row() {
+    use genir_data::{Column, Error};
+    let dir = tempfile::tempdir().unwrap();
+    let ids = |n: usize| -> Vec<String> { (0..n).map(|i| format!("x{i}")).collect() };
+    let qrels = |grades: Vec<f64>| {
+        Table::new(vec![
+            Column::new("qid", ids(grades.len())),
+            Column::new("docid", ids(grades.len())),
+            Column::new("grade", grades),
+        ])
+        .unwrap()
+    };
+    let p = dir.path().join("qrels.parquet");
+    qrels(vec![1.0, 2.0]).write_parquet(&p).unwrap();
+    assert_eq!(formats::load_qrels(&p).unwrap().grade("x1", "x1"), Some(2));
+    for (grades, row) in [
+        (vec![1.0, f64::NAN], 2),
+        (vec![1.5], 1),
+        (vec![0.0, 1.0, 3.0e9], 3),
+    ] {
+        qrels(grades).write_parquet(&p).unwrap();
+        let err = formats::load_qrels(&p).unwrap_err();
+        assert!(
+            matches!(&err, Error::Parse { line, field, .. } if *line == row && field == "grade"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("qrels.parquet"), "{err}");
+    }
+
+    let p = dir.path().join("run.parquet");
+    Table::new(vec![
+        Column::new("qid", ids(2)),
+        Column::new("docid", ids(2)),
+        Column::new("rank", vec![1u32, 2]),
+        Column::new("score", vec![1.0f64, f64::NAN]),
+        Column::new("tag", vec!["t", "t"]),
+    ])
+    .unwrap()
+    .write_parquet(&p)
+    .unwrap();
+    let err = formats::load_run(&p).unwrap_err();
+    assert!(
+        matches!(&err, Error::Parse { line: 2, field, .. } if field == "score"),
+        "{err}"
+    );
+}
