@@ -420,7 +420,7 @@ impl HookFilter {
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(String::from)
+            .map(canonical_pattern)
             .collect();
         Self {
             patterns: Some(list),
@@ -462,6 +462,24 @@ impl HookFilter {
         }
         Ok(())
     }
+}
+
+/// A pattern with TransformerLens's aliases that [`HookPoint::from_str`] accepts spelled as genir names them
+/// (`hook_attn_out` -> `hook_self_attn_out`, `attn.hook_z` -> `self_attn.hook_z`), so that a glob over the
+/// canonical names matches them too.
+fn canonical_pattern(pattern: &str) -> String {
+    let parts: Vec<&str> = pattern.split('.').collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| match *part {
+            "hook_attn_out" => "hook_self_attn_out",
+            // an attention kind: followed by one of its sites
+            "attn" if i + 1 < parts.len() => "self_attn",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn glob_match(pattern: &str, name: &str) -> bool {
@@ -511,6 +529,23 @@ mod tests {
         assert_eq!(p.to_string(), "decoder.blocks.3.cross_attn.hook_z");
         let p: HookPoint = "decoder.blocks.1.hook_attn_out".parse().unwrap();
         assert_eq!(p.site, Site::SelfAttnOut);
+        // the aliases in filters and globs too
+        let f = HookFilter::parse("decoder.blocks.*.hook_attn_out, decoder.blocks.1.attn.hook_z");
+        f.validate(2, 2).unwrap();
+        let mut picked: Vec<String> = HookPoint::all(2, 2)
+            .into_iter()
+            .filter(|p| f.matches(p))
+            .map(|p| p.to_string())
+            .collect();
+        picked.sort();
+        assert_eq!(
+            picked,
+            [
+                "decoder.blocks.0.hook_self_attn_out",
+                "decoder.blocks.1.hook_self_attn_out",
+                "decoder.blocks.1.self_attn.hook_z"
+            ]
+        );
         assert_eq!(
             HookPoint::final_norm(Stack::Encoder).to_string(),
             "encoder.ln_final.hook_normalized"
