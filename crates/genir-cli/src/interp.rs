@@ -18,7 +18,7 @@ use genir_interp::patching::{
     PatchMetric, PatchTarget,
 };
 use genir_interp::stages::{stage_analysis, StageConfig};
-use genir_interp::swap::EncoderSwap;
+use genir_interp::swap::{EncoderSwap, SwapNorm};
 use genir_interp::{correctly_retrieved, write_table, Probe};
 use genir_model::hooks::AttnKind;
 use genir_train::bundle::GenirModel;
@@ -243,9 +243,23 @@ pub struct SwapArgs {
     /// Comma-separated docids one of the models never saw: also evaluated on their queries alone.
     #[arg(long, value_delimiter = ',')]
     pub unseen: Vec<String>,
+    /// Whose final encoder norm applies: `encoder` (the encoder model's whole encoder) or `decoder` (the
+    /// encoder model's blocks, then the decoder model's final norm: the paper's swap, which patches the last
+    /// encoder block's output).
+    #[arg(long, value_enum, default_value = "encoder")]
+    pub final_norm: FinalNormArg,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `--final-norm` of `interp swap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FinalNormArg {
+    /// The encoder model's.
+    Encoder,
+    /// The decoder model's (the paper's swap).
+    Decoder,
 }
 
 pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
@@ -433,7 +447,12 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
             let c = load_collection(&corpus_of(&a.decoder, a.corpus.as_deref())?)?;
             let set = split(&c, &a.split)?;
             let unseen = (!a.unseen.is_empty()).then_some(a.unseen.as_slice());
-            let ev = EncoderSwap::new(&enc, &dec)?.evaluate(set, unseen)?;
+            let mut swap = EncoderSwap::new(&enc, &dec)?;
+            swap.norm = match a.final_norm {
+                FinalNormArg::Encoder => SwapNorm::Encoder,
+                FinalNormArg::Decoder => SwapNorm::Decoder,
+            };
+            let ev = swap.evaluate(set, unseen)?;
             let label = format!(
                 "{}_encoder+{}_decoder",
                 name_of(&a.encoder),

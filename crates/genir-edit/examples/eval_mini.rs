@@ -5,7 +5,8 @@
 //! `MARGIN_OLD`, `L2` set IncDSI's margins and L2 weight, `ONLY_INCDSI=1` runs IncDSI alone,
 //! `PRETRAINED=DIR` starts the base and retrained models from a pretrained T5 folder (e.g.
 //! `models/flan-t5-small-traceforge`), `LR` sets the learning rate and `DENSE=DIR` adds a bi-encoder's dense
-//! retrieval (e.g. `models/all-MiniLM-L6-v2`) to the references. A finished base or
+//! retrieval (e.g. `models/all-MiniLM-L6-v2`) to the references; `METHODS=incdsi,continued_training` picks
+//! methods, `FT_STEPS` and `FT_LR` set continued training's step limit and learning rate. A finished base or
 //! retrained model in `out` is reused when its training configuration is this run's (so the edit settings can
 //! be varied on one base model); give another `out` for `SENT` or `EPOCHS` variants.
 
@@ -61,6 +62,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     cfg.dense = env("DENSE").map(Into::into);
     if env("ONLY_INCDSI").is_some() {
         cfg.methods = vec![genir_edit::eval::Method::IncDsi];
+    }
+    if let Some(m) = env("METHODS") {
+        use genir_edit::eval::Method;
+        let all = [
+            Method::IncDsi,
+            Method::RankOne,
+            Method::ContinuedTraining,
+            Method::FullRetraining,
+        ];
+        cfg.methods = m
+            .split(',')
+            .map(|n| {
+                all.into_iter()
+                    .find(|x| x.name() == n)
+                    .ok_or_else(|| format!("METHODS: unknown method {n:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(v) = env("FT_STEPS") {
+        cfg.finetune_steps = v.parse()?;
+    }
+    if let Some(v) = env("FT_LR") {
+        cfg.finetune_lr = Some(v.parse()?);
     }
     let t = std::time::Instant::now();
     let report = evaluate_methods(&wiki, &cfg, &Device::flex())?;

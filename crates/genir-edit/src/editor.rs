@@ -127,8 +127,9 @@ impl AddMethod {
 /// Settings of the edit methods.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EditConfig {
-    /// Longest encoder input in tokens (as in training).
-    pub max_source_len: usize,
+    /// Longest encoder input in tokens; `None`: the model's ([`GenirModel::max_source_len`], as in
+    /// training).
+    pub max_source_len: Option<usize>,
     /// Chunks of a document's text used as inputs (training indexes the first one by default).
     pub max_chunks: usize,
     /// Use the text's sentences as pseudo queries.
@@ -162,7 +163,7 @@ pub struct EditConfig {
 impl Default for EditConfig {
     fn default() -> Self {
         Self {
-            max_source_len: 64,
+            max_source_len: None,
             max_chunks: 2,
             pseudo_queries: true,
             min_sentence_words: 4,
@@ -296,8 +297,16 @@ impl Editor {
     /// A searcher over the live (not deleted) documents.
     pub fn searcher(&self) -> Result<Searcher<'_>> {
         let mut s = self.model.searcher()?;
-        s.max_source_len = self.config.max_source_len;
+        s.max_source_len = self.max_len();
         Ok(s)
+    }
+
+    /// The longest encoder input the edits use ([`EditConfig::max_source_len`], else the model's).
+    fn max_len(&self) -> usize {
+        self.config
+            .max_source_len
+            .unwrap_or(self.model.max_source_len)
+            .max(1)
     }
 
     /// Number of anchors (cached existing queries and documents).
@@ -400,7 +409,7 @@ impl Editor {
         let sources = reps::encode_texts(
             &self.model.tok,
             &texts,
-            self.config.max_source_len,
+            self.max_len(),
             self.model.scheme.eos,
         )?;
         let own = anchors
@@ -492,7 +501,7 @@ impl Editor {
         let mut out = reps::text_chunks(
             &self.model.tok,
             full_text,
-            c.max_source_len,
+            self.max_len(),
             eos,
             c.max_chunks,
         )?;
@@ -504,7 +513,7 @@ impl Editor {
         out.extend(reps::encode_texts(
             &self.model.tok,
             &texts,
-            c.max_source_len,
+            self.max_len(),
             eos,
         )?);
         Ok(out)
@@ -739,6 +748,7 @@ impl Editor {
             }
             let r = self.log.records.remove(ri);
             self.log.payloads.remove(&r.id);
+            self.log.id_floor = self.log.id_floor.max(r.id + 1);
             tracing::info!(id = r.id, op = %r.op, docids = ?r.docids, "undid edit");
             undone.push(r);
         }
@@ -749,12 +759,26 @@ impl Editor {
     fn after_bulk_change(&mut self) -> Result<()> {
         self.sync_rows()?;
         if self.anchors.reps.n > 0 {
-            // documents may have disappeared: drop owners that no longer exist
+            // documents may have disappeared (an undone or rolled-back addition): their inputs are no
+            // anchors any more (kept, they would hold another document's bound against a re-addition)
             let n = self.model.scheme.len();
-            for o in &mut self.anchors.own {
-                if o.is_some_and(|d| d >= n) {
-                    *o = None;
+            let keep: Vec<bool> = self
+                .anchors
+                .own
+                .iter()
+                .map(|o| !o.is_some_and(|d| d >= n))
+                .collect();
+            if keep.contains(&false) {
+                fn retain<T>(v: &mut Vec<T>, keep: &[bool]) {
+                    let mut k = keep.iter();
+                    v.retain(|_| k.next().copied().unwrap_or(true));
                 }
+                let a = &mut self.anchors;
+                retain(&mut a.sources, &keep);
+                retain(&mut a.own, &keep);
+                retain(&mut a.top, &keep);
+                retain(&mut a.arg, &keep);
+                a.reps.retain(&keep);
             }
             if self.anchors_stale {
                 self.fresh_anchors()?;
@@ -779,7 +803,7 @@ impl Editor {
             || other.records[..mine]
                 .iter()
                 .zip(&self.log.records)
-                .any(|(a, b)| a.id != b.id || a.op != b.op || a.docids != b.docids)
+                .any(|(a, b)| a != b)
         {
             return Err(EditError::log(
                 path,
@@ -811,6 +835,7 @@ impl Editor {
             self.log.records.push(r.clone());
             self.log.payloads.insert(r.id, payload);
         }
+        self.log.id_floor = self.log.id_floor.max(other.id_floor);
         self.after_bulk_change()?;
         Ok(todo.len())
     }
@@ -1532,7 +1557,7 @@ impl Editor {
             let src = reps::encode_texts(
                 &self.model.tok,
                 texts,
-                self.config.max_source_len,
+                self.max_len(),
                 self.model.scheme.eos,
             )?;
             reps::compute(&self.model.model, &src, false, self.config.batch)?
@@ -1621,6 +1646,12 @@ impl Editor {
             if self.model.scheme.is_deleted(i) {
                 return Err(EditError::AlreadyDeleted(c.docid.clone()));
             }
+            if docs.contains(&i) {
+                return Err(EditError::Invalid(format!(
+                    "document {:?} is changed twice in one edit",
+                    c.docid
+                )));
+            }
             docs.push(i);
         }
         self.fresh_anchors()?;
@@ -1668,7 +1699,9 @@ impl Editor {
                 positives.push(p, f64::from(self.best(p, &skip).0) + self.config.margin_new);
             }
             // old-only content: sentences of the old text absent from the new one, and the doc's anchors
+            // that are not content of the new version
             let mut old_extra = Hinges::new(self.d());
+            let mut old_only_reps = Vec::new();
             if let Some(old) = &c.old_text {
                 let new_sents: BTreeSet<String> = reps::sentences(&c.text, 1).into_iter().collect();
                 let old_only: Vec<String> = reps::sentences(old, self.config.min_sentence_words)
@@ -1679,7 +1712,7 @@ impl Editor {
                     let src = reps::encode_texts(
                         &self.model.tok,
                         &old_only,
-                        self.config.max_source_len,
+                        self.max_len(),
                         self.model.scheme.eos,
                     )?;
                     let or = reps::compute(&self.model.model, &src, false, self.config.batch)?;
@@ -1689,19 +1722,45 @@ impl Editor {
                             p,
                             f64::from(self.best(p, &skip).0) - self.config.delete_margin,
                         );
+                        old_only_reps.push(p.to_vec());
                     }
                 }
             }
-            {
-                for i in 0..self.anchors.reps.n {
-                    if self.anchors.own[i] == Some(doc) {
-                        let p = self.anchors.reps.rep(i);
-                        old_extra.push(
-                            p,
-                            f64::from(self.best(p, &skip).0) - self.config.delete_margin,
-                        );
+            // The new version's content (its inputs and its sentences, as the anchors were encoded): an
+            // anchor of the document that is still its content is a positive above and must not also be
+            // pushed below the other documents. With the removed content known (`old_text`), an anchor
+            // that is neither (e.g. a training query) is pushed down only when it is at least as close to
+            // the removed content as to the new one, and otherwise left free.
+            let mut new_content: BTreeSet<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+            let new_sents = reps::encode_texts(
+                &self.model.tok,
+                &reps::sentences(&c.text, self.config.min_sentence_words),
+                self.max_len(),
+                self.model.scheme.eos,
+            )?;
+            new_content.extend(new_sents.iter().map(Vec::as_slice));
+            let closest = |q: &[f32], set: &mut dyn Iterator<Item = &[f32]>| {
+                set.map(|p| linalg::cosine(q, p))
+                    .fold(f64::NEG_INFINITY, f64::max)
+            };
+            for i in 0..self.anchors.reps.n {
+                if self.anchors.own[i] != Some(doc)
+                    || new_content.contains(self.anchors.sources[i].as_slice())
+                {
+                    continue;
+                }
+                let p = self.anchors.reps.rep(i);
+                if !old_only_reps.is_empty() {
+                    let to_old = closest(p, &mut old_only_reps.iter().map(Vec::as_slice));
+                    let to_new = closest(p, &mut (0..r.n).map(|k| r.rep(k)));
+                    if to_old < to_new {
+                        continue;
                     }
                 }
+                old_extra.push(
+                    p,
+                    f64::from(self.best(p, &skip).0) - self.config.delete_margin,
+                );
             }
             let negatives = self.anchor_bounds(doc, &old_extra);
             let (w, s) = self.solve_row(&positives, &negatives, None)?;

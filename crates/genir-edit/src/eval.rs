@@ -98,10 +98,11 @@ pub struct EvalConfig {
     pub max_anchors: usize,
     /// Sequential-edit counts at which retention is measured.
     pub decay_points: Vec<usize>,
-    /// Continued training: most AdamW steps per document.
+    /// Continued training: most AdamW steps per document (it stops earlier once the document's inputs all
+    /// retrieve it).
     pub finetune_steps: usize,
-    /// Continued training: learning rate.
-    pub finetune_lr: f64,
+    /// Continued training: learning rate; `None`: the base model's (`train.lr`).
+    pub finetune_lr: Option<f64>,
     /// Folder for the base and retrained models.
     pub work_dir: PathBuf,
     /// A bi-encoder folder (e.g. all-MiniLM-L6-v2) whose dense retrieval ([`genir_train::dense`]) is added
@@ -125,12 +126,25 @@ impl EvalConfig {
             edit: EditConfig::default(),
             max_anchors: 2000,
             decay_points: vec![1, 10, 25, 50, 100, 1000],
-            finetune_steps: 10,
-            finetune_lr: 1e-4,
+            finetune_steps: 200,
+            finetune_lr: None,
             work_dir: work_dir.into(),
             dense: None,
         }
     }
+}
+
+/// How continued training went ([`MethodResult::finetuned`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finetuned {
+    /// Documents learned (each of their inputs retrieves them) before the step limit.
+    pub learned: usize,
+    /// Mean AdamW steps per document.
+    pub mean_steps: f64,
+    /// The step limit.
+    pub max_steps: usize,
+    /// The learning rate.
+    pub lr: f64,
 }
 
 /// One method's measures.
@@ -158,6 +172,9 @@ pub struct MethodResult {
     pub locality: f64,
     /// Milliseconds per added document.
     pub ms_per_doc: f64,
+    /// Continued training: how it went ([`Finetuned`]); `None` for the other methods.
+    #[serde(default)]
+    pub finetuned: Option<Finetuned>,
     /// Total seconds.
     pub seconds: f64,
     /// `(edits done, retention Hits@1)` after sequential edits.
@@ -328,16 +345,40 @@ fn finished(dir: &std::path::Path) -> bool {
 }
 
 /// The training-loop seconds the finished run in `dir` recorded (also when an earlier evaluation trained it),
-/// after checking that it was trained with `train`: a model of another configuration is an error, never
-/// silently reused.
-fn trained_seconds(dir: &Path, train: &TrainConfig) -> Result<f64> {
+/// after checking that it was trained with `train` on `data` (its training examples' digest, when the run
+/// recorded one): a model of another configuration, or trained on another split of the documents (another
+/// seed or `n_new`), is an error, never silently reused.
+fn trained_seconds(
+    dir: &Path,
+    train: &TrainConfig,
+    data: Option<(&Collection, &Device)>,
+) -> Result<f64> {
     let state = TrainState::read_finished(dir)?;
+    let reuse = "remove it or give another work directory";
     if state.config != *train {
         return Err(EditError::Invalid(format!(
-            "{} holds a finished model trained with another configuration than this evaluation's: remove it \
-             or give another work directory",
+            "{} holds a finished model trained with another configuration than this evaluation's: {reuse}",
             dir.display()
         )));
+    }
+    if let (Some(was), Some((c, device))) = (&state.examples_digest, data) {
+        let m = GenirModel::load(dir, device)?;
+        let now = genir_train::examples::TrainingSet::build(
+            &c.corpus,
+            c.split("train"),
+            &m.scheme,
+            &m.tok,
+            &train.examples,
+        )
+        .map(|set| set.digest())
+        .ok();
+        if now.as_ref() != Some(was) {
+            return Err(EditError::Invalid(format!(
+                "{} holds a finished model trained on other documents or queries than this evaluation's \
+                 (another split: seed, number of added documents or collection): {reuse}",
+                dir.display()
+            )));
+        }
     }
     Ok(state.seconds)
 }
@@ -376,41 +417,65 @@ fn locality(a: &[String], b: &[String]) -> f64 {
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
 }
 
-/// Share of the documents' edit inputs (chunks, pseudo queries) that retrieve them first.
-fn input_hits(model: &GenirModel, docs: &[NewDocument], cfg: &EditConfig) -> Result<f64> {
+/// A document's edit inputs as the editor makes them (its text chunks, then its sentences as pseudo
+/// queries, then its example queries), as token ids cut to `max_len`.
+fn edit_sources(
+    model: &GenirModel,
+    doc: &NewDocument,
+    cfg: &EditConfig,
+    max_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let full = if doc.title.is_empty() {
+        doc.text.clone()
+    } else {
+        format!("{} {}", doc.title, doc.text)
+    };
+    let eos = model.scheme.eos;
+    let mut out = reps::text_chunks(&model.tok, &full, max_len, eos, cfg.max_chunks)?;
     let mut texts = Vec::new();
+    if cfg.pseudo_queries {
+        texts.extend(reps::sentences(&doc.text, cfg.min_sentence_words));
+    }
+    texts.extend(doc.queries.iter().cloned());
+    out.extend(reps::encode_texts(&model.tok, &texts, max_len, eos)?);
+    Ok(out)
+}
+
+/// Share of the documents' edit inputs ([`edit_sources`]: the token ids the edits were given) that
+/// retrieve them first.
+fn input_hits(
+    model: &GenirModel,
+    docs: &[NewDocument],
+    cfg: &EditConfig,
+    max_len: usize,
+) -> Result<f64> {
+    let mut sources = Vec::new();
     let mut want = Vec::new();
     for d in docs {
-        let full = if d.title.is_empty() {
-            d.text.clone()
-        } else {
-            format!("{} {}", d.title, d.text)
-        };
-        let chunks = reps::text_chunks(&model.tok, &full, cfg.max_source_len, model.scheme.eos, 1)?;
-        for c in chunks {
-            texts.push(model.tok.decode(&c, true)?);
-            want.push(d.docid.clone());
-        }
-        for s in reps::sentences(&d.text, cfg.min_sentence_words) {
-            texts.push(s);
-            want.push(d.docid.clone());
+        let idx = model
+            .scheme
+            .index_of(&d.docid)
+            .ok_or_else(|| EditError::UnknownDocid(d.docid.clone()))?;
+        for src in edit_sources(model, d, cfg, max_len)? {
+            sources.push(src);
+            want.push(idx);
         }
     }
-    if texts.is_empty() {
+    if sources.is_empty() {
         return Ok(0.0);
     }
     let mut s = model.searcher()?;
-    s.max_source_len = cfg.max_source_len;
+    s.max_source_len = max_len;
     let mut ok = 0;
-    for (chunk, w) in texts.chunks(64).zip(want.chunks(64)) {
-        let hits = s.search(chunk, 1)?;
+    for (chunk, w) in sources.chunks(64).zip(want.chunks(64)) {
+        let hits = s.search_ids(chunk, 1)?;
         ok += hits
             .iter()
             .zip(w)
-            .filter(|(h, w)| h.first().is_some_and(|h| &h.docid == *w))
+            .filter(|(h, w)| h.first().is_some_and(|h| h.doc == **w))
             .count();
     }
-    Ok(ok as f64 / texts.len() as f64)
+    Ok(ok as f64 / sources.len() as f64)
 }
 
 /// Runs the comparison (see the module documentation).
@@ -426,7 +491,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             &mut LogProgress,
         )?;
     }
-    let base_train_seconds = trained_seconds(&base_dir, &cfg.train)?;
+    let base_train_seconds = trained_seconds(&base_dir, &cfg.train, Some((&sp.base, device)))?;
     let base = GenirModel::load(&base_dir, device)?;
     let max_len = cfg.train.examples.max_source_len;
     let (ret_before, _, base_tops) = measure(&base, &sp.retention, max_len)?;
@@ -442,6 +507,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
     for &m in &cfg.methods {
         let t = Instant::now();
         let mut decay = Vec::new();
+        let mut finetuned = None;
         let (model, edit_seconds) = match m {
             Method::IncDsi | Method::RankOne => {
                 let method = if m == Method::IncDsi {
@@ -450,7 +516,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
                     AddMethod::RankOne
                 };
                 let mut ed = Editor::new(GenirModel::load(&base_dir, device)?, cfg.edit.clone())?;
-                ed.config.max_source_len = max_len;
+                ed.config.max_source_len = Some(max_len);
                 ed.calibrate_from_collection(&sp.base, cfg.max_anchors)?;
                 let mut secs = 0.0;
                 for (i, d) in sp.new_docs.iter().enumerate() {
@@ -466,15 +532,25 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             Method::ContinuedTraining => {
                 let mut model = GenirModel::load(&base_dir, device)?;
                 let mut secs = 0.0;
+                let mut ft = Finetuned {
+                    learned: 0,
+                    mean_steps: 0.0,
+                    max_steps: cfg.finetune_steps,
+                    lr: cfg.finetune_lr.unwrap_or(cfg.train.lr),
+                };
                 for (i, d) in sp.new_docs.iter().enumerate() {
                     let t = Instant::now();
-                    model = continued_training(model, d, cfg, device)?;
+                    let (m, steps, learned) = continued_training(model, d, cfg, device)?;
+                    model = m;
                     secs += t.elapsed().as_secs_f64();
+                    ft.learned += usize::from(learned);
+                    ft.mean_steps += steps as f64 / sp.new_docs.len() as f64;
                     if decay_points.contains(&(i + 1)) {
                         let (h1, _, _) = measure(&model, &sp.retention, max_len)?;
                         decay.push((i + 1, h1));
                     }
                 }
+                finetuned = Some(ft);
                 (model, secs)
             }
             Method::FullRetraining => {
@@ -487,13 +563,13 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
                         &mut LogProgress,
                     )?;
                 }
-                let secs = trained_seconds(&dir, &cfg.train)?;
+                let secs = trained_seconds(&dir, &cfg.train, Some((&sp.full, device)))?;
                 (GenirModel::load(&dir, device)?, secs)
             }
         };
         let (s1, s10, _) = measure(&model, &sp.success, max_len)?;
         let (r1, _, tops) = measure(&model, &sp.retention, max_len)?;
-        let inputs = input_hits(&model, &sp.new_docs, &cfg.edit)?;
+        let inputs = input_hits(&model, &sp.new_docs, &cfg.edit, max_len)?;
         let row = MethodResult {
             method: m.name().into(),
             docs: sp.new_docs.len(),
@@ -506,6 +582,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             retention_after: r1,
             locality: locality(&base_tops, &tops),
             ms_per_doc: edit_seconds * 1000.0 / sp.new_docs.len().max(1) as f64,
+            finetuned,
             seconds: t.elapsed().as_secs_f64(),
             decay,
         };
@@ -653,37 +730,20 @@ pub fn references_table(r: &[Reference]) -> Result<Table> {
 }
 
 /// Continued training on one new document: the vocabulary grows by one row (the live rows' mean), then
-/// AdamW steps (whole model) on the document's inputs only, until they all retrieve it or
-/// `finetune_steps` are done.
+/// AdamW steps (whole model, a fresh optimizer, `finetune_lr` or else the base model's learning rate) on the
+/// document's edit inputs only (those IncDSI is given), until they all retrieve it (checked every five
+/// steps) or `finetune_steps` are done. Returns the model, the steps taken and whether it was learned.
 pub fn continued_training(
     mut model: GenirModel,
     doc: &NewDocument,
     cfg: &EvalConfig,
     device: &Device,
-) -> Result<GenirModel> {
+) -> Result<(GenirModel, usize, bool)> {
     // grow through the editor (tokenizer, scheme, row), with the mean row instead of a solved one
+    let max_len = cfg.train.examples.max_source_len;
     let mut ed = Editor::new(model, cfg.edit.clone())?;
-    ed.config.max_source_len = cfg.train.examples.max_source_len;
-    let full = if doc.title.is_empty() {
-        doc.text.clone()
-    } else {
-        format!("{} {}", doc.title, doc.text)
-    };
-    let ecfg = &ed.config;
-    let mut sources = reps::text_chunks(
-        &ed.model.tok,
-        &full,
-        ecfg.max_source_len,
-        ed.model.scheme.eos,
-        ecfg.max_chunks,
-    )?;
-    let sents = reps::sentences(&doc.text, ecfg.min_sentence_words);
-    sources.extend(reps::encode_texts(
-        &ed.model.tok,
-        &sents,
-        ecfg.max_source_len,
-        ed.model.scheme.eos,
-    )?);
+    ed.config.max_source_len = Some(max_len);
+    let sources = edit_sources(&ed.model, doc, &ed.config, max_len)?;
     ed.append_mean_row(doc)?;
     model = ed.model;
     let idx = model
@@ -705,28 +765,31 @@ pub fn continued_training(
         })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
+    let lr = cfg.finetune_lr.unwrap_or(cfg.train.lr);
+    let (mut steps, mut learned) = (0, false);
     for step in 0..cfg.finetune_steps {
-        let (next, loss, _) =
-            trainer.step(net, &mut optim, &refs, &model.scheme, cfg.finetune_lr)?;
+        let (next, loss, _) = trainer.step(net, &mut optim, &refs, &model.scheme, lr)?;
         net = next;
+        steps = step + 1;
         if step % 5 == 4 || step + 1 == cfg.finetune_steps {
             let probe = GenirModel {
                 model: net.valid(),
                 tok: model.tok.clone(),
                 scheme: model.scheme.clone(),
+                max_source_len: max_len,
             };
             let mut s = probe.searcher()?;
-            s.max_source_len = cfg.train.examples.max_source_len;
+            s.max_source_len = max_len;
             let hits = s.search_ids(&sources, 1)?;
-            let done = hits.iter().all(|h| h.first().is_some_and(|h| h.doc == idx));
-            tracing::debug!(step, loss, done, "continued training");
-            if done {
+            learned = hits.iter().all(|h| h.first().is_some_and(|h| h.doc == idx));
+            tracing::debug!(step, loss, learned, "continued training");
+            if learned {
                 break;
             }
         }
     }
     model.model = net.valid();
-    Ok(model)
+    Ok((model, steps, learned))
 }
 
 impl EvalReport {
@@ -814,6 +877,16 @@ impl EvalReport {
             }
             s.push('\n');
         }
+        for r in &self.rows {
+            if let Some(f) = &r.finetuned {
+                s.push_str(&format!(
+                    "\n{}: a fresh AdamW at learning rate {} on each document's edit inputs, at most {} steps, \
+                     stopping once they all retrieve it: {} of {} documents learned, {:.1} steps per document on \
+                     average.\n",
+                    r.method, f.lr, f.max_steps, f.learned, r.docs, f.mean_steps
+                ));
+            }
+        }
         s
     }
 
@@ -850,20 +923,23 @@ mod tests {
             validation: vec![],
             seconds: 12.5,
             examples_digest: None,
+            epoch_loss: (0.0, 0),
         };
         std::fs::write(
             dir.path().join("train_state.json"),
             serde_json::to_vec(&state).unwrap(),
         )
         .unwrap();
-        assert_eq!(trained_seconds(dir.path(), &cfg).unwrap(), 12.5);
+        assert_eq!(trained_seconds(dir.path(), &cfg, None).unwrap(), 12.5);
         let mut other = cfg;
         other.examples.index_sentences = !other.examples.index_sentences;
-        let e = trained_seconds(dir.path(), &other).unwrap_err().to_string();
+        let e = trained_seconds(dir.path(), &other, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another configuration"), "{e}");
         // no finished run at all: an error naming the file
         let empty = tempfile::tempdir().unwrap();
-        let e = trained_seconds(empty.path(), &other)
+        let e = trained_seconds(empty.path(), &other, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("train_state.json"), "{e}");

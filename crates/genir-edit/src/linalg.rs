@@ -17,6 +17,17 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     lane_dot(a, b)
 }
 
+/// Cosine of two `f32` vectors (in `f64`); 0 when either is zero.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let ab = f64::from(dot_f32(a, b));
+    let n = f64::from(dot_f32(a, a)).sqrt() * f64::from(dot_f32(b, b)).sqrt();
+    if n > 0.0 {
+        ab / n
+    } else {
+        0.0
+    }
+}
+
 /// `sum a_i b_i` over [`LANES`] partial sums, reduced pairwise as [`reduce`], then the tail.
 #[inline(always)]
 fn lane_dot<T>(a: &[T], b: &[T]) -> T

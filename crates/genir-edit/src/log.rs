@@ -115,6 +115,9 @@ struct LogFile {
     /// Documents of the base model.
     base_docs: usize,
     records: Vec<EditRecord>,
+    /// The id the next edit gets (ids are never reused, also after an undo; absent in older logs).
+    #[serde(default)]
+    next_id: u64,
 }
 
 /// An edit log with its payloads in memory.
@@ -130,6 +133,9 @@ pub struct EditLog {
     pub payloads: BTreeMap<u64, BTreeMap<String, HostTensor>>,
     /// Base values of matrices touched by low-rank patches.
     pub base: BTreeMap<String, HostTensor>,
+    /// The lowest id a new record may take: above every id the log ever held, so an undone edit's id is
+    /// never given to another edit (a replay compares ids to know what a copy already has).
+    pub id_floor: u64,
 }
 
 impl EditLog {
@@ -144,7 +150,11 @@ impl EditLog {
 
     /// The next record id.
     pub fn next_id(&self) -> u64 {
-        self.records.last().map_or(1, |r| r.id + 1)
+        self.records
+            .last()
+            .map_or(1, |r| r.id + 1)
+            .max(self.id_floor)
+            .max(1)
     }
 
     /// A tensor of a record's payload, or an error naming the payload file.
@@ -230,6 +240,7 @@ impl EditLog {
             records: file.records,
             payloads,
             base,
+            id_floor: file.next_id,
         };
         log.check(&dir)?;
         Ok(log)
@@ -272,13 +283,28 @@ impl EditLog {
             let p = self.payloads.get(&r.id).unwrap_or(&empty);
             write_safetensors(&dir.join(&r.payload), p, None)?;
         }
+        if !self.base.is_empty() {
+            // base values only grow (a matrix's unedited value): the old log.json stays readable
+            write_safetensors(&dir.join(BASE_FILE), &self.base, None)?;
+        }
+        let file = LogFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            base_vocab: self.base_vocab,
+            base_docs: self.base_docs,
+            records: self.records.clone(),
+            next_id: self.next_id(),
+        };
+        let text = serde_json::to_vec_pretty(&file)
+            .map_err(|e| EditError::log(dir.join(LOG_FILE), e.to_string()))?;
+        write_atomic(&dir.join(LOG_FILE), &text)?;
+        // only now that log.json no longer names them: files of undone edits (an interrupted save leaves
+        // stale files, never a log whose payloads are gone)
         if self.base.is_empty() {
             let p = dir.join(BASE_FILE);
             if p.exists() {
                 std::fs::remove_file(&p).map_err(EditError::io(&p))?;
             }
-        } else {
-            write_safetensors(&dir.join(BASE_FILE), &self.base, None)?;
         }
         let keep: Vec<&str> = self.records.iter().map(|r| r.payload.as_str()).collect();
         for e in std::fs::read_dir(&dir).map_err(EditError::io(&dir))? {
@@ -289,16 +315,6 @@ impl EditLog {
                 std::fs::remove_file(e.path()).map_err(EditError::io(e.path()))?;
             }
         }
-        let file = LogFile {
-            format: FORMAT.into(),
-            version: VERSION,
-            base_vocab: self.base_vocab,
-            base_docs: self.base_docs,
-            records: self.records.clone(),
-        };
-        let text = serde_json::to_vec_pretty(&file)
-            .map_err(|e| EditError::log(dir.join(LOG_FILE), e.to_string()))?;
-        write_atomic(&dir.join(LOG_FILE), &text)?;
         Ok(())
     }
 }

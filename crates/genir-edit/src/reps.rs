@@ -51,6 +51,28 @@ impl Reps {
         &self.resid[i * self.d..(i + 1) * self.d]
     }
 
+    /// Keeps the inputs `i` with `keep[i]`, in order.
+    pub fn retain(&mut self, keep: &[bool]) {
+        fn rows(v: &mut Vec<f32>, width: usize, keep: &[bool]) {
+            if width == 0 || v.is_empty() {
+                return;
+            }
+            let mut out = Vec::with_capacity(v.len());
+            for (i, row) in v.chunks_exact(width).enumerate() {
+                if keep.get(i).copied().unwrap_or(true) {
+                    out.extend_from_slice(row);
+                }
+            }
+            *v = out;
+        }
+        rows(&mut self.rep, self.d, keep);
+        rows(&mut self.key, self.d_ff, keep);
+        rows(&mut self.resid, self.d, keep);
+        self.n = (0..self.n)
+            .filter(|&i| keep.get(i).copied().unwrap_or(true))
+            .count();
+    }
+
     /// Appends another set (same widths).
     pub fn extend(&mut self, other: &Reps) {
         if self.n == 0 {

@@ -161,7 +161,7 @@ fn copy_base() -> tempfile::TempDir {
 
 fn editor() -> Editor {
     let mut ed = Editor::open(base_dir(), &device()).unwrap();
-    ed.config.max_source_len = 32;
+    ed.config.max_source_len = Some(32);
     ed.calibrate_from_collection(&collection(&new_docs()), 1000)
         .unwrap();
     ed
@@ -365,6 +365,53 @@ fn change_moves_a_document_to_its_new_content() {
     assert!(matches!(e, EditError::UnknownDocid(_)), "{e}");
 }
 
+/// The three sentences of a document's text.
+fn sentences_of(doc: usize) -> Vec<String> {
+    doc_text(doc)
+        .split_inclusive(". ")
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
+    let mut ed = editor();
+    let target = 5;
+    // the first two sentences stay, the third is replaced by document 38's
+    let (old, other) = (sentences_of(target), sentences_of(38));
+    assert_eq!(old.len(), 3, "{old:?}");
+    let text = format!("{} {} {}", old[0], old[1], other[2]);
+    ed.change(&[ChangedDocument {
+        docid: docid(target),
+        title: String::new(),
+        text,
+        old_text: Some(doc_text(target)),
+        queries: Vec::new(),
+    }])
+    .unwrap();
+    let mut s = ed.searcher().unwrap();
+    s.max_source_len = 32;
+    let [train_q, _, test_q] = queries_of(target);
+    // the sentences that stay, and the training query about the first one, still find it first
+    let kept = vec![old[0].clone(), old[1].clone(), train_q.1];
+    for (q, h) in kept.iter().zip(s.search(&kept, 1).unwrap()) {
+        assert_eq!(h[0].docid, docid(target), "{q:?} no longer finds it first");
+    }
+    // the removed sentence and the query about it no longer do
+    let gone = vec![old[2].clone(), test_q.1];
+    for (q, h) in gone.iter().zip(s.search(&gone, 1).unwrap()) {
+        assert_ne!(h[0].docid, docid(target), "{q:?} still finds it first");
+    }
+    // one document changed twice in one edit is refused (its log entry could not be undone)
+    let twice = ChangedDocument {
+        docid: docid(target),
+        text: doc_text(37),
+        ..Default::default()
+    };
+    let e = ed.change(&[twice.clone(), twice]).unwrap_err();
+    assert!(e.to_string().contains("changed twice"), "{e}");
+}
+
 fn bytes(dir: &Path, f: &str) -> Vec<u8> {
     std::fs::read(dir.join(f)).unwrap()
 }
@@ -428,6 +475,53 @@ fn edit_log_replays_bit_for_bit_and_undo_restores_the_original() {
     let t0 = orig.model.to_hf_tensors().unwrap();
     let t1 = ed.model.model.to_hf_tensors().unwrap();
     assert!(t0 == t1);
+}
+
+#[test]
+fn an_undone_edit_leaves_no_anchors_and_its_id_is_not_reused() {
+    let a = copy_base();
+    let mut ed = editor();
+    let first = ed.add(&[new_document(36)], AddMethod::IncDsi).unwrap();
+    ed.save(a.path()).unwrap();
+    let b = copy_base();
+    assert_eq!(
+        genir_edit::replay_in_folder(a.path(), b.path(), &device()).unwrap(),
+        1
+    );
+    // undo the addition, add the document again: its own inputs (anchors of the undone edit before) must
+    // not hold it back, and the new edit gets a new id
+    ed.undo(1).unwrap();
+    let again = ed.add(&[new_document(36)], AddMethod::IncDsi).unwrap();
+    assert!(again.id > first.id, "id {} reused", again.id);
+    let mut s = ed.searcher().unwrap();
+    s.max_source_len = 32;
+    let top = s.search(&[doc_text(36)], 1).unwrap();
+    assert_eq!(top[0][0].docid, docid(36));
+    // exactly what an editor that never saw the undone edit makes
+    let mut fresh = editor();
+    let once = fresh.add(&[new_document(36)], AddMethod::IncDsi).unwrap();
+    assert_eq!(
+        again.details.get("anchor_constraints"),
+        once.details.get("anchor_constraints")
+    );
+    assert!(
+        fresh.model.model.to_hf_tensors().unwrap() == ed.model.model.to_hf_tensors().unwrap(),
+        "the re-added document's row differs from a fresh addition's"
+    );
+    // the copy holds the undone edit: replaying the redone log onto it is refused, not a silent no-op
+    ed.save(a.path()).unwrap();
+    let e = genir_edit::replay_in_folder(a.path(), b.path(), &device()).unwrap_err();
+    assert!(e.to_string().contains("not a prefix"), "{e}");
+    // ids survive a save and load: the next edit of the reopened folder takes a new one
+    let mut reopened = Editor::open(a.path(), &device()).unwrap();
+    reopened.undo(1).unwrap();
+    reopened.save(a.path()).unwrap();
+    let mut reopened = Editor::open(a.path(), &device()).unwrap();
+    reopened.config.max_source_len = Some(32);
+    let third = reopened
+        .add(&[new_document(37)], AddMethod::IncDsi)
+        .unwrap();
+    assert!(third.id > again.id, "id {} reused", third.id);
 }
 
 #[test]
@@ -556,6 +650,30 @@ fn the_evaluation_adds_a_bi_encoders_dense_retrieval_to_its_references() {
     // the rows alone, without training or editing: the same split, the same numbers
     let alone = dense_references(&c, &cfg, cfg.dense.as_ref().unwrap(), &device()).unwrap();
     assert_eq!(&alone[..], &with.references[3..]);
+    // continued training on the same base model: it says how many documents it learned, in how many steps
+    let mut ct = cfg.clone();
+    ct.dense = None;
+    ct.methods = vec![Method::ContinuedTraining];
+    let r = evaluate_methods(&c, &ct, &device()).unwrap();
+    let f = r.rows[0].finetuned.clone().unwrap();
+    assert_eq!((f.max_steps, f.lr), (200, config().lr));
+    assert!(
+        f.learned <= N_NEW && f.mean_steps >= 1.0 && f.mean_steps <= 200.0,
+        "{f:?}"
+    );
+    assert!(
+        r.markdown().contains("documents learned"),
+        "{}",
+        r.markdown()
+    );
+    assert!(with.rows[0].finetuned.is_none());
+    // another split (seed) in the same work directory: the base model trained on the first split's
+    // documents is not reused
+    ct.seed += 1;
+    let err = evaluate_methods(&c, &ct, &device())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another split"), "{err}");
     cfg.dense = Some(PathBuf::from("/nonexistent/bi-encoder"));
     let err = evaluate_methods(&c, &cfg, &device()).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/bi-encoder"), "{err}");

@@ -102,6 +102,7 @@ impl Ablation {
             model,
             tok: gm.tok.clone(),
             scheme: gm.scheme.clone(),
+            max_source_len: gm.max_source_len,
         })
     }
 
@@ -248,7 +249,7 @@ pub fn ablation_study(
     let eval = |hooks: &mut Hooks<'_>| -> Result<genir_train::metrics::Evaluation> {
         let run = run_queries(&set.queries, cfg.batch_size, "ablation", |texts| {
             let ids = searcher.encode_queries(texts)?;
-            rank_atomic(model, model, &gm.scheme, &ids, None, 10, hooks)
+            rank_atomic(model, model, &gm.scheme, &ids, None, 10, hooks, None)
         })?;
         Ok(evaluate_set(&run, set))
     };

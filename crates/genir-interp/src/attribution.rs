@@ -167,7 +167,7 @@ pub fn attribution_patching_with(
             t,
         } = prepare_pair(gm, &searcher, pair, cfg)?;
         let m_base = if cfg.into_clean { m_clean } else { m_corrupt };
-        let variants = decoder_variants(layers, heads, t, cfg);
+        let variants = decoder_variants(&gm.model, heads, t, cfg);
         let mut points: Vec<HookPoint> = variants
             .iter()
             .filter_map(|v| v.patch.as_ref().map(|(p, _)| *p))
@@ -269,7 +269,8 @@ pub fn attribution_patching_with(
                     .collect()
             };
             let point = HookPoint::final_norm(Stack::Encoder);
-            for (p, attr) in attrs.into_iter().enumerate() {
+            // the positions both queries have, as the exact sweep patches them
+            for (p, attr) in attrs.into_iter().enumerate().take(run.shared_positions) {
                 rows.push(Row {
                     variant: Variant {
                         target: PatchTarget::EncoderPositions.name(),

@@ -76,9 +76,11 @@ pub fn head_vocab_projection(
 ) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let layers = gm.model.decoder.blocks.len();
-    let points: Vec<HookPoint> = (0..layers)
-        .map(|l| HookPoint::attn(Stack::Decoder, l, cfg.kind, AttnSite::Z))
-        .collect();
+    // a removed attention (a model saved with components removed) has no heads to project
+    let (layer_of, points): (Vec<usize>, Vec<HookPoint>) = (0..layers)
+        .filter(|&l| !crate::patching::attention_removed(&gm.model, l, cfg.kind))
+        .map(|l| (l, HookPoint::attn(Stack::Decoder, l, cfg.kind, AttnSite::Z)))
+        .unzip();
     let block = docid_block(gm);
     let text_end = gm.scheme.token_offset as usize;
     let mut t = (
@@ -94,7 +96,7 @@ pub fn head_vocab_projection(
     );
     for batch in prepared.chunks(cfg.batch_size.max(1)) {
         let (_, cache) = first_step(gm, batch, 0, HookFilter::points(&points))?;
-        for (l, p) in points.iter().enumerate() {
+        for (&l, p) in layer_of.iter().zip(&points) {
             let z = cache.require(p)?.rank4(p)?;
             let per_head = head_contributions(&gm.model, l, cfg.kind, z)?; // [b, 1, h, d]
             let [b, _, h, d] = per_head.dims();

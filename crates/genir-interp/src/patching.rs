@@ -15,7 +15,7 @@ use genir_model::hooks::{
     Activation, ActivationCache, AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Intervention,
     Selection, Site, Stack,
 };
-use genir_model::t5::{pad_batch, KvPair};
+use genir_model::t5::{pad_batch, KvPair, T5Model};
 use genir_train::bundle::GenirModel;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
@@ -207,8 +207,9 @@ pub fn relevant_term_pairs(
 
 /// Pairs for the second multi-token experiment (use with [`PatchConfig::corrupt_prefix`]): each probe's
 /// query is both the clean and the corrupted query, and the corrupted docid is another probe's whose first
-/// `prefix` docid tokens differ from the clean docid's (drawn with a seeded RNG), so the two runs differ only
-/// in the docid prefix fed to the decoder.
+/// `prefix` docid tokens differ from the clean docid's and whose next token (the one compared) differs too
+/// (drawn with a seeded RNG), so the two runs differ only in the docid prefix fed to the decoder and the
+/// compared tokens have a logit difference.
 pub fn prefix_pairs(
     gm: &GenirModel,
     probes: &[Probe],
@@ -234,7 +235,7 @@ pub fn prefix_pairs(
                 target.len()
             )));
         }
-        Ok(target[..prefix].to_vec())
+        Ok(target[..=prefix].to_vec())
     };
     let heads: Vec<Vec<u32>> = probes
         .iter()
@@ -245,9 +246,12 @@ pub fn prefix_pairs(
         .iter()
         .zip(&heads)
         .map(|(p, h)| {
-            let o = pick_other(probes, |j| heads[j] != *h, &mut rng).ok_or_else(|| {
+            // `h` is the prefix and the compared token after it
+            let differs = |j: usize| heads[j][..prefix] != h[..prefix] && heads[j][prefix] != h[prefix];
+            let o = pick_other(probes, differs, &mut rng).ok_or_else(|| {
                 InterpError::Input(format!(
-                    "query {}: no other query's docid starts with different {prefix} token(s)",
+                    "query {}: no other query's docid starts with different {prefix} token(s) and has a \
+                     different token after them",
                     p.qid
                 ))
             })?;
@@ -384,12 +388,23 @@ impl Variant {
     }
 }
 
+/// Whether decoder block `l`'s attention of `kind` is absent or was removed (a model saved with components
+/// removed, `genir interp ablate --save-removed`): its heads never run, so they have nothing to patch or read.
+pub(crate) fn attention_removed(model: &T5Model, l: usize, kind: AttnKind) -> bool {
+    model.decoder.blocks.get(l).is_none_or(|b| match kind {
+        AttnKind::SelfAttn => b.removed.self_attn,
+        AttnKind::CrossAttn => b.removed.cross_attn || b.cross_attn.is_none(),
+    })
+}
+
+/// The variants of a sweep; heads of removed attentions are left out.
 pub(crate) fn decoder_variants(
-    layers: usize,
+    model: &T5Model,
     heads: usize,
     t: usize,
     cfg: &PatchConfig,
 ) -> Vec<Variant> {
+    let layers = model.decoder.blocks.len();
     let mut v = vec![Variant::none()];
     for target in &cfg.targets {
         match target {
@@ -416,6 +431,9 @@ pub(crate) fn decoder_variants(
                         ("self_attn", AttnKind::SelfAttn),
                         ("cross_attn", AttnKind::CrossAttn),
                     ] {
+                        if attention_removed(model, l, kind) {
+                            continue;
+                        }
                         for h in 0..heads {
                             v.push(Variant {
                                 target: target.name(),
@@ -534,6 +552,9 @@ pub(crate) struct PairRun<'m> {
     pub(crate) cross_clean: Vec<KvPair>,
     /// The same over the encoder output of the run patched into.
     pub(crate) cross_base: Vec<KvPair>,
+    /// Encoder positions both queries have (the shorter query's length): the positions patched one at a
+    /// time. Past it one of the two runs has padding, whose encoder output is no token's.
+    pub(crate) shared_positions: usize,
     self_bias: Tensor<4>,
     enc_bias: Tensor<4>,
     /// `[k, d_model]`: the LM head rows of `tokens`, with the output scaling folded in.
@@ -677,9 +698,11 @@ impl PairRun<'_> {
             .collect())
     }
 
-    /// Patches the encoder output one source position at a time. The cross-attention keys and values are
-    /// linear in the encoder output row by row, so a patched position's keys/values are the clean run's at
-    /// that position and the base run's elsewhere: no projection is recomputed.
+    /// Patches the encoder output one source position at a time, at the positions both queries have
+    /// ([`PairRun::shared_positions`]: when the lengths differ, a position past the shorter query would copy
+    /// a padding row into a real token, or a real token into a masked one). The cross-attention keys and
+    /// values are linear in the encoder output row by row, so a patched position's keys/values are the clean
+    /// run's at that position and the base run's elsewhere: no projection is recomputed.
     fn run_encoder_positions(&self, batch: usize) -> Result<Vec<Row>> {
         let [_, src, _] = self.enc_base.dims();
         let device = self.enc_base.device();
@@ -697,8 +720,8 @@ impl PairRun<'_> {
                 v: c.v.clone().zip(b.v.clone()).map(|(c, b)| c - b),
             })
             .collect();
-        let positions: Vec<usize> = (0..src).collect();
-        let mut rows = Vec::with_capacity(src);
+        let positions: Vec<usize> = (0..self.shared_positions.min(src)).collect();
+        let mut rows = Vec::with_capacity(positions.len());
         for chunk in positions.chunks(batch.max(1)) {
             let n = chunk.len();
             let mut onehot = vec![0f32; n * src];
@@ -811,7 +834,7 @@ pub(crate) fn prepare_pair<'m>(
     let ids = searcher.encode_queries(&[pair.clean.clone(), pair.corrupt.clone()])?;
     if ids[0].len() != ids[1].len() {
         tracing::debug!(qid = %pair.qid, clean = ids[0].len(), corrupt = ids[1].len(),
-            "query lengths differ: the shorter is padded and masked");
+            "query lengths differ: the shorter is padded and masked, encoder positions are patched up to its length");
     }
     // One encoder pass for both queries of the pair.
     let (src, mask) = pad_batch(&ids, pad, &device)?;
@@ -887,6 +910,7 @@ pub(crate) fn prepare_pair<'m>(
         gm,
         cross_clean: model.cross_kv(&enc_clean),
         cross_base: model.cross_kv(&enc_base),
+        shared_positions: ids[0].len().min(ids[1].len()),
         self_bias: model.decoder_self_bias(t, &device)?,
         enc_bias: model.encoder_bias(mask_base.clone()),
         enc_clean,
@@ -1011,7 +1035,6 @@ pub fn activation_patching(
     }
     let model = &gm.model;
     let searcher = gm.searcher()?;
-    let layers = model.decoder.blocks.len();
     let heads = model.config.num_heads;
     let mut table = PatchRows::default();
     for pair in pairs {
@@ -1026,7 +1049,7 @@ pub fn activation_patching(
         if denom.abs() < 1e-9 {
             tracing::warn!(qid = %pair.qid, "clean and corrupted runs have the same metric: values are NaN");
         }
-        let variants = decoder_variants(layers, heads, t, cfg);
+        let variants = decoder_variants(&gm.model, heads, t, cfg);
         let mut rows = run.run_decoder(&variants, cfg.batch_size)?;
         if cfg.targets.contains(&PatchTarget::EncoderPositions) {
             rows.extend(run.run_encoder_positions(cfg.batch_size)?);

@@ -4,8 +4,8 @@
 use burn::prelude::*;
 use genir_data::Table;
 use genir_data::{Queries, QuerySet, Run, RunEntry};
-use genir_model::hooks::Hooks;
-use genir_model::t5::{pad_batch, T5Model};
+use genir_model::hooks::{HookFilter, HookPoint, Hooks, Site, Stack};
+use genir_model::t5::{pad_batch, RmsNorm, T5Model};
 use genir_train::bundle::GenirModel;
 use genir_train::docid::DocidScheme;
 use genir_train::metrics::{evaluate, Evaluation};
@@ -16,7 +16,9 @@ use crate::error::{InterpError, Result};
 
 /// Ranks atomic docids for a batch of tokenized queries: `encoder.encode`, then one `decoder.decode_step`
 /// from the start token, log-softmax over the vocabulary read at the docid tokens (as
-/// [`Searcher`] does for atomic docids). `hooks` act on both models' passes.
+/// [`Searcher`] does for atomic docids). `hooks` act on both models' passes. With `final_norm`, the
+/// encoder's last residual stream goes through that norm instead of the encoder's own.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rank_atomic(
     encoder: &T5Model,
     decoder: &T5Model,
@@ -25,6 +27,7 @@ pub(crate) fn rank_atomic(
     allowed: Option<&[bool]>,
     k: usize,
     hooks: &mut Hooks<'_>,
+    final_norm: Option<&RmsNorm>,
 ) -> Result<Vec<Vec<Hit>>> {
     if !scheme.is_atomic() {
         return Err(InterpError::Input(format!(
@@ -35,7 +38,21 @@ pub(crate) fn rank_atomic(
     let device = encoder.shared.val().device();
     let pad = encoder.config.pad_token_id as u32;
     let (ids, mask) = pad_batch(sources, pad, &device)?;
-    let enc = encoder.encode(ids, mask.clone(), hooks)?;
+    let enc = match final_norm {
+        None => encoder.encode(ids, mask.clone(), hooks)?,
+        Some(norm) => {
+            // the last block's output, before the encoder's own final norm
+            let layers = encoder.encoder.blocks.len();
+            let last = layers
+                .checked_sub(1)
+                .map(|l| HookPoint::block(Stack::Encoder, l, Site::ResidPost))
+                .ok_or_else(|| InterpError::Input("the encoder has no blocks".into()))?;
+            let mut cache = Hooks::caching(HookFilter::points(&[last]));
+            encoder.encode(ids, mask.clone(), &mut cache)?;
+            let resid = cache.take_cache().require(&last)?.rank3(&last)?;
+            norm.forward(resid)
+        }
+    };
     let mut state = decoder.start_decoding(enc, mask);
     let rows = sources.len();
     let start = decoder.config.decoder_start() as i64;
@@ -99,6 +116,18 @@ pub(crate) fn evaluate_set(run: &Run, set: &QuerySet) -> Evaluation {
     evaluate(run, &set.qrels, Some(&qids))
 }
 
+/// Whose final encoder norm the swapped encoder's output goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SwapNorm {
+    /// Model A's: A's whole encoder, its final norm included.
+    #[default]
+    Encoder,
+    /// Model B's: A's encoder blocks, then B's final norm. The paper's swap (technion-cs-nlp/re-gen-ir,
+    /// `swap_encoder.py`) patches A's `encoder.{last}.hook_resid_post` into B's run in TransformerLens,
+    /// which applies B's `encoder_final_ln` after it.
+    Decoder,
+}
+
 /// Model A's encoder feeding model B's decoder: A tokenizes and encodes the query, B's decoder ranks B's
 /// (atomic) docids.
 pub struct EncoderSwap<'a> {
@@ -108,6 +137,8 @@ pub struct EncoderSwap<'a> {
     searcher: Searcher<'a>,
     /// Queries per forward pass.
     pub batch_size: usize,
+    /// Whose final encoder norm applies ([`SwapNorm::Encoder`] unless set).
+    pub norm: SwapNorm,
 }
 
 impl<'a> EncoderSwap<'a> {
@@ -145,6 +176,7 @@ impl<'a> EncoderSwap<'a> {
             scheme: &decoder.scheme,
             searcher: encoder.searcher()?,
             batch_size: 64,
+            norm: SwapNorm::Encoder,
         })
     }
 
@@ -167,6 +199,10 @@ impl<'a> EncoderSwap<'a> {
             allowed,
             k,
             &mut Hooks::none(),
+            match self.norm {
+                SwapNorm::Encoder => None,
+                SwapNorm::Decoder => Some(&self.decoder.encoder.final_norm),
+            },
         )
     }
 

@@ -120,6 +120,37 @@ impl<'a> Naive<'a> {
         f64::from(v[self.clean_tok]) - f64::from(v[self.corrupt_tok])
     }
 
+    /// The metric with the encoder output at `pos` replaced by the clean run's at `pos`, for queries of any
+    /// lengths (the patch source is the corrupted run's encoder output with that one row replaced).
+    fn patched_encoder_position(&self, pos: usize) -> f64 {
+        let point = HookPoint::final_norm(Stack::Encoder);
+        let (_, base) = self
+            .gm
+            .model
+            .run_with_cache(&self.corrupt, HookFilter::points(&[point]))
+            .unwrap();
+        let (clean, base) = (
+            self.cache.require(&point).unwrap().rank3(&point).unwrap(),
+            base.require(&point).unwrap().rank3(&point).unwrap(),
+        );
+        let [_, n_clean, d] = clean.dims();
+        let [_, n_base, _] = base.dims();
+        assert!(
+            pos < n_clean.min(n_base),
+            "position {pos} is not in both queries"
+        );
+        let row = clean.slice([0..1, pos..pos + 1, 0..d]);
+        let source = base.slice_assign([0..1, pos..pos + 1, 0..d], row);
+        let mut hooks = Hooks::none().with(
+            point,
+            Intervention::Patch {
+                source: Activation::Rank3(source),
+                selection: Selection::positions(vec![pos]),
+            },
+        );
+        self.metric(&mut hooks)
+    }
+
     fn patched(&self, point: HookPoint, sel: Selection) -> f64 {
         let mut hooks = Hooks::none().patch_from(&self.cache, point, sel).unwrap();
         self.metric(&mut hooks)
@@ -209,16 +240,20 @@ fn the_sweep_equals_a_full_forward_per_patch() {
         .map(|p| (p.qid.clone(), Naive::new(&gm, p)))
         .collect();
     let mut checked = HashMap::<String, usize>::new();
+    let mut unequal = HashMap::<String, usize>::new();
     for i in 0..df.height() {
         let n = &naive[&qid[i]];
         let expected = if target[i] == "none" {
             n.metric(&mut Hooks::none())
         } else {
-            if target[i] == "encoder_positions" && !n.same_length() {
-                continue; // the sweep pads the shorter query; the naive run has nothing to patch there
+            if target[i] == "encoder_positions" {
+                // queries of different lengths too: only the positions both have are patched
+                *unequal.entry(qid[i].clone()).or_default() += usize::from(!n.same_length());
+                n.patched_encoder_position(pos[i] as usize)
+            } else {
+                let (p, s) = row_patch(&target[i], layer[i], &comp[i], head[i], pos[i]);
+                n.patched(p, s)
             }
-            let (p, s) = row_patch(&target[i], layer[i], &comp[i], head[i], pos[i]);
-            n.patched(p, s)
         };
         assert!(
             (raw[i] - expected).abs() < 1e-4 * (1.0 + expected.abs()),
@@ -245,6 +280,19 @@ fn the_sweep_equals_a_full_forward_per_patch() {
             checked.get(t).copied().unwrap_or(0) > 0,
             "no {t} row checked"
         );
+    }
+    // pairs of different lengths were checked, each at exactly the positions both queries have
+    assert!(
+        unequal.values().any(|&n| n > 0),
+        "no pair of different lengths"
+    );
+    for p in &pairs {
+        let n = &naive[&p.qid];
+        let shared = n.clean.input_ids.dims()[1].min(n.corrupt.input_ids.dims()[1]);
+        let rows = (0..df.height())
+            .filter(|&i| qid[i] == p.qid && target[i] == "encoder_positions")
+            .count();
+        assert_eq!(rows, shared, "{}: encoder positions", p.qid);
     }
 }
 

@@ -13,9 +13,11 @@ use genir_interp::patching::{
     activation_patching, make_pairs, prefix_pairs, relevant_term_pairs, Corruption, PatchConfig,
     PatchMetric, PatchPair, PatchTarget, PATCH_COMPONENTS,
 };
-use genir_interp::swap::EncoderSwap;
+use genir_interp::swap::{EncoderSwap, SwapNorm};
 use genir_interp::{lens_logits, write_table, InterpError, Probe};
-use genir_model::hooks::{AttnKind, AttnSite, HookFilter, HookPoint, Site, Stack};
+use genir_model::hooks::{
+    AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Selection, Site, Stack,
+};
 use genir_model::t5::Seq2SeqInput;
 use genir_model::ModelError;
 use genir_train::bundle::GenirModel;
@@ -322,15 +324,22 @@ fn pairs_are_seeded_and_lengths_may_differ() {
     };
     let df = activation_patching(&gm, &[pair], &cfg).unwrap();
     let target = strs(&df, "target");
-    let long = gm
+    let lens: Vec<usize> = gm
         .searcher()
         .unwrap()
-        .encode_queries(&["volcano lava volcano lava eruption magma".into()])
-        .unwrap()[0]
-        .len();
+        .encode_queries(&[
+            "volcano lava volcano lava eruption magma".into(),
+            "chess".into(),
+        ])
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert!(lens[1] < lens[0], "{lens:?}");
+    // encoder positions are patched where both queries have a token
     assert_eq!(
         target.iter().filter(|t| *t == "encoder_positions").count(),
-        long
+        lens[1]
     );
     let v = f64s(&df, "value");
     let comp = strs(&df, "component");
@@ -451,13 +460,16 @@ fn prefix_patching_holds_the_query_and_swaps_the_docid_prefix() {
     let probes = probes();
     let prefix = 2;
     let pairs = prefix_pairs(&gm, &probes[..4], prefix, 5).unwrap();
-    let head = |d: &str| gm.scheme.target(gm.scheme.require(d, "").unwrap())[..prefix].to_vec();
+    let head = |d: &str| gm.scheme.target(gm.scheme.require(d, "").unwrap())[..=prefix].to_vec();
     for p in &pairs {
         assert_eq!(p.clean, p.corrupt);
-        assert_ne!(
+        let (c, k) = (
             head(&p.clean_docid),
-            head(p.corrupt_docid.as_deref().unwrap())
+            head(p.corrupt_docid.as_deref().unwrap()),
         );
+        assert_ne!(c[..prefix], k[..prefix]);
+        // the compared tokens differ: the logit difference is not identically 0
+        assert_ne!(c[prefix], k[prefix]);
     }
     assert_eq!(pairs, prefix_pairs(&gm, &probes[..4], prefix, 5).unwrap());
     assert!(matches!(
@@ -626,6 +638,66 @@ fn encoder_swap_checks_models_and_evaluates() {
     assert!((0.0..=1.0).contains(&swapped.all.hits_at_1));
     let df = swapped.to_frame("a->b").unwrap();
     assert_eq!(df.height(), 2);
+    // the paper's swap: A's encoder blocks under B's final encoder norm, which is B's run with A's last
+    // encoder residual stream patched in (TransformerLens's hook_resid_post comes before encoder_final_ln)
+    let mut paper = EncoderSwap::new(&a, &b).unwrap();
+    paper.norm = SwapNorm::Decoder;
+    let queries: Vec<String> = set.queries.iter().take(4).map(|q| q.text.clone()).collect();
+    let hits = paper.search(&queries, 3, None).unwrap();
+    let own_norm = EncoderSwap::new(&a, &b)
+        .unwrap()
+        .search(&queries, 3, None)
+        .unwrap();
+    let ids = a.searcher().unwrap().encode_queries(&queries).unwrap();
+    let last = HookPoint::block(
+        Stack::Encoder,
+        a.model.encoder.blocks.len() - 1,
+        Site::ResidPost,
+    );
+    let (start, pad) = (
+        b.model.config.decoder_start() as u32,
+        b.model.config.pad_token_id as u32,
+    );
+    let mut moved = 0f32;
+    for ((src, got), other) in ids.iter().zip(&hits).zip(&own_norm) {
+        let input =
+            Seq2SeqInput::from_ids(std::slice::from_ref(src), &[vec![start]], pad, &device())
+                .unwrap();
+        let (_, cache) = a
+            .model
+            .run_with_cache(&input, HookFilter::points(&[last]))
+            .unwrap();
+        let mut hooks = Hooks::none()
+            .patch_from(&cache, last, Selection::all())
+            .unwrap();
+        let logits = b.model.forward(&input, &mut hooks).unwrap();
+        let v = logits.dims()[2];
+        let lp: Vec<f32> = burn::tensor::activation::log_softmax(logits.reshape([1, v]), 1)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap();
+        for h in got {
+            let row = b.scheme.target(h.doc)[0] as usize;
+            assert!(
+                (lp[row] - h.score).abs() < 1e-5,
+                "{} vs {}",
+                lp[row],
+                h.score
+            );
+        }
+        let best = (0..b.scheme.len())
+            .map(|d| lp[b.scheme.target(d)[0] as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert!(
+            (best - got[0].score).abs() < 1e-5,
+            "{best} vs {}",
+            got[0].score
+        );
+        moved = moved.max((got[0].score - other[0].score).abs());
+    }
+    // the two models' final norms differ: so do the scores
+    assert!(moved > 1e-4, "{moved}");
     // incompatible models
     let c = tiny_collection();
     let wide = tempfile::tempdir().unwrap();
@@ -997,6 +1069,33 @@ fn removed_components_equal_zero_ablation_and_survive_saving() {
     let again = back.model.forward(&input, &mut Hooks::none()).unwrap();
     let diff: f32 = (again - removed).abs().max().into_scalar();
     assert!(diff <= 1e-6, "reloaded: {diff}");
+    // the analyses run on it: the removed self-attentions have no heads to patch or project
+    let pairs = make_pairs(&probes()[..3], &Corruption::OtherQuery { seed: 1 }).unwrap();
+    let cfg = PatchConfig {
+        targets: vec![PatchTarget::Components, PatchTarget::Heads],
+        ..PatchConfig::default()
+    };
+    let df = activation_patching(&back, &pairs, &cfg).unwrap();
+    let (target, comp) = (strs(&df, "target"), strs(&df, "component"));
+    let heads: Vec<&String> = (0..df.height())
+        .filter(|&i| target[i] == "heads")
+        .map(|i| &comp[i])
+        .collect();
+    assert!(
+        !heads.is_empty() && heads.iter().all(|c| *c == "cross_attn"),
+        "{heads:?}"
+    );
+    let projected = head_vocab_projection(
+        &back,
+        &probes()[..2],
+        &HeadProjectionConfig {
+            kind: AttnKind::SelfAttn,
+            top_k: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(projected.height(), 0);
     // a mean ablation baked in: each removed output is its mean over the reference queries, equal to mean
     // ablation through hooks, kept through saving (config.json)
     let mean_patterns = "decoder.blocks.0.hook_mlp_out,decoder.blocks.1.hook_cross_attn_out,encoder.blocks.0.hook_self_attn_out";

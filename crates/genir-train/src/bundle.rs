@@ -14,6 +14,16 @@ use crate::search::Searcher;
 
 /// File name of the docid scheme inside a model folder.
 pub const DOCIDS_FILE: &str = "docids.json";
+/// genir's settings of a model folder beside the Hugging Face files: `{"max_source_len": 64}`.
+pub const SETTINGS_FILE: &str = "genir.json";
+/// The query length searchers use when a folder does not say ([`GenirModel::max_source_len`]).
+pub const DEFAULT_MAX_SOURCE_LEN: usize = 64;
+
+/// The contents of [`SETTINGS_FILE`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FolderSettings {
+    max_source_len: usize,
+}
 
 /// How a checkpoint trained by other code names its atomic docid tokens: fixed text around one `{}` where the
 /// docid goes, e.g. `@DOC_ID_{}@` (the paper's code, technion-cs-nlp/re-gen-ir).
@@ -99,6 +109,10 @@ pub struct GenirModel {
     pub tok: TextTokenizer,
     /// Its docid scheme.
     pub scheme: DocidScheme,
+    /// Source length (tokens, `</s>` included) the model was trained with: its searchers cut queries there,
+    /// as training and validation did. Saved in [`SETTINGS_FILE`]; a folder written by `genir train`
+    /// before it existed gives its `train_config.json`'s; otherwise [`DEFAULT_MAX_SOURCE_LEN`].
+    pub max_source_len: usize,
 }
 
 impl GenirModel {
@@ -119,7 +133,44 @@ impl GenirModel {
                 scheme.eos, scheme.token_offset, model.config.vocab_size
             )));
         }
-        Ok(Self { model, tok, scheme })
+        Ok(Self {
+            model,
+            tok,
+            scheme,
+            max_source_len: DEFAULT_MAX_SOURCE_LEN,
+        })
+    }
+
+    /// The same parts with another [`GenirModel::max_source_len`].
+    pub fn with_max_source_len(mut self, max_source_len: usize) -> Self {
+        self.max_source_len = max_source_len.max(1);
+        self
+    }
+
+    /// The source length a folder's model was trained with ([`GenirModel::max_source_len`]), if it says.
+    fn folder_max_source_len(dir: &Path) -> Result<Option<usize>> {
+        let settings = dir.join(SETTINGS_FILE);
+        if settings.exists() {
+            let s: FolderSettings = crate::train::read_json(&settings)?;
+            if s.max_source_len == 0 {
+                return Err(TrainError::Json {
+                    path: settings,
+                    message: "max_source_len is 0".into(),
+                });
+            }
+            return Ok(Some(s.max_source_len));
+        }
+        let cfg = dir.join("train_config.json");
+        if cfg.exists() {
+            // only the field needed; an unreadable file is reported by the commands that read it whole
+            let v: serde_json::Value = crate::train::read_json(&cfg)?;
+            return Ok(v
+                .pointer("/examples/max_source_len")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n > 0));
+        }
+        Ok(None)
     }
 
     /// Loads a model folder written by [`GenirModel::save`] (or by `genir train`).
@@ -135,7 +186,8 @@ impl GenirModel {
         }
         let scheme = DocidScheme::load(&docids)?;
         let (model, tok, _) = open_folder(dir, device)?;
-        Self::new(model, tok, scheme)
+        let len = Self::folder_max_source_len(dir)?.unwrap_or(DEFAULT_MAX_SOURCE_LEN);
+        Ok(Self::new(model, tok, scheme)?.with_max_source_len(len))
     }
 
     /// Opens a Hugging Face T5 checkpoint whose atomic docids were made by other code: each docid is one
@@ -311,6 +363,12 @@ impl GenirModel {
         std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
         self.model.save_pretrained(dir)?;
         crate::vocab::save_tokenizer(self.tok.inner(), &dir.join("tokenizer.json"))?;
+        crate::train::write_json(
+            &dir.join(SETTINGS_FILE),
+            &FolderSettings {
+                max_source_len: self.max_source_len,
+            },
+        )?;
         self.scheme.save(&dir.join(DOCIDS_FILE))
     }
 
@@ -384,9 +442,11 @@ impl GenirModel {
         Ok(self)
     }
 
-    /// A searcher over every docid.
+    /// A searcher over every docid, cutting queries at [`GenirModel::max_source_len`].
     pub fn searcher(&self) -> Result<Searcher<'_>> {
-        Searcher::new(&self.model, &self.tok, &self.scheme)
+        let mut s = Searcher::new(&self.model, &self.tok, &self.scheme)?;
+        s.max_source_len = self.max_source_len;
+        Ok(s)
     }
 }
 

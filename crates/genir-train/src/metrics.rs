@@ -4,8 +4,10 @@
 //! As in trec_eval, a run is ordered by descending score with ties broken by descending docid (the `rank`
 //! column is ignored), and a document is relevant when its grade is at least 1. Queries of the evaluated set
 //! that have no results score 0 (trec_eval's `-c`); queries without a relevant document are skipped.
+//! Duplicates count once, as in the dictionaries pytrec_eval takes: a query listed twice, a document judged
+//! twice (its last grade), a document a run lists twice for one query (its best rank).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use genir_data::{Column, Table};
@@ -69,13 +71,27 @@ pub fn evaluate(run: &Run, qrels: &Qrels, qids: Option<&[String]>) -> Evaluation
         None => qrels.qids().into_iter().map(str::to_string).collect(),
     };
     let mut per_query = Vec::new();
-    for qid in &judged {
-        let relevant: Vec<&str> = qrels.relevant(qid).collect();
+    let mut seen_qids = BTreeSet::new();
+    // a query listed twice counts once
+    for qid in judged.iter().filter(|q| seen_qids.insert(q.as_str())) {
+        // a document judged twice has its last grade (as a qrels map: pytrec_eval's input, Qrels::to_map)
+        let mut grades: BTreeMap<&str, i32> = BTreeMap::new();
+        for j in qrels.for_query(qid) {
+            grades.insert(j.docid.as_str(), j.grade);
+        }
+        let relevant: BTreeSet<&str> = grades
+            .into_iter()
+            .filter(|&(_, g)| g > 0)
+            .map(|(d, _)| d)
+            .collect();
         if relevant.is_empty() {
             continue;
         }
         let mut rows = by_query.get(qid.as_str()).cloned().unwrap_or_default();
         trec_order(&mut rows);
+        // a document the run lists twice for a query counts at its best rank
+        let mut seen_docs = BTreeSet::new();
+        rows.retain(|e| seen_docs.insert(e.docid.as_str()));
         let is_rel = |e: &&RunEntry| relevant.contains(&e.docid.as_str());
         let first = rows.iter().position(is_rel).map(|p| p + 1);
         let within = |k: usize| first.is_some_and(|r| r <= k);
@@ -189,5 +205,34 @@ mod tests {
         assert_eq!(ev.per_query[1].hits_at_10, 0.0);
         assert_eq!(ev.mrr_at_10, 0.25);
         assert_eq!(ev.per_query.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_count_once_as_pytrec_eval_reads_them() {
+        // d1 judged twice, d2 judged relevant then not (the last grade counts, as in a qrels dict)
+        let qrels = Qrels::new(vec![
+            Qrel::new("q1", "d1", 1),
+            Qrel::new("q1", "d1", 1),
+            Qrel::new("q1", "d2", 2),
+            Qrel::new("q1", "d2", 0),
+        ]);
+        // d1 listed twice by the run
+        let run = Run::new(vec![
+            entry("q1", "d1", 3.0),
+            entry("q1", "d1", 2.0),
+            entry("q1", "d2", 1.0),
+        ]);
+        let qids = vec!["q1".to_string(), "q1".to_string()];
+        let ev = evaluate(&run, &qrels, Some(&qids));
+        assert_eq!(ev.per_query.len(), 1, "a query listed twice counts once");
+        let q = &ev.per_query[0];
+        // one relevant document (d1), found at rank 1: recall 1 at every cut-off, never above
+        assert!(q.recall.iter().all(|&r| r == 1.0), "{:?}", q.recall);
+        assert_eq!(q.first_relevant_rank, Some(1));
+        assert_eq!(ev.hits_at_1, 1.0);
+        // d2 (last grade 0) is not relevant: a run with d2 first misses at rank 1
+        let run = Run::new(vec![entry("q1", "d2", 3.0), entry("q1", "d1", 2.0)]);
+        let ev = evaluate(&run, &qrels, None);
+        assert_eq!(ev.per_query[0].first_relevant_rank, Some(2));
     }
 }

@@ -262,8 +262,12 @@ pub struct TrainState {
     pub step: usize,
     /// Total steps of the run.
     pub total_steps: usize,
-    /// Mean loss of each epoch completed so far... and of the current one.
+    /// Mean loss of each epoch completed so far.
     pub losses: Vec<(usize, f32)>,
+    /// Sum and number of the losses of the current (unfinished) epoch's steps so far, so that a resumed run
+    /// records the same epoch mean as an uninterrupted one (absent in older checkpoints: zero).
+    #[serde(default)]
+    pub epoch_loss: (f64, usize),
     /// Validation results so far.
     pub validation: Vec<ValidationPoint>,
     /// Wall-clock seconds spent training (summed over resumes).
@@ -335,7 +339,7 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Json {
         path: path.into(),
         message: e.to_string(),
@@ -344,7 +348,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     Ok(())
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read(path).map_err(TrainError::io(path))?;
     serde_json::from_slice(&text).map_err(|e| TrainError::Json {
         path: path.into(),
@@ -743,6 +747,7 @@ impl Trainer {
                     validation: Vec::new(),
                     seconds: 0.0,
                     examples_digest: None,
+                    epoch_loss: (0.0, 0),
                 };
                 (b, state, None)
             }
@@ -810,8 +815,6 @@ impl Trainer {
         let base_seconds = state.seconds;
         let mut model = bundle.model;
         let mut epoch_cache: Option<(usize, Vec<&Example>)> = None;
-        let mut loss_sum = 0f64;
-        let mut loss_n = 0usize;
         while state.step < total {
             if self
                 .stop_after
@@ -850,8 +853,8 @@ impl Trainer {
                 )));
             }
             state.step += 1;
-            loss_sum += f64::from(loss);
-            loss_n += 1;
+            state.epoch_loss.0 += f64::from(loss);
+            state.epoch_loss.1 += 1;
             let secs = start.elapsed().as_secs_f64();
             progress.step(&StepInfo {
                 step: state.step,
@@ -865,11 +868,8 @@ impl Trainer {
             });
             let epoch_done = state.step % steps_per_epoch == 0 || state.step == total;
             if epoch_done {
-                state
-                    .losses
-                    .push((epoch, (loss_sum / loss_n.max(1) as f64) as f32));
-                loss_sum = 0.0;
-                loss_n = 0;
+                let (sum, n) = std::mem::take(&mut state.epoch_loss);
+                state.losses.push((epoch, (sum / n.max(1) as f64) as f32));
             }
             let last = state.step == total;
             if cfg.eval_every > 0 && (state.step % cfg.eval_every == 0) || last {
@@ -892,6 +892,7 @@ impl Trainer {
         let secs = start.elapsed().as_secs_f64();
         let examples_per_sec = ((state.step - start_step) * cfg.batch_size) as f64 / secs.max(1e-9);
         bundle.model = model.valid();
+        bundle.max_source_len = cfg.examples.max_source_len;
         bundle.save(out)?;
         write_json(&out.join("train_state.json"), &state)?;
         Ok(TrainSummary {

@@ -9,7 +9,7 @@ use genir_train::bundle::GenirModel;
 use genir_train::docid::DocidKind;
 use genir_train::examples::{ExampleConfig, TrainingSet};
 use genir_train::metrics::evaluate;
-use genir_train::train::{Architecture, Init, LogProgress, TrainConfig, Trainer};
+use genir_train::train::{Architecture, Init, LogProgress, TrainConfig, TrainState, Trainer};
 use genir_train::TrainError;
 
 const TOPICS: [&str; 12] = [
@@ -142,6 +142,42 @@ fn atomic_model_learns_the_tiny_collection() {
         assert!(dir.path().join(f).exists(), "{f}");
     }
     assert!(!summary.state.validation.is_empty());
+    // searchers cut queries where training did (32 tokens here, not the default 64): from genir.json, from
+    // train_config.json in a folder without it, else the default
+    let m = GenirModel::load(dir.path(), &device()).unwrap();
+    assert_eq!(m.max_source_len, 32);
+    assert_eq!(m.searcher().unwrap().max_source_len, 32);
+    std::fs::remove_file(dir.path().join("genir.json")).unwrap();
+    assert_eq!(
+        GenirModel::load(dir.path(), &device())
+            .unwrap()
+            .max_source_len,
+        32
+    );
+    std::fs::remove_file(dir.path().join("train_config.json")).unwrap();
+    assert_eq!(
+        GenirModel::load(dir.path(), &device())
+            .unwrap()
+            .max_source_len,
+        64
+    );
+    // a copy keeps it
+    let copy = tempfile::tempdir().unwrap();
+    m.save(copy.path()).unwrap();
+    assert_eq!(
+        GenirModel::load(copy.path(), &device())
+            .unwrap()
+            .max_source_len,
+        32
+    );
+    std::fs::write(copy.path().join("genir.json"), b"{\"max_source_len\": 0}").unwrap();
+    let e = GenirModel::load(copy.path(), &device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("genir.json") && e.contains("max_source_len"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -240,6 +276,13 @@ fn a_stopped_run_resumes_bit_for_bit() {
     assert!(
         model_bytes(straight.path()) == model_bytes(stopped.path()),
         "resumed model differs from the uninterrupted one"
+    );
+    // and so does its record: epoch 1 (steps 4-6) straddles the checkpoint at step 4
+    let straight_state = TrainState::read_finished(straight.path()).unwrap();
+    assert_eq!(s.state.losses, straight_state.losses);
+    assert_eq!(
+        TrainState::read_finished(stopped.path()).unwrap().losses,
+        straight_state.losses
     );
     let m = GenirModel::load(stopped.path(), &device()).unwrap();
     let set = TrainingSet::build(

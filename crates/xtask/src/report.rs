@@ -224,7 +224,7 @@ fn sections(s: &Study) -> Vec<Section> {
     let mut sec =
         Section::new("2. Encoder swap: which half identifies the document (paper Table 2)");
     sec.text(format!(
-        "The missing-documents model is trained with the same recipe on the corpus without {} documents ({}); their docids exist but are never trained. Each row runs one model's encoder with another's decoder.",
+        "The missing-documents model is trained with the same recipe on the corpus without {} documents ({}); their docids exist but are never trained. Each row runs one model's encoder with another's decoder; \"blocks only\" rows run the encoder model's blocks under the decoder model's final encoder norm, as the paper's swap does (it patches the last encoder block's output).",
         s.removed.len(),
         s.removed.join(", ")
     ));

@@ -18,7 +18,7 @@ use genir_interp::patching::{
     activation_patching, make_pairs, Corruption, PatchConfig, PatchTarget,
 };
 use genir_interp::stages::{stage_analysis, StageConfig};
-use genir_interp::swap::EncoderSwap;
+use genir_interp::swap::{EncoderSwap, SwapNorm};
 use genir_interp::{figures, Probe};
 use genir_mechir::plot::{block_panels, head_panels, heatmap};
 use genir_mechir::{
@@ -44,6 +44,9 @@ use genir_interp::figures::svg_to_png;
 /// model (20 epochs: training loss 3.77, training Hits@1 0.289, test Hits@1 0.029); at 3e-4 it ends at loss
 /// 1.10, training Hits@1 1.000 and test Hits@1 0.054 / Hits@10 0.161 (2026-12-05, `wiki-genir`).
 const PAPER_LR: f64 = 3e-4;
+/// Continued training's step limit per added document for a pretrained model (a step of flan-t5-small takes
+/// about a second on two cores; the from-scratch scales use the library default).
+const PRETRAINED_FINETUNE_STEPS: usize = 30;
 
 /// How big a study to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -600,6 +603,14 @@ fn multi_token_study(
                 i64s(&df, "position")?,
                 f64s(&df, "value")?,
             );
+            // pairs whose two compared docid tokens coincide at this step have no logit difference (every
+            // value NaN, warned about): the rows count the pairs that were measured
+            let qids = strs(&df, "qid")?;
+            let measured = (0..df.height())
+                .filter(|&i| value[i].is_finite())
+                .map(|i| qids[i].as_str())
+                .collect::<BTreeSet<_>>()
+                .len();
             let layers = gm.model.decoder.blocks.len() as i64;
             for l in 0..layers {
                 let pick = |f: &dyn Fn(usize) -> bool| {
@@ -617,7 +628,7 @@ fn multi_token_study(
                 patching.push(MtPatchRow {
                     experiment: experiment.into(),
                     step,
-                    pairs: pairs.len(),
+                    pairs: measured,
                     layer: l,
                     self_attn: pick(&comp_is("self_attn_out")),
                     cross_attn: pick(&comp_is("cross_attn_out")),
@@ -1029,22 +1040,35 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     )?;
 
     // ---- encoder swap: the removed documents' training queries
+    // "final-norm": the cross rows are also run the paper's way (the encoder's blocks, the decoder model's
+    // final encoder norm)
     let swap: Vec<SwapRow> = steps.run(
         "swap",
-        Key::of(&"swap", &[base_key, missing_key])?,
+        Key::of(&("swap", "final-norm"), &[base_key, missing_key])?,
         |dir, _| {
             let train = c.require_split("train")?;
             let mut rows = Vec::new();
+            let (own, paper) = (SwapNorm::Encoder, SwapNorm::Decoder);
             let combos = [
-                ("base", &gm, "base", &gm),
-                ("missing", &gm_missing, "missing", &gm_missing),
-                ("missing", &gm_missing, "base", &gm),
-                ("base", &gm, "missing", &gm_missing),
+                ("base", &gm, "base", &gm, own),
+                ("missing", &gm_missing, "missing", &gm_missing, own),
+                ("missing", &gm_missing, "base", &gm, own),
+                ("base", &gm, "missing", &gm_missing, own),
+                ("missing", &gm_missing, "base", &gm, paper),
+                ("base", &gm, "missing", &gm_missing, paper),
             ];
             let mut frames = Vec::new();
-            for (en, e, dn, d) in combos {
-                let ev = EncoderSwap::new(e, d)?.evaluate(train, Some(&removed))?;
-                let label = format!("{en}_encoder+{dn}_decoder");
+            for (en, e, dn, d, norm) in combos {
+                let mut swap = EncoderSwap::new(e, d)?;
+                swap.norm = norm;
+                let ev = swap.evaluate(train, Some(&removed))?;
+                let (en, label) = match norm {
+                    SwapNorm::Encoder => (en.to_string(), format!("{en}_encoder+{dn}_decoder")),
+                    SwapNorm::Decoder => (
+                        format!("{en} (blocks only)"),
+                        format!("{en}_encoder_blocks+{dn}_decoder"),
+                    ),
+                };
                 frames.push(ev.to_frame(&label)?);
                 for (subset, m) in [
                     ("all training queries", Some(&ev.all)),
@@ -1052,7 +1076,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
                 ] {
                     if let Some(m) = m {
                         rows.push(SwapRow {
-                            encoder: en.into(),
+                            encoder: en.clone(),
                             decoder: dn.into(),
                             subset: subset.into(),
                             queries: m.per_query.len(),
@@ -1612,14 +1636,29 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     // ---- edits
     let mut edit_train = train_cfg.clone();
     edit_train.checkpoint_every = 100_000;
-    // "references": the step's result gained the reference measures (BM25, the base model's held-out queries)
+    // "references": the step's result gained the reference measures (BM25, the base model's held-out queries);
+    // "continued-v2": continued training runs until the document is learned (at most FINETUNE_STEPS steps at
+    // the base model's learning rate) and says how often it was
+    let finetune_steps = if matches!(edit_train.init, Init::Pretrained(_)) {
+        PRETRAINED_FINETUNE_STEPS
+    } else {
+        genir_edit::eval::EvalConfig::new(PathBuf::new(), edit_train.clone()).finetune_steps
+    };
     let edit_key = Key::of(
-        &(&edit_train, params.edit_docs, "edits", "references"),
+        &(
+            &edit_train,
+            params.edit_docs,
+            "edits",
+            "references",
+            "continued-v2",
+            finetune_steps,
+        ),
         &train_upstream,
     )?;
     let edits: EditsResult = steps.run("edits", edit_key, |dir, _| {
         let mut cfg = genir_edit::eval::EvalConfig::new(dir.join("work"), edit_train.clone());
         cfg.n_new = params.edit_docs;
+        cfg.finetune_steps = finetune_steps;
         cfg.decay_points = [1, 10, 100, 1000]
             .into_iter()
             .filter(|&p| p <= params.edit_docs)
