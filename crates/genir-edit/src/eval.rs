@@ -877,17 +877,27 @@ impl EvalReport {
             }
             s.push('\n');
         }
-        for r in &self.rows {
-            if let Some(f) = &r.finetuned {
-                s.push_str(&format!(
-                    "\n{}: a fresh AdamW at learning rate {} on each document's edit inputs, at most {} steps, \
-                     stopping once they all retrieve it: {} of {} documents learned, {:.1} steps per document on \
-                     average.\n",
-                    r.method, f.lr, f.max_steps, f.learned, r.docs, f.mean_steps
-                ));
-            }
+        for note in self.notes() {
+            s.push_str(&format!("\n{note}\n"));
         }
         s
+    }
+
+    /// Sentences that go with the table: how continued training went.
+    pub fn notes(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter_map(|r| {
+                r.finetuned.as_ref().map(|f| {
+                    format!(
+                        "{}: a fresh AdamW at learning rate {} on each document's edit inputs, at most {} steps, \
+                         stopping once they all retrieve it: {} of {} documents learned, {:.1} steps per document \
+                         on average.",
+                        r.method, f.lr, f.max_steps, f.learned, r.docs, f.mean_steps
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The reference measures as a markdown table ([`references_markdown`]).

@@ -8,6 +8,7 @@
 use burn::prelude::*;
 use genir_data::{Column, Table};
 use genir_model::hooks::{HookFilter, HookPoint, Site, Stack};
+use genir_model::t5::T5Model;
 use genir_train::bundle::GenirModel;
 
 use crate::common::{
@@ -51,11 +52,20 @@ pub const LENS_COMPONENTS: [(&str, Site); 7] = [
     ("resid_post", Site::ResidPost),
 ];
 
-fn lens_points(layers: usize) -> Vec<(usize, &'static str, HookPoint)> {
+/// The points the lens reads; a removed component (a model saved with components removed) writes a
+/// constant, not a function of the query, and is left out (its all-zero logits would tie every token and
+/// rank the target first).
+fn lens_points(model: &T5Model) -> Vec<(usize, &'static str, HookPoint)> {
     let mut v = Vec::new();
-    for l in 0..layers {
+    for (l, block) in model.decoder.blocks.iter().enumerate() {
         for (name, site) in LENS_COMPONENTS {
-            if site == Site::ResidPre && l > 0 {
+            let removed = match site {
+                Site::SelfAttnOut => block.removed.self_attn,
+                Site::CrossAttnOut => block.removed.cross_attn,
+                Site::MlpOut => block.removed.mlp,
+                _ => false,
+            };
+            if removed || (site == Site::ResidPre && l > 0) {
                 continue;
             }
             v.push((l, name, HookPoint::block(Stack::Decoder, l, site)));
@@ -123,8 +133,7 @@ impl RankRows {
 /// `prob` (of the correct docid token).
 pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
-    let layers = gm.model.decoder.blocks.len();
-    let points = lens_points(layers);
+    let points = lens_points(&gm.model);
     let filter = HookFilter::points(&points.iter().map(|p| p.2).collect::<Vec<_>>());
     let block = docid_block(gm);
     let mut table = RankRows::default();

@@ -1096,6 +1096,10 @@ fn removed_components_equal_zero_ablation_and_survive_saving() {
     )
     .unwrap();
     assert_eq!(projected.height(), 0);
+    let lens = logit_lens(&back, &probes()[..2], &LensConfig::default()).unwrap();
+    let lens_comp = strs(&lens, "component");
+    assert!(!lens_comp.iter().any(|c| c == "self_attn_out"));
+    assert!(lens_comp.iter().any(|c| c == "cross_attn_out"));
     // a mean ablation baked in: each removed output is its mean over the reference queries, equal to mean
     // ablation through hooks, kept through saving (config.json)
     let mean_patterns = "decoder.blocks.0.hook_mlp_out,decoder.blocks.1.hook_cross_attn_out,encoder.blocks.0.hook_self_attn_out";

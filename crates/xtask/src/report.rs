@@ -621,6 +621,9 @@ fn sections(s: &Study) -> Vec<Section> {
             e.report.base_train_seconds
         ));
         sec.blocks.push(markdown_table(&e.markdown));
+        for note in e.report.notes() {
+            sec.text(note);
+        }
         if !e.report.references.is_empty() {
             let refs: Vec<_> = e
                 .report
