@@ -306,9 +306,13 @@ pub fn search(args: SearchArgs, device: &Device) -> Result<()> {
     }
     let model = GenirModel::load(&args.model, device)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let collection = corpus_of(&args.model, args.corpus.as_deref())
-        .and_then(|c| load_collection(&c))
-        .ok();
+    // titles, when the model's collection is known; one named with --corpus must load
+    let collection = match &args.corpus {
+        Some(spec) => Some(load_collection(spec)?),
+        None => corpus_of(&args.model, None)
+            .and_then(|c| load_collection(&c))
+            .ok(),
+    };
     let mut searcher = model.searcher()?;
     searcher.beams = args.beams;
     let hits = searcher.search(&args.queries, args.k)?;
@@ -371,14 +375,21 @@ pub struct ExportArgs {
 }
 
 /// `genir export`: a copy of a model with its docid tokens renamed.
-pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
-    let pattern: DocidTokenPattern = args.docid_tokens.parse()?;
+/// Refuses an output folder that already holds a model (its weights, config or docids would be overwritten
+/// and its checkpoints or edit log left beside another model).
+pub(crate) fn refuse_model_folder(out: &Path) -> Result<()> {
     for f in [DOCIDS_FILE, "model.safetensors", "config.json"] {
-        let p = args.out.join(f);
+        let p = out.join(f);
         if p.exists() {
             bail!("{} exists: --out must be a new folder", p.display());
         }
     }
+    Ok(())
+}
+
+pub fn export(args: ExportArgs, device: &Device) -> Result<()> {
+    let pattern: DocidTokenPattern = args.docid_tokens.parse()?;
+    refuse_model_folder(&args.out)?;
     let model = GenirModel::load(&args.model, device)
         .with_context(|| format!("loading {}", args.model.display()))?
         .rename_docid_tokens(&pattern)
@@ -456,7 +467,8 @@ pub struct ImportArgs {
     /// use it by default.
     #[arg(long)]
     pub corpus: Option<String>,
-    /// Write a genir model folder here (weights, tokenizer, docids). Default: write docids.json into --model.
+    /// Write a genir model folder here (weights, tokenizer, docids; a new folder). Default: write docids.json
+    /// into --model (atomic docids only: `--docids text` grows the vocabulary and needs --out).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -466,11 +478,21 @@ pub fn import(args: ImportArgs, device: &Device) -> Result<()> {
     if args.docid_map.is_some() && args.docids != "text" {
         bail!("--docid-map applies to --docids text (atomic docids are named by --docid-tokens)");
     }
+    if let Some(out) = &args.out {
+        refuse_model_folder(out)?;
+    }
     let model = if args.docids == "text" {
         let spec = args
             .corpus
             .as_deref()
             .context("--docids text needs --corpus: its documents' ids are the docids")?;
+        if args.out.is_none() {
+            // a text import adds rows and tokens: docids.json alone beside the old weights would not open
+            bail!(
+                "--docids text gives the model one new row per docid token: pass --out NEW to write the \
+                 imported model (weights, tokenizer, docids) into a new folder"
+            );
+        }
         let docids: Vec<String> = load_collection(spec)?
             .corpus
             .iter()

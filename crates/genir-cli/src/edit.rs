@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use clap::{Args, Subcommand};
+use genir_data::Collection;
 use genir_edit::{AddMethod, ChangedDocument, Editor, NewDocument};
 
 use crate::dsi::{corpus_of, load_collection};
@@ -148,12 +149,17 @@ pub struct ReplayArgs {
 }
 
 fn open(t: &Target, device: &Device) -> Result<Editor> {
+    open_with_collection(t, device).map(|(ed, _)| ed)
+}
+
+/// The editor, calibrated on the model's collection, and the collection.
+fn open_with_collection(t: &Target, device: &Device) -> Result<(Editor, Collection)> {
     let mut ed =
         Editor::open(&t.model, device).with_context(|| format!("opening {}", t.model.display()))?;
     let c = load_collection(&corpus_of(&t.model, t.corpus.as_deref())?)?;
     let n = ed.calibrate_from_collection(&c, t.anchors)?;
     tracing::info!("{n} anchors");
-    Ok(ed)
+    Ok((ed, c))
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<NewDocument>> {
@@ -207,12 +213,15 @@ pub fn run(args: EditArgs, device: &Device) -> Result<()> {
             done(&ed, &a.target.model)
         }
         EditCommand::Change(a) => {
-            let mut ed = open(&a.target, device)?;
+            let (mut ed, c) = open_with_collection(&a.target, device)?;
+            // the collection's text is what the model was trained on: its sentences that the new text
+            // drops are pushed down (the document's own anchors are a sample of at most --anchors)
+            let old_text = c.corpus.get(&a.docid).map(|d| d.text.clone());
             ed.change(&[ChangedDocument {
                 docid: a.docid.clone(),
                 title: a.title.clone(),
                 text: a.text.clone(),
-                old_text: None,
+                old_text,
                 queries: a.queries.clone(),
             }])?;
             done(&ed, &a.target.model)

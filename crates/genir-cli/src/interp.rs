@@ -220,7 +220,8 @@ pub struct AblateArgs {
     pub mode: ModeArg,
     /// Also save the model with every component of --points removed (whole hook_self_attn_out /
     /// hook_cross_attn_out / hook_mlp_out only): it skips them. Zero mode loads anywhere (Hugging Face
-    /// included); mean mode bakes each output's mean over the split's queries into config.json (genir only).
+    /// included); mean mode bakes each output's mean over the analysed queries (those of the ablation table:
+    /// up to --probes) into config.json (genir only). Must be a new folder.
     #[arg(long)]
     pub save_removed: Option<PathBuf>,
 }
@@ -407,6 +408,9 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
             )
         }
         InterpCommand::Ablate(a) => {
+            if let Some(dir) = &a.save_removed {
+                crate::dsi::refuse_model_folder(dir)?;
+            }
             let (gm, set) = setup(&a.common, device)?;
             let mode = match a.mode {
                 ModeArg::Zero => AblationMode::Zero,

@@ -166,13 +166,28 @@ fn every_analysis_writes_tables_and_figures() {
     assert!(log.contains("components removed"), "{log}");
     let config = std::fs::read_to_string(pruned_mean.join("config.json")).unwrap();
     assert!(config.contains("genir_removed_means"), "{config}");
+    // an existing model folder is never overwritten
+    let o = interp(
+        &[
+            "ablate",
+            "--points",
+            "decoder.blocks.0.hook_mlp_out",
+            "--save-removed",
+            pruned_mean.to_str().unwrap(),
+        ],
+        &model,
+        &out_pruned,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be a new folder"));
+    let fresh = out_pruned.join("fresh");
     let o = interp(
         &[
             "ablate",
             "--points",
             "decoder.blocks.0.hook_resid_post",
             "--save-removed",
-            pruned_mean.to_str().unwrap(),
+            fresh.to_str().unwrap(),
         ],
         &model,
         &out_pruned,

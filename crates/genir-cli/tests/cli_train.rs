@@ -573,6 +573,25 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
         .output()
         .unwrap());
     assert!(copy.join("model.safetensors").is_file() && copy.join("docids.json").is_file());
+    // ... and never over another model
+    let o = genir()
+        .args(["import", "--model"])
+        .arg(&hf)
+        .arg("--out")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be a new folder"));
+    // a collection named with --corpus must load (titles were silently left out)
+    let o = genir()
+        .args(["search", "--model"])
+        .arg(&hf)
+        .args(["--corpus", "no-such-collection", "q"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-collection"));
 
     // naive docids written as text in the model's own tokens: the docids come from --corpus
     let text_fixture =
@@ -625,6 +644,11 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
             "{out}"
         );
     };
+    // without --out: refused (the vocabulary grows; docids.json beside the old weights would not open)
+    let o = import_text(&[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --out"));
+    assert!(!base.join("docids.json").exists());
     let naive = tmp.path().join("naive");
     let out = ok(&import_text(&["--out".as_ref(), naive.as_os_str()]));
     assert!(out.contains("12 tokenized docids"), "{out}");

@@ -114,13 +114,30 @@ pub fn align_tokens(
     }
 }
 
-/// The tokens of `text` without special tokens (Hugging Face's `tokenizer.tokenize`).
+/// The tokens of `text` without special tokens, whole (Hugging Face's `tokenizer.tokenize`, which neither
+/// truncates nor pads: a model folder's tokenizer usually truncates at its maximum length, which would cut a
+/// long document before it is aligned).
 pub fn tokenize(tok: &TextTokenizer, text: &str) -> Result<Vec<String>> {
-    let enc = tok
-        .inner()
-        .encode(text, false)
-        .map_err(|e| MechirError::Input(format!("cannot tokenize {text:?}: {e}")))?;
-    Ok(enc.get_tokens().to_vec())
+    let inner = tok.inner();
+    let encode = |t: &tokenizers::Tokenizer| {
+        t.encode(text, false)
+            .map(|e| e.get_tokens().to_vec())
+            .map_err(|e| MechirError::Input(format!("cannot tokenize {text:?}: {e}")))
+    };
+    if inner.get_truncation().is_none() && inner.get_padding().is_none() {
+        encode(inner)
+    } else {
+        encode(&untruncated(tok)?)
+    }
+}
+
+/// `tok` without truncation or padding.
+fn untruncated(tok: &TextTokenizer) -> Result<tokenizers::Tokenizer> {
+    let mut t = tok.inner().clone();
+    t.with_truncation(None)
+        .map_err(|e| MechirError::Input(format!("tokenizer: {e}")))?;
+    t.with_padding(None);
+    Ok(t)
 }
 
 /// Tokens back to text with the tokenizer's decoder (Hugging Face's `convert_tokens_to_string`); tokens joined
@@ -134,7 +151,8 @@ pub fn tokens_to_string(tok: &TextTokenizer, tokens: Vec<String>) -> Result<Stri
     }
 }
 
-/// The original and perturbed document texts after MechIR's padding: tokenized, aligned with `filler`, and
+/// The original and perturbed document texts after MechIR's padding: tokenized whole ([`tokenize`]: the
+/// documents are cut to length only after they are aligned, as MechIR does), aligned with `filler`, and
 /// turned back into text.
 pub fn align_texts(
     tok: &TextTokenizer,

@@ -120,6 +120,11 @@ fn truncating(tok: &TextTokenizer, max_len: usize) -> Result<TextTokenizer> {
         .with_max_length(Some(max_len))?)
 }
 
+/// `tok` without truncation or padding: documents are aligned whole, then cut ([`align_texts`]).
+fn whole(tok: &TextTokenizer) -> Result<TextTokenizer> {
+    Ok(tok.clone().without_padding().with_max_length(None)?)
+}
+
 fn tokens_of(tok: &TextTokenizer, e: &Encoded) -> Vec<String> {
     e.ids
         .iter()
@@ -145,7 +150,7 @@ fn finish(
                 original = a.ids.len(),
                 perturbed = b.ids.len(),
                 "after alignment the original and perturbed inputs have different lengths; positions are \
-                 patched as they are (as MechIR does)"
+                 patched as they are (MechIR stops with an assertion error here)"
             );
         }
     }
@@ -217,9 +222,10 @@ impl PatchModel for Dot {
         let tok = require_tokenizer(&self.tokenizer, "bi-encoder")?;
         let qtok = truncating(tok, config.query_max_length)?;
         let dtok = truncating(tok, config.doc_max_length)?;
+        let atok = whole(tok)?;
         let (mut orig, mut pert, mut queries) = (Vec::new(), Vec::new(), Vec::new());
         for p in pairs {
-            let (a, b) = align_texts(tok, &p.document, &p.perturbed, alignment, &config.filler)?;
+            let (a, b) = align_texts(&atok, &p.document, &p.perturbed, alignment, &config.filler)?;
             orig.push(dtok.encode_full(&a)?);
             pert.push(dtok.encode_full(&b)?);
             queries.push(qtok.encode_full(&p.query)?);
@@ -292,9 +298,10 @@ impl PatchModel for Cat {
         let tok = require_tokenizer(&self.tokenizer, "cross-encoder")?;
         let max = config.query_max_length + config.doc_max_length;
         let ptok = truncating(tok, max)?;
+        let atok = whole(tok)?;
         let (mut orig, mut pert) = (Vec::new(), Vec::new());
         for p in pairs {
-            let (a, b) = align_texts(tok, &p.document, &p.perturbed, alignment, &config.filler)?;
+            let (a, b) = align_texts(&atok, &p.document, &p.perturbed, alignment, &config.filler)?;
             orig.push(ptok.encode_pair(&p.query, &a)?);
             pert.push(ptok.encode_pair(&p.query, &b)?);
         }

@@ -277,3 +277,26 @@ fn pair_batches_average_over_all_pairs() {
     let (d, _) = max_diff(&a.values, &b.values);
     assert!(d < 1e-5, "{d}");
 }
+
+/// A model folder's tokenizer usually truncates (all-MiniLM-L6-v2 at 256 tokens): documents are aligned whole,
+/// as MechIR's `tokenizer.tokenize` does, and cut to length only afterwards. Before, both sides of a long pair
+/// were cut first, so an appended term vanished and a deletion shifted every later position.
+#[test]
+fn documents_are_aligned_before_they_are_cut() {
+    use genir_mechir::align::{align_texts, tokenize};
+    use genir_model::tokenizer::TextTokenizer;
+    let path = model_fixture("bert-dot-bin").join("tokenizer.json");
+    let tok = TextTokenizer::from_file(&path, usize::MAX)
+        .unwrap()
+        .with_max_length(Some(6))
+        .unwrap();
+    let doc = "the base of the integer is given by the string and the number is returned";
+    let whole = tokenize(&tok, doc).unwrap();
+    assert!(whole.len() > 6, "{whole:?}");
+    let (a, b) = align_texts(&tok, doc, &format!("{doc} file"), Alignment::Append, "a").unwrap();
+    let (ta, tb) = (tokenize(&tok, &a).unwrap(), tokenize(&tok, &b).unwrap());
+    assert_eq!(ta.len(), whole.len() + 1, "{ta:?}");
+    assert_eq!(tb.len(), ta.len(), "{tb:?}");
+    assert_eq!(ta.last().map(String::as_str), Some("a"));
+    assert_eq!(tb.last().map(String::as_str), Some("file"));
+}

@@ -314,14 +314,35 @@ pub fn section(
     s
 }
 
-/// Runs the benchmarks and writes the section; returns the measured rows.
-pub fn run(opts: &BenchOptions) -> Result<Vec<Measured>> {
-    let _ = std::fs::remove_dir_all(&opts.criterion_home);
+/// The benchmarks `opts` asks for; an unknown name, or a selection left empty (e.g. `--quick` with only slow
+/// benchmarks), is an error: the section of `docs/benchmarks.md` is never replaced by an empty table.
+fn select(opts: &BenchOptions) -> Result<Vec<&'static BenchTarget>> {
+    let names: Vec<&str> = TARGETS.iter().map(|t| t.bench).collect();
+    if let Some(bad) = opts.only.iter().find(|o| !names.contains(&o.as_str())) {
+        bail!(
+            "--bench {bad:?}: no such benchmark (there are {})",
+            names.join(", ")
+        );
+    }
     let targets: Vec<&BenchTarget> = TARGETS
         .iter()
         .filter(|t| !opts.quick || t.quick)
         .filter(|t| opts.only.is_empty() || opts.only.iter().any(|o| o == t.bench))
         .collect();
+    if targets.is_empty() {
+        bail!(
+            "no benchmark selected: {} {} not among the quick ones (drop --quick)",
+            opts.only.join(", "),
+            if opts.only.len() == 1 { "is" } else { "are" }
+        );
+    }
+    Ok(targets)
+}
+
+/// Runs the benchmarks and writes the section; returns the measured rows.
+pub fn run(opts: &BenchOptions) -> Result<Vec<Measured>> {
+    let targets = select(opts)?;
+    let _ = std::fs::remove_dir_all(&opts.criterion_home);
     for backend in &opts.backends {
         let b: genir_model::device::Backend = backend.parse()?;
         for t in &targets {
@@ -383,6 +404,32 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Measured>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_or_empty_selections_are_errors() {
+        let opts = |quick: bool, only: &[&str]| BenchOptions {
+            backends: vec!["flex".into()],
+            quick,
+            only: only.iter().map(|s| s.to_string()).collect(),
+            python: None,
+            criterion_home: PathBuf::from("/nonexistent"),
+            out: PathBuf::from("/nonexistent/benchmarks.md"),
+            root: PathBuf::from("/nonexistent"),
+            cargo_features: Vec::new(),
+        };
+        assert_eq!(select(&opts(false, &[])).unwrap().len(), TARGETS.len());
+        assert_eq!(select(&opts(false, &["forward"])).unwrap().len(), 1);
+        let e = select(&opts(false, &["foward"])).unwrap_err().to_string();
+        assert!(e.contains("foward") && e.contains("sweep"), "{e}");
+        let slow: Vec<&str> = TARGETS
+            .iter()
+            .filter(|t| !t.quick)
+            .map(|t| t.bench)
+            .collect();
+        assert!(!slow.is_empty());
+        let e = select(&opts(true, &slow)).unwrap_err().to_string();
+        assert!(e.contains("--quick"), "{e}");
+    }
 
     #[test]
     fn reads_criterion_output_and_writes_the_section() {

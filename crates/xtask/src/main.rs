@@ -73,7 +73,7 @@ enum Command {
         /// Criterion's quick mode, and only the fast benchmarks (not MechIR patching).
         #[arg(long)]
         quick: bool,
-        /// Only these benchmarks (forward, train_search, patching); repeatable.
+        /// Only these benchmarks (forward, train_search, patching, sweep); repeatable.
         #[arg(long = "bench")]
         only: Vec<String>,
         /// A Python with torch and transformers: runs tools/reference/bench_*.py as the baselines.
@@ -111,12 +111,15 @@ fn main() -> Result<()> {
             epochs,
             lr,
         } => {
+            let backend = backend.parse()?;
             let opts = Options {
                 corpus,
                 scale,
-                work: work.unwrap_or_else(|| Options::default_work(scale, pretrained.as_deref())),
+                work: work.unwrap_or_else(|| {
+                    Options::default_work(scale, pretrained.as_deref(), backend)
+                }),
                 report,
-                backend: backend.parse()?,
+                backend,
                 bi_encoder: Some(bi_encoder),
                 cross_encoder: Some(cross_encoder),
                 force,

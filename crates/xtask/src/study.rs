@@ -185,12 +185,17 @@ impl Options {
     }
 
     /// The default work folder: `target/reproduce/<scale>`, with `-<folder name>` appended for a pretrained
-    /// start (so a pretrained study does not overwrite the from-scratch one's cached steps).
-    pub fn default_work(scale: Scale, pretrained: Option<&Path>) -> PathBuf {
+    /// start and `-<backend>` for a backend other than flex (so such a study does not overwrite the
+    /// from-scratch flex one's cached steps).
+    pub fn default_work(scale: Scale, pretrained: Option<&Path>, backend: Backend) -> PathBuf {
         let mut name = format!("{scale:?}").to_lowercase();
         if let Some(n) = pretrained.and_then(|p| p.file_name()) {
             name.push('-');
             name.push_str(&n.to_string_lossy());
+        }
+        if backend != Backend::Flex {
+            name.push('-');
+            name.push_str(backend.name());
         }
         PathBuf::from("target/reproduce").join(name)
     }
@@ -973,7 +978,12 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         .with_context(|| format!("--corpus {corpus:?}"))?;
     let device = opts.backend.device()?;
     let backend = format!("{:?}", opts.backend).to_lowercase();
-    let ckey = collection_key(&c)?;
+    // every step depends on the collection; on a backend other than flex on the backend too (its numbers
+    // and times are that backend's; flex keys stay those of earlier runs)
+    let ckey = match opts.backend {
+        Backend::Flex => collection_key(&c)?,
+        b => Key::of(&("backend", b.name()), &[collection_key(&c)?])?,
+    };
     let mut steps = Steps::new(&opts.work, opts.force)?;
     let stats = format!(
         "{} documents; {}",

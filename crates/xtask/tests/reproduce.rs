@@ -354,12 +354,17 @@ fn a_pretrained_study_fine_tunes_that_folder_and_describes_it() {
 fn a_pretrained_study_works_in_its_own_folder_and_needs_a_model_folder() {
     let flan = Path::new("models/flan-t5-small-traceforge");
     assert_eq!(
-        Options::default_work(Scale::Default, Some(flan)),
+        Options::default_work(Scale::Default, Some(flan), Backend::Flex),
         Path::new("target/reproduce/default-flan-t5-small-traceforge")
     );
     assert_eq!(
-        Options::default_work(Scale::Paper, None),
+        Options::default_work(Scale::Paper, None, Backend::Flex),
         Path::new("target/reproduce/paper")
+    );
+    // another backend's numbers and times are kept apart
+    assert_eq!(
+        Options::default_work(Scale::Paper, None, Backend::Wgpu),
+        Path::new("target/reproduce/paper-wgpu")
     );
     // a folder that is not a model is refused before any step runs
     let tmp = tempfile::tempdir().unwrap();

@@ -209,18 +209,22 @@ fn slow_server_times_out() {
     assert!(!home.path().join("downloads/test/slow.bin").exists());
 }
 
+/// A file on port 9 (discard) of loopback, never contacted: only offline mode reads it (from the cache).
+fn never_fetched(body: &[u8]) -> RemoteFile {
+    RemoteFile {
+        url: "http://127.0.0.1:9/never".into(),
+        size: Some(body.len() as u64),
+        md5: Some(md5_hex(body)),
+        cache_path: "off/line.txt".into(),
+        headers: vec![],
+    }
+}
+
 #[test]
 fn offline_mode_only_reads_the_cache() {
     let home = tempfile::tempdir().unwrap();
     let body = b"cached bytes".to_vec();
-    // Port 9 (discard) on loopback: never contacted, since offline mode makes no request.
-    let file = RemoteFile {
-        url: "http://127.0.0.1:9/never".into(),
-        size: Some(body.len() as u64),
-        md5: Some(md5_hex(&body)),
-        cache_path: "off/line.txt".into(),
-        headers: vec![],
-    };
+    let file = never_fetched(&body);
     let dl = Downloader::new(
         Cache::new(home.path()),
         DownloadOptions {
@@ -421,13 +425,7 @@ fn builtin_registry_lists_the_issue_datasets_with_checksums() {
 fn integrity_errors_say_whether_the_file_was_kept() {
     let home = tempfile::tempdir().unwrap();
     let body = b"cached bytes".to_vec();
-    let file = RemoteFile {
-        url: "http://127.0.0.1:9/never".into(),
-        size: Some(body.len() as u64),
-        md5: Some(md5_hex(&body)),
-        cache_path: "off/line.txt".into(),
-        headers: vec![],
-    };
+    let file = never_fetched(&body);
     let dest = home.path().join("downloads/off/line.txt");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     std::fs::write(&dest, b"cached bytez").unwrap();
