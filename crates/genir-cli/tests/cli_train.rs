@@ -666,7 +666,13 @@ fn genir_import_opens_a_python_dsi_checkpoint_for_search_and_eval() {
     ]));
     retrieves_first(&sem, &exp["semantic"]["queries"][1]);
     std::fs::write(&map, br#"{"12": "0_0"}"#).unwrap();
-    let o = import_text(&["--docid-map".as_ref(), map.as_os_str()]);
+    let sem2 = tmp.path().join("sem2");
+    let o = import_text(&[
+        "--docid-map".as_ref(),
+        map.as_os_str(),
+        "--out".as_ref(),
+        sem2.as_os_str(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("has no entry for docid \"3\""),
