@@ -215,8 +215,17 @@ pub fn run(args: EditArgs, device: &Device) -> Result<()> {
         EditCommand::Change(a) => {
             let (mut ed, c) = open_with_collection(&a.target, device)?;
             // the collection's text is what the model was trained on: its sentences that the new text
-            // drops are pushed down (the document's own anchors are a sample of at most --anchors)
-            let old_text = c.corpus.get(&a.docid).map(|d| d.text.clone());
+            // drops are pushed down (the document's own anchors are a sample of at most --anchors); after an
+            // earlier change of this document it is no longer the current text, which the log does not keep
+            let changed_before = ed
+                .history()
+                .iter()
+                .any(|r| r.op == genir_edit::log::EditOp::Change && r.docids.contains(&a.docid));
+            let old_text = if changed_before {
+                None
+            } else {
+                c.corpus.get(&a.docid).map(|d| d.text.clone())
+            };
             ed.change(&[ChangedDocument {
                 docid: a.docid.clone(),
                 title: a.title.clone(),

@@ -294,7 +294,18 @@ impl Targets {
     fn selector(&self, query: &str, docid: &str) -> impl FnMut(&str) -> bool {
         let set: HashSet<String> = match self {
             Targets::QueryTerms => tokenize(query).into_iter().collect(),
-            Targets::Terms(t) => t.iter().map(|s| lowercase_term(s)).collect(),
+            // a term that is one alphanumeric run matches as tokenize reads it; anything else (e.g. "e-mail")
+            // matches no run, as before, rather than a merged word
+            Targets::Terms(t) => t
+                .iter()
+                .map(|s| {
+                    if s.chars().all(char::is_alphanumeric) {
+                        lowercase_term(s)
+                    } else {
+                        s.to_lowercase()
+                    }
+                })
+                .collect(),
             Targets::Random { .. } => HashSet::new(),
         };
         let random = match self {

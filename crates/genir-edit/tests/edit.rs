@@ -402,6 +402,40 @@ fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
     for (q, h) in gone.iter().zip(s.search(&gone, 1).unwrap()) {
         assert_ne!(h[0].docid, docid(target), "{q:?} still finds it first");
     }
+    // content only added (nothing removed): the document's queries stay free, and those that found it first
+    // still do
+    let target = 11;
+    let qs: Vec<String> = queries_of(target)
+        .into_iter()
+        .map(|q| q.1)
+        .chain(sentences_of(target))
+        .collect();
+    let mut s = ed.searcher().unwrap();
+    s.max_source_len = 32;
+    let before: Vec<String> = s
+        .search(&qs, 1)
+        .unwrap()
+        .into_iter()
+        .zip(&qs)
+        .filter(|(h, _)| h[0].docid == docid(target))
+        .map(|(_, q)| q.clone())
+        .collect();
+    assert!(before.len() >= 3, "{before:?}");
+    drop(s);
+    let text = format!("{} {}", doc_text(target), sentences_of(37)[1]);
+    ed.change(&[ChangedDocument {
+        docid: docid(target),
+        title: String::new(),
+        text,
+        old_text: Some(doc_text(target)),
+        queries: Vec::new(),
+    }])
+    .unwrap();
+    let mut s = ed.searcher().unwrap();
+    s.max_source_len = 32;
+    for (q, h) in before.iter().zip(s.search(&before, 1).unwrap()) {
+        assert_eq!(h[0].docid, docid(target), "{q:?} no longer finds it first");
+    }
     // one document changed twice in one edit is refused (its log entry could not be undone)
     let twice = ChangedDocument {
         docid: docid(target),

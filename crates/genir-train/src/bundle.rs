@@ -163,12 +163,20 @@ impl GenirModel {
         let cfg = dir.join("train_config.json");
         if cfg.exists() {
             // only the field needed; an unreadable file is reported by the commands that read it whole
-            let v: serde_json::Value = crate::train::read_json(&cfg)?;
-            return Ok(v
-                .pointer("/examples/max_source_len")
-                .and_then(serde_json::Value::as_u64)
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n > 0));
+            // (resuming a run), not by every command that opens the model
+            return Ok(match crate::train::read_json::<serde_json::Value>(&cfg) {
+                Ok(v) => v
+                    .pointer("/examples/max_source_len")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n > 0),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: the default source length {DEFAULT_MAX_SOURCE_LEN} is used"
+                    );
+                    None
+                }
+            });
         }
         Ok(None)
     }

@@ -4,8 +4,9 @@
 //! As in trec_eval, a run is ordered by descending score with ties broken by descending docid (the `rank`
 //! column is ignored), and a document is relevant when its grade is at least 1. Queries of the evaluated set
 //! that have no results score 0 (trec_eval's `-c`); queries without a relevant document are skipped.
-//! Duplicates count once, as in the dictionaries pytrec_eval takes: a query listed twice, a document judged
-//! twice (its last grade), a document a run lists twice for one query (its best rank).
+//! Duplicates count once: a query listed twice, a document judged twice (its last grade, as in the qrels
+//! dictionary pytrec_eval takes), a document a run lists twice for one query (its best rank; a run
+//! dictionary would keep the row written last).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

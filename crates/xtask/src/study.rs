@@ -824,6 +824,15 @@ fn bar(progress: bool, label: &str) -> ProgressBar {
 }
 
 /// A fingerprint of a collection's content.
+/// `key` for a backend: itself on flex (the keys of earlier runs stay valid), else derived from the backend
+/// (its numbers and times are that backend's).
+fn with_backend(backend: Backend, key: Key) -> Result<Key> {
+    Ok(match backend {
+        Backend::Flex => key,
+        b => Key::of(&("backend", b.name()), &[key])?,
+    })
+}
+
 fn collection_key(c: &Collection) -> Result<Key> {
     let mut h = 0u64;
     for d in c.corpus.iter() {
@@ -980,10 +989,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let backend = format!("{:?}", opts.backend).to_lowercase();
     // every step depends on the collection; on a backend other than flex on the backend too (its numbers
     // and times are that backend's; flex keys stay those of earlier runs)
-    let ckey = match opts.backend {
-        Backend::Flex => collection_key(&c)?,
-        b => Key::of(&("backend", b.name()), &[collection_key(&c)?])?,
-    };
+    let ckey = with_backend(opts.backend, collection_key(&c)?)?;
     let mut steps = Steps::new(&opts.work, opts.force)?;
     let stats = format!(
         "{} documents; {}",
@@ -1210,7 +1216,8 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
 
     let n_pairs = params.patch_pairs.min(probes.len());
     let pairs = make_pairs(&probes[..n_pairs], &Corruption::OtherQuery { seed: 0 })?;
-    let patch_key = Key::of(&(n_pairs, "patch"), &[pkey])?;
+    // "shared-positions": encoder positions are patched only where both queries have a token (25f5f06)
+    let patch_key = Key::of(&(n_pairs, "patch", "shared-positions"), &[pkey])?;
     let patching: Vec<PatchRow> = steps.run("patching", patch_key, |dir, _| {
         let df = save(
             activation_patching(&gm, &pairs, &PatchConfig::default())?,
@@ -1385,7 +1392,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
 
     // ---- stages derived from the data, path patching, minimal circuit, attribution patching
     // v2: encoder positions attributed with AtP*'s QK fix, the plain gradient estimate beside it
-    let stages_key = Key::of(&(n_pairs, "stages-v2"), &[pkey])?;
+    let stages_key = Key::of(&(n_pairs, "stages-v2", "shared-positions"), &[pkey])?;
     let stages: StagesResult = steps.run("stages", stages_key, |dir, _| {
         let r = stage_analysis(&gm, &probes, &pairs, &probe_set, &StageConfig::default())?;
         let evidence = save(r.evidence, dir, "stages", figures::stages_figure)?;
@@ -1499,7 +1506,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     // or the study's pretrained folder fine-tuned with the base model's learning rate and at least MT_EPOCHS
     let mt_corpus = genir_data::shipped::load_name_or_dir("wiki-genir-mini")
         .context("the shipped wiki-genir-mini collection")?;
-    let mut mt_upstream = vec![collection_key(&mt_corpus)?];
+    let mut mt_upstream = vec![with_backend(opts.backend, collection_key(&mt_corpus)?)?];
     let mt_cfg = match &opts.pretrained {
         Some(dir) => {
             mt_upstream.push(model_folder_key(dir)?);
@@ -1523,7 +1530,13 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         },
     };
     let mt_key = Key::of(
-        &(&mt_cfg, params.patch_pairs, "multi-token-v2"),
+        // "different-token": prefix pairs compare different tokens; the rows count the pairs measured
+        &(
+            &mt_cfg,
+            params.patch_pairs,
+            "multi-token-v2",
+            "different-token",
+        ),
         &mt_upstream,
     )?;
     let multi_token: MultiTokenResult = steps.run("multi_token", mt_key, |dir, resume| {
