@@ -348,11 +348,7 @@ fn finished(dir: &std::path::Path) -> bool {
 /// after checking that it was trained with `train` on `data` (its training examples' digest, when the run
 /// recorded one): a model of another configuration, or trained on another split of the documents (another
 /// seed or `n_new`), is an error, never silently reused.
-fn trained_seconds(
-    dir: &Path,
-    train: &TrainConfig,
-    data: Option<(&Collection, &Device)>,
-) -> Result<f64> {
+fn trained_seconds(dir: &Path, train: &TrainConfig, data: Option<&Collection>) -> Result<f64> {
     let state = TrainState::read_finished(dir)?;
     let reuse = "remove it or give another work directory";
     if state.config != *train {
@@ -361,13 +357,20 @@ fn trained_seconds(
             dir.display()
         )));
     }
-    if let (Some(was), Some((c, device))) = (&state.examples_digest, data) {
-        let m = GenirModel::load(dir, device)?;
+    if let (Some(was), Some(c)) = (&state.examples_digest, data) {
+        // the examples need the tokenizer and the docids, not the weights (loaded again by the caller)
+        let scheme =
+            genir_train::docid::DocidScheme::load(&dir.join(genir_train::bundle::DOCIDS_FILE))?;
+        // (the vocabulary check is the model load's)
+        let tok = genir_model::tokenizer::TextTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            usize::MAX,
+        )?;
         let now = genir_train::examples::TrainingSet::build(
             &c.corpus,
             c.split("train"),
-            &m.scheme,
-            &m.tok,
+            &scheme,
+            &tok,
             &train.examples,
         )
         .map(|set| set.digest())
@@ -491,7 +494,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
             &mut LogProgress,
         )?;
     }
-    let base_train_seconds = trained_seconds(&base_dir, &cfg.train, Some((&sp.base, device)))?;
+    let base_train_seconds = trained_seconds(&base_dir, &cfg.train, Some(&sp.base))?;
     let base = GenirModel::load(&base_dir, device)?;
     let max_len = cfg.train.examples.max_source_len;
     let (ret_before, _, base_tops) = measure(&base, &sp.retention, max_len)?;
@@ -563,7 +566,7 @@ pub fn evaluate_methods(c: &Collection, cfg: &EvalConfig, device: &Device) -> Re
                         &mut LogProgress,
                     )?;
                 }
-                let secs = trained_seconds(&dir, &cfg.train, Some((&sp.full, device)))?;
+                let secs = trained_seconds(&dir, &cfg.train, Some(&sp.full))?;
                 (GenirModel::load(&dir, device)?, secs)
             }
         };

@@ -373,14 +373,8 @@ fn sentences_of(doc: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
-    let mut ed = editor();
-    let target = 5;
-    // the first two sentences stay, the third is replaced by document 38's
-    let (old, other) = (sentences_of(target), sentences_of(38));
-    assert_eq!(old.len(), 3, "{old:?}");
-    let text = format!("{} {} {}", old[0], old[1], other[2]);
+/// Changes document `target`'s text to `text` (its old text: the collection's).
+fn change_to(ed: &mut Editor, target: usize, text: String) {
     ed.change(&[ChangedDocument {
         docid: docid(target),
         title: String::new(),
@@ -389,18 +383,40 @@ fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
         queries: Vec::new(),
     }])
     .unwrap();
-    let mut s = ed.searcher().unwrap();
-    s.max_source_len = 32;
+}
+
+/// The top docid of each query.
+fn tops(ed: &Editor, qs: &[String]) -> Vec<String> {
+    let s = ed.searcher().unwrap(); // the editor's 32-token inputs
+    s.search(qs, 1)
+        .unwrap()
+        .into_iter()
+        .map(|h| h[0].docid.clone())
+        .collect()
+}
+
+#[test]
+fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
+    let mut ed = editor();
+    let target = 5;
+    // the first two sentences stay, the third is replaced by document 38's
+    let (old, other) = (sentences_of(target), sentences_of(38));
+    assert_eq!(old.len(), 3, "{old:?}");
+    change_to(
+        &mut ed,
+        target,
+        format!("{} {} {}", old[0], old[1], other[2]),
+    );
     let [train_q, _, test_q] = queries_of(target);
     // the sentences that stay, and the training query about the first one, still find it first
     let kept = vec![old[0].clone(), old[1].clone(), train_q.1];
-    for (q, h) in kept.iter().zip(s.search(&kept, 1).unwrap()) {
-        assert_eq!(h[0].docid, docid(target), "{q:?} no longer finds it first");
+    for (q, top) in kept.iter().zip(tops(&ed, &kept)) {
+        assert_eq!(top, docid(target), "{q:?} no longer finds it first");
     }
     // the removed sentence and the query about it no longer do
     let gone = vec![old[2].clone(), test_q.1];
-    for (q, h) in gone.iter().zip(s.search(&gone, 1).unwrap()) {
-        assert_ne!(h[0].docid, docid(target), "{q:?} still finds it first");
+    for (q, top) in gone.iter().zip(tops(&ed, &gone)) {
+        assert_ne!(top, docid(target), "{q:?} still finds it first");
     }
     // content only added (nothing removed): the document's queries stay free, and those that found it first
     // still do
@@ -410,31 +426,20 @@ fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
         .map(|q| q.1)
         .chain(sentences_of(target))
         .collect();
-    let mut s = ed.searcher().unwrap();
-    s.max_source_len = 32;
-    let before: Vec<String> = s
-        .search(&qs, 1)
-        .unwrap()
-        .into_iter()
-        .zip(&qs)
-        .filter(|(h, _)| h[0].docid == docid(target))
-        .map(|(_, q)| q.clone())
+    let before: Vec<String> = qs
+        .iter()
+        .zip(tops(&ed, &qs))
+        .filter(|(_, top)| *top == docid(target))
+        .map(|(q, _)| q.clone())
         .collect();
     assert!(before.len() >= 3, "{before:?}");
-    drop(s);
-    let text = format!("{} {}", doc_text(target), sentences_of(37)[1]);
-    ed.change(&[ChangedDocument {
-        docid: docid(target),
-        title: String::new(),
-        text,
-        old_text: Some(doc_text(target)),
-        queries: Vec::new(),
-    }])
-    .unwrap();
-    let mut s = ed.searcher().unwrap();
-    s.max_source_len = 32;
-    for (q, h) in before.iter().zip(s.search(&before, 1).unwrap()) {
-        assert_eq!(h[0].docid, docid(target), "{q:?} no longer finds it first");
+    change_to(
+        &mut ed,
+        target,
+        format!("{} {}", doc_text(target), sentences_of(37)[1]),
+    );
+    for (q, top) in before.iter().zip(tops(&ed, &before)) {
+        assert_eq!(top, docid(target), "{q:?} no longer finds it first");
     }
     // one document changed twice in one edit is refused (its log entry could not be undone)
     let twice = ChangedDocument {
