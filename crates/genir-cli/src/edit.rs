@@ -23,7 +23,8 @@ pub const EXAMPLES: &str = "Examples:
 
 Edits change the model folder in place (model.safetensors, tokenizer.json, docids.json) and append to its edit
 log (edits/); `undo` restores the original bits. Anchors (the model's own documents and training queries, which
-the edits must not disturb) come from the collection the model was trained on (--corpus to override).
+the edits must not disturb) come from the collection the model was trained on (--corpus to override) and from
+the documents that earlier edits added or changed (the edit log keeps their text).
 --jsonl: one {\"docid\", \"title\", \"text\", \"queries\"} object per line.";
 
 /// `genir edit ...`.
@@ -214,18 +215,9 @@ pub fn run(args: EditArgs, device: &Device) -> Result<()> {
         }
         EditCommand::Change(a) => {
             let (mut ed, c) = open_with_collection(&a.target, device)?;
-            // the collection's text is what the model was trained on: its sentences that the new text
-            // drops are pushed down (the document's own anchors are a sample of at most --anchors); after an
-            // earlier change of this document it is no longer the current text, which the log does not keep
-            let changed_before = ed
-                .history()
-                .iter()
-                .any(|r| r.op == genir_edit::log::EditOp::Change && r.docids.contains(&a.docid));
-            let old_text = if changed_before {
-                None
-            } else {
-                c.corpus.get(&a.docid).map(|d| d.text.clone())
-            };
+            // the text the model holds for the document (the collection's, or that of its latest logged
+            // addition or change): its sentences that the new text drops are pushed down
+            let old_text = ed.current_text(&a.docid, &c);
             ed.change(&[ChangedDocument {
                 docid: a.docid.clone(),
                 title: a.title.clone(),

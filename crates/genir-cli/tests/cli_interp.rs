@@ -343,17 +343,22 @@ fn edits_add_delete_change_list_undo_and_replay() {
         std::fs::read(model.join("model.safetensors")).unwrap(),
         original
     );
-    // change and clear errors
-    ok(&edit(
-        &[
-            "change",
-            "--docid",
-            "0",
-            "--text",
-            "An entirely rewritten passage about glass blowing in Murano.",
-        ],
-        &model,
-    ));
+    // change twice (two runs): the second run knows the first one's text from the edit log, and the
+    // content that went no longer finds the document
+    let (first, second) = (
+        "An entirely rewritten passage about glass blowing in Murano.",
+        "Quorbl tides of the Fundy bay rise sixteen metres twice a day.",
+    );
+    let top_docid = |q: &str| {
+        let out = top(&model, q);
+        let line = out.lines().find(|l| l.trim_start().starts_with("1 "));
+        line.and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+    };
+    ok(&edit(&["change", "--docid", "0", "--text", first], &model));
+    assert_eq!(top_docid(first).as_deref(), Some("0"));
+    ok(&edit(&["change", "--docid", "0", "--text", second], &model));
+    assert_eq!(top_docid(second).as_deref(), Some("0"));
+    assert_ne!(top_docid(first).as_deref(), Some("0"));
     let o = edit(&["add", "--docid", "0", "--text", "dup"], &model);
     assert!(!o.status.success());
     let o = edit(&["add", "--text", "no docid"], &model);

@@ -224,7 +224,11 @@ impl Downloader {
                     return Ok(dest);
                 }
                 Err(e) if self.options.offline => return Err(e),
-                Err(e) => {
+                Err(mut e) => {
+                    // the corrupt file is removed next: the message must not say where it is left
+                    if let Error::Integrity { kept, .. } = &mut e {
+                        *kept = None;
+                    }
                     warn!(path = %dest.display(), error = %e, "cached file is corrupt; downloading it again");
                     fs::remove_file(&dest).map_err(|e| Error::io(&dest, e))?;
                 }

@@ -207,6 +207,9 @@ pub struct Editor {
     anchors_stale: bool,
     /// `[n_docs, d]` output rows of the docid tokens (atomic schemes), kept in sync with the model.
     rows: Vec<f32>,
+    /// Documents appended by the edit in progress whose rows are not solved yet (zero rows): no competitor
+    /// of anything until their row is written.
+    unsolved: BTreeSet<usize>,
     /// Cholesky factor of `lambda K0 K0^T + eps I` (rank-one edits).
     a0: Option<Vec<f64>>,
     /// Final-norm gain and epsilon of the decoder.
@@ -249,6 +252,7 @@ impl Editor {
             anchors: Anchors::default(),
             anchors_stale: false,
             rows: Vec::new(),
+            unsolved: BTreeSet::new(),
             a0: None,
             final_norm: (g, eps),
         };
@@ -363,11 +367,14 @@ impl Editor {
         &self.rows[doc * d..(doc + 1) * d]
     }
 
-    /// Best live docid logit for `rep`, skipping `skip` documents: (score, doc).
+    /// Best live docid logit for `rep`, skipping `skip` documents (and rows not solved yet): (score, doc).
     fn best(&self, rep: &[f32], skip: &BTreeSet<usize>) -> (f32, usize) {
         let mut best = (f32::NEG_INFINITY, NONE);
         for doc in 0..self.model.scheme.len() {
-            if skip.contains(&doc) || self.model.scheme.is_deleted(doc) {
+            if skip.contains(&doc)
+                || self.model.scheme.is_deleted(doc)
+                || self.unsolved.contains(&doc)
+            {
                 continue;
             }
             let s = dotf(rep, self.row(doc));
@@ -390,7 +397,7 @@ impl Editor {
     /// After row `doc` changed: update the anchors' best docids incrementally.
     fn row_changed(&mut self, doc: usize) {
         let none = BTreeSet::new();
-        let deleted = self.model.scheme.is_deleted(doc);
+        let deleted = self.model.scheme.is_deleted(doc) || self.unsolved.contains(&doc);
         for i in 0..self.anchors.reps.n {
             let s = dotf(self.anchors.reps.rep(i), self.row(doc));
             if self.anchors.arg[i] == doc && (deleted || s < self.anchors.top[i]) {
@@ -447,32 +454,121 @@ impl Editor {
         Ok(())
     }
 
-    /// Anchors from a collection: the first indexed chunk and the sentences (pseudo queries) of every live
-    /// document of the model, and the training queries (owned by their relevant document), evenly subsampled to at most `max` inputs.
+    /// Anchors from a collection and the edit log: the first indexed chunk and the sentences (pseudo
+    /// queries) of every live document of the model and the training queries (owned by their relevant
+    /// document), evenly subsampled to at most `max` inputs. Documents that logged edits added or changed
+    /// contribute the inputs of their latest logged content, owned by them, as the editor that made those
+    /// edits holds them; a changed document's collection text and training queries stay anchors owned by
+    /// no document (they no longer describe it), and the collection's text of a document the log added is
+    /// left out (the model never held it).
     pub fn calibrate_from_collection(&mut self, c: &Collection, max: usize) -> Result<usize> {
-        let mut items: Vec<(String, Option<String>)> = Vec::new();
+        enum Item {
+            Text(String, Option<usize>),
+            Tokens(Vec<u32>, usize),
+        }
+        let logged = self.logged_documents();
+        let scheme = &self.model.scheme;
+        let live = |docid: &str| scheme.index_of(docid).filter(|&i| !scheme.is_deleted(i));
+        let mut items: Vec<Item> = Vec::new();
         for d in c.corpus.iter() {
-            if let Some(i) = self.model.scheme.index_of(&d.docid) {
-                if !self.model.scheme.is_deleted(i) {
-                    items.push((d.full_text(), Some(d.docid.clone())));
-                    for s in reps::sentences(&d.text, self.config.min_sentence_words) {
-                        items.push((s, Some(d.docid.clone())));
-                    }
+            let Some(i) = live(&d.docid) else { continue };
+            let owner = match logged.get(d.docid.as_str()) {
+                Some((_, true)) => continue,
+                Some((_, false)) => None,
+                None => Some(i),
+            };
+            items.push(Item::Text(d.full_text(), owner));
+            for s in reps::sentences(&d.text, self.config.min_sentence_words) {
+                items.push(Item::Text(s, owner));
+            }
+        }
+        for (docid, (doc, _)) in &logged {
+            if let Some(i) = live(docid) {
+                for src in self.inputs(&doc.full_text(), &doc.text, &doc.queries)? {
+                    items.push(Item::Tokens(src, i));
                 }
             }
         }
         if let Some(train) = c.split("train") {
             for q in train.queries.iter() {
                 let rel: Vec<&str> = train.qrels.relevant(&q.qid).collect();
-                let own = (rel.len() == 1).then(|| rel[0].to_string());
-                items.push((q.text.clone(), own));
+                let own = match rel.as_slice() {
+                    [d] if !matches!(logged.get(*d), Some((_, false))) => scheme.index_of(d),
+                    _ => None,
+                };
+                items.push(Item::Text(q.text.clone(), own));
             }
         }
         if items.len() > max && max > 0 {
             let n = items.len();
-            items = (0..max).map(|i| items[i * n / max].clone()).collect();
+            let keep: BTreeSet<usize> = (0..max).map(|i| i * n / max).collect();
+            let mut k = 0;
+            items.retain(|_| {
+                k += 1;
+                keep.contains(&(k - 1))
+            });
         }
-        self.calibrate(&items)
+        let texts: Vec<String> = items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Text(t, _) => Some(t.clone()),
+                Item::Tokens(..) => None,
+            })
+            .collect();
+        let mut encoded = reps::encode_texts(
+            &self.model.tok,
+            &texts,
+            self.max_len(),
+            self.model.scheme.eos,
+        )?
+        .into_iter();
+        let mut sources = Vec::with_capacity(items.len());
+        let mut own = Vec::with_capacity(items.len());
+        for it in items {
+            match it {
+                Item::Text(_, o) => {
+                    sources.push(encoded.next().unwrap_or_default());
+                    own.push(o);
+                }
+                Item::Tokens(t, o) => {
+                    sources.push(t);
+                    own.push(Some(o));
+                }
+            }
+        }
+        self.set_anchors(sources, own)?;
+        Ok(self.anchors.reps.n)
+    }
+
+    /// The latest content the edit log gave each document it added or changed, and whether the log added
+    /// it (rather than changed one of the base model's documents).
+    fn logged_documents(&self) -> BTreeMap<String, (NewDocument, bool)> {
+        let mut out: BTreeMap<String, (NewDocument, bool)> = BTreeMap::new();
+        for r in &self.log.records {
+            for d in &r.documents {
+                let added = r.op == EditOp::Add || out.get(&d.docid).is_some_and(|x| x.1);
+                out.insert(d.docid.clone(), (d.clone(), added));
+            }
+        }
+        out
+    }
+
+    /// A document's current text (without its title) as far as this model folder knows it: the text of
+    /// its latest logged addition or change, else the collection's. `None` when neither has it, or when
+    /// its latest addition or change was logged without its content (logs written before contents were
+    /// kept).
+    pub fn current_text(&self, docid: &str, c: &Collection) -> Option<String> {
+        let mut text = c.corpus.get(docid).map(|d| d.text.clone());
+        for r in &self.log.records {
+            if r.op != EditOp::Delete && r.docids.iter().any(|d| d == docid) {
+                text = r
+                    .documents
+                    .iter()
+                    .find(|d| d.docid == docid)
+                    .map(|d| d.text.clone());
+            }
+        }
+        text
     }
 
     fn fresh_anchors(&mut self) -> Result<()> {
@@ -759,6 +855,7 @@ impl Editor {
     }
 
     fn after_bulk_change(&mut self) -> Result<()> {
+        self.unsolved.clear();
         self.sync_rows()?;
         if self.anchors.reps.n > 0 {
             // documents may have disappeared (an undone or rolled-back addition): their inputs are no
@@ -857,6 +954,7 @@ impl Editor {
         payload: BTreeMap<String, HostTensor>,
         seconds: f64,
         details: BTreeMap<String, f64>,
+        documents: Vec<NewDocument>,
     ) -> EditRecord {
         let id = self.log.next_id();
         let record = EditRecord {
@@ -868,6 +966,7 @@ impl Editor {
             details,
             patches,
             payload: payload_name(id),
+            documents,
         };
         self.log.records.push(record.clone());
         self.log.payloads.insert(id, payload);
@@ -902,6 +1001,7 @@ impl Editor {
             payload,
             0.0,
             BTreeMap::new(),
+            Vec::new(),
         );
         if let Err(e) = self.undo(1) {
             tracing::error!(id = r.id, "could not roll back a failed edit: {e}");
@@ -933,7 +1033,9 @@ impl Editor {
             },
             patches,
             payload,
-        )
+        )?;
+        self.unsolved.remove(&doc);
+        Ok(())
     }
 
     // ----- add --------------------------------------------------------------------------------
@@ -983,6 +1085,7 @@ impl Editor {
             payload,
             seconds,
             details,
+            docs.to_vec(),
         ))
     }
 
@@ -1014,6 +1117,7 @@ impl Editor {
             &mut patches,
             &mut payload,
         )?;
+        self.row_changed(first);
         self.commit(
             EditOp::Add,
             "mean_row",
@@ -1022,6 +1126,7 @@ impl Editor {
             payload,
             0.0,
             BTreeMap::new(),
+            vec![doc.clone()],
         );
         Ok(())
     }
@@ -1038,10 +1143,9 @@ impl Editor {
             vocab_before: self.model.model.config.vocab_size,
         };
         self.push_patch(patch, patches, payload)?;
-        // the new rows are zero: anchors keep their docids unless their best logit is negative
-        for doc in first..self.model.scheme.len() {
-            self.row_changed(doc);
-        }
+        // the new rows are zero until solved: no anchor's best docid, no competitor of a bound (a zero
+        // logit would beat every negative one)
+        self.unsolved.extend(first..self.model.scheme.len());
         Ok(first)
     }
 
@@ -1068,7 +1172,7 @@ impl Editor {
                 positives.push(p, f64::from(self.best(p, &skip).0) + self.config.margin_new);
             }
             let negatives = self.anchor_bounds(doc, &Hinges::new(self.d()));
-            let (w, s) = self.solve_row(&positives, &negatives, None)?;
+            let (w, s) = self.solve_row(&positives, &negatives, negatives.len(), None)?;
             stats.merge(&s);
             let w32: Vec<f32> = w.iter().map(|&x| x as f32).collect();
             self.row_patch(doc, &w32, format!("row.{doc}"), patches, payload)?;
@@ -1098,10 +1202,14 @@ impl Editor {
 
     /// IncDSI's problem ([`linalg::HingeObjective`]): minimise `l2/2 |w - w_ref|^2 + 1/2 sum_pos max(0, t -
     /// w.p)^2 + old_weight/2 sum_neg max(0, w.o - b)^2` by L-BFGS.
+    /// The first `kept` negatives are anchors that must keep their docid (bound `top - margin_old`), the
+    /// others content that must fall below its best other docid (bound `best - delete_margin`); a bound
+    /// counts as violated when its input ends up won by the row.
     fn solve_row(
         &self,
         positives: &Hinges,
         negatives: &Hinges,
+        kept: usize,
         reference: Option<Vec<f64>>,
     ) -> Result<(Vec<f64>, SolveStats)> {
         let d = self.d();
@@ -1150,7 +1258,15 @@ impl Editor {
             negatives: negatives.len(),
             violated: negatives
                 .iter()
-                .filter(|(o, b)| linalg::dot_mixed(o, &w) > b + self.config.margin_old)
+                .enumerate()
+                .filter(|(i, (o, b))| {
+                    let margin = if *i < kept {
+                        self.config.margin_old
+                    } else {
+                        self.config.delete_margin
+                    };
+                    linalg::dot_mixed(o, &w) > b + margin
+                })
                 .count(),
             iterations: min.iterations,
             solves: 1,
@@ -1534,6 +1650,7 @@ impl Editor {
             payload,
             t.elapsed().as_secs_f64(),
             details,
+            Vec::new(),
         ))
     }
 
@@ -1620,7 +1737,7 @@ impl Editor {
             for (o, b) in cons.iter() {
                 bounds.push(o, b - m);
             }
-            let (w, s) = self.solve_row(&Hinges::new(self.d()), &bounds, Some(w0))?;
+            let (w, s) = self.solve_row(&Hinges::new(self.d()), &bounds, 0, Some(w0))?;
             details.insert("violated".into(), s.violated as f64);
             w
         };
@@ -1680,6 +1797,15 @@ impl Editor {
             payload,
             t.elapsed().as_secs_f64(),
             details,
+            changes
+                .iter()
+                .map(|c| NewDocument {
+                    docid: c.docid.clone(),
+                    title: c.title.clone(),
+                    text: c.text.clone(),
+                    queries: c.queries.clone(),
+                })
+                .collect(),
         ))
     }
 
@@ -1772,7 +1898,8 @@ impl Editor {
                 );
             }
             let negatives = self.anchor_bounds(doc, &old_extra);
-            let (w, s) = self.solve_row(&positives, &negatives, None)?;
+            let kept = negatives.len() - old_extra.len();
+            let (w, s) = self.solve_row(&positives, &negatives, kept, None)?;
             stats.merge(&s);
             let w32: Vec<f32> = w.iter().map(|&x| x as f32).collect();
             self.row_patch(doc, &w32, format!("row.{doc}"), patches, payload)?;

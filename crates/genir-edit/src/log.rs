@@ -14,6 +14,7 @@ use genir_io::write_atomic;
 use genir_model::weights::{write_safetensors, HostTensor, WeightFile};
 use serde::{Deserialize, Serialize};
 
+use crate::editor::NewDocument;
 use crate::error::{EditError, Result};
 
 /// Folder of the edit log inside a model folder.
@@ -103,6 +104,11 @@ pub struct EditRecord {
     pub patches: Vec<Patch>,
     /// Payload file name inside [`EDITS_DIR`].
     pub payload: String,
+    /// The content the edit gave its documents (additions and changes: title, text, example queries), so
+    /// that a later session knows the documents the model now holds (absent in older logs and for
+    /// deletions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<NewDocument>,
 }
 
 /// The log as stored in `log.json`.

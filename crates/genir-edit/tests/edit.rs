@@ -451,6 +451,108 @@ fn change_keeps_the_content_that_stays_and_drops_the_content_that_goes() {
     assert!(e.to_string().contains("changed twice"), "{e}");
 }
 
+#[test]
+fn a_reopened_folder_anchors_what_its_edit_log_added_and_changed() {
+    // one session: add document 36, change document 5, then add document 37
+    let changed = format!("{} {}", sentences_of(5)[0], sentences_of(38)[2]);
+    let mut one = editor();
+    one.add(&[new_document(36)], AddMethod::IncDsi).unwrap();
+    change_to(&mut one, 5, changed.clone());
+    let anchors = one.anchor_count();
+    let next = one.add(&[new_document(37)], AddMethod::IncDsi).unwrap();
+    // the same first two edits saved, the folder reopened (as each `genir edit` run does) and calibrated
+    // from the training collection: the same anchors, so the third edit is constrained alike
+    let dir = copy_base();
+    let mut first = editor();
+    first.add(&[new_document(36)], AddMethod::IncDsi).unwrap();
+    change_to(&mut first, 5, changed.clone());
+    first.save(dir.path()).unwrap();
+    let c = collection(&new_docs());
+    let mut second = Editor::open(dir.path(), &device()).unwrap();
+    second.config.max_source_len = Some(32);
+    second.calibrate_from_collection(&c, 1000).unwrap();
+    assert_eq!(second.anchor_count(), anchors);
+    // the text the model now holds for each document
+    assert_eq!(second.current_text(&docid(5), &c), Some(changed));
+    assert_eq!(second.current_text(&docid(36), &c), Some(doc_text(36)));
+    assert_eq!(second.current_text(&docid(7), &c), Some(doc_text(7)));
+    assert_eq!(second.current_text(&docid(37), &c), None);
+    let again = second.add(&[new_document(37)], AddMethod::IncDsi).unwrap();
+    assert_eq!(
+        next.details.get("anchor_constraints"),
+        again.details.get("anchor_constraints")
+    );
+    let qs: Vec<String> = [36, 37, 5]
+        .into_iter()
+        .flat_map(|d| queries_of(d).map(|q| q.1))
+        .chain(sentences_of(36))
+        .collect();
+    assert_eq!(tops(&one, &qs), tops(&second, &qs));
+}
+
+#[test]
+fn anchors_with_negative_logits_keep_their_docids() {
+    // the same model with every docid logit moved below zero: each docid row minus k u, with u a direction
+    // every anchor representation points along, lowers all of an anchor's logits by the same k (rep . u), so
+    // every ranking is unchanged; a new document's zero row must not count as the anchors' best docid
+    // (it would leave them out of IncDSI's constraints) before its row is solved
+    let c = collection(&new_docs());
+    let mut m = GenirModel::load(base_dir(), &device()).unwrap();
+    let texts: Vec<String> = c
+        .split("train")
+        .unwrap()
+        .queries
+        .iter()
+        .map(|q| q.text.clone())
+        .chain(c.corpus.iter().map(|d| d.full_text()))
+        .collect();
+    let eos = m.scheme.eos;
+    let src = genir_edit::reps::encode_texts(&m.tok, &texts, 32, eos).unwrap();
+    let reps = genir_edit::reps::compute(&m.model, &src, false, 64).unwrap();
+    let d = m.model.config.d_model;
+    let mut u = vec![0f32; d];
+    for i in 0..reps.n {
+        let r = reps.rep(i);
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        u.iter_mut().zip(r).for_each(|(a, b)| *a += b / n);
+    }
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let name = genir_edit::tensors::unembed_name(&m.model);
+    let (off, n) = (m.scheme.token_offset as usize, m.scheme.len());
+    let mut rows = genir_edit::tensors::read_rows(&m.model, name, off, n).unwrap();
+    let (mut k, mut min_along) = (0f32, f32::INFINITY);
+    for i in 0..reps.n {
+        let r = reps.rep(i);
+        let best = rows.chunks(d).map(|w| dot(r, w)).fold(f32::MIN, f32::max);
+        min_along = min_along.min(dot(r, &u));
+        k = k.max(best / dot(r, &u));
+    }
+    assert!(min_along > 0.0, "the anchors do not share a direction");
+    for w in rows.chunks_mut(d) {
+        w.iter_mut().zip(&u).for_each(|(a, b)| *a -= (k + 1.0) * b);
+    }
+    genir_edit::tensors::write_rows(&mut m.model, name, off, &rows).unwrap();
+    let mut ed = Editor::new(m, Default::default()).unwrap();
+    ed.config.max_source_len = Some(32);
+    ed.calibrate_from_collection(&c, 1000).unwrap();
+    let qs: Vec<String> = old_docs()
+        .into_iter()
+        .map(|d| queries_of(d)[0].1.clone())
+        .collect();
+    let before = tops(&ed, &qs);
+    let kept = |after: &[String]| before.iter().zip(after).filter(|(a, b)| a == b).count();
+    assert!(kept(&before) == qs.len());
+    let anchors = ed.anchor_count();
+    let r = ed.add(&[new_document(36)], AddMethod::IncDsi).unwrap();
+    assert_eq!(
+        r.details["anchor_constraints"], anchors as f64,
+        "{:?}",
+        r.details
+    );
+    let after = tops(&ed, &qs);
+    assert!(kept(&after) + 1 >= qs.len(), "{before:?} -> {after:?}");
+}
+
 fn bytes(dir: &Path, f: &str) -> Vec<u8> {
     std::fs::read(dir.join(f)).unwrap()
 }
