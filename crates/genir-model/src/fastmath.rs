@@ -214,6 +214,25 @@ fn row_max(row: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
+/// The largest value of a row for a softmax, or `None` where burn's and PyTorch's softmax give a NaN row:
+/// a NaN in the row (NaN survives `x - max` and the sum there, while [`exp_neg`] clamps it to a tiny
+/// value), or an infinite maximum (every score `-inf`: `-inf - -inf` is NaN).
+#[inline(always)]
+fn softmax_max(row: &[f32]) -> Option<f32> {
+    let mut nan = [false; 8];
+    let chunks = row.chunks_exact(8);
+    for &v in chunks.remainder() {
+        nan[0] |= v.is_nan();
+    }
+    for c in chunks {
+        for (n, &v) in nan.iter_mut().zip(c) {
+            *n |= v.is_nan();
+        }
+    }
+    let max = row_max(row);
+    (max.is_finite() && !nan.contains(&true)).then_some(max)
+}
+
 /// `x @ w (+ b)` over the last axis of `x`, with `w: [d_in, d_out]` and `b: [d_out]`: every linear map of
 /// BERT and T5 and the LM head. burn runs it as one `[rows, d_in] @ [d_in, d_out]` product into a fresh
 /// buffer that flex zero-fills and then copies once more to realign it, and adds the bias in another pass.
@@ -1012,7 +1031,8 @@ const INV_FACTORIAL: [f64; 11] = [
 ];
 
 /// Softmax of every row of `width` values of a host buffer, in place (`x - max` first, as burn and PyTorch
-/// do, so large scores do not overflow; a row of equal masked scores becomes uniform, as there).
+/// do, so large scores do not overflow; a row of equal masked scores becomes uniform, and a row with a NaN,
+/// an infinite maximum or nothing but `-inf` becomes NaN, as there).
 pub fn softmax_rows_in_place(values: &mut [f32], width: usize) {
     par_rows(values, width, |chunk| {
         #[cfg(target_arch = "x86_64")]
@@ -1031,7 +1051,10 @@ pub fn softmax_rows_in_place(values: &mut [f32], width: usize) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_avx2(values: &mut [f32], width: usize) {
     for row in values.chunks_mut(width.max(1)) {
-        let max = row_max(row);
+        let Some(max) = softmax_max(row) else {
+            row.fill(f32::NAN);
+            continue;
+        };
         let ptr = row.as_mut_ptr();
         let lanes = simd::exp_sum(ptr, Some(ptr), row.len(), max);
         let inv = 1.0 / lanes.iter().sum::<f32>();
@@ -1116,7 +1139,10 @@ mod simd {
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
     // eight independent lanes so the compiler vectorises the reductions (float adds are not reassociated)
-    let max = row_max(row);
+    let Some(max) = softmax_max(row) else {
+        row.fill(f32::NAN);
+        return;
+    };
     for v in row.iter_mut() {
         *v = exp_neg(*v - max);
     }
@@ -1212,6 +1238,41 @@ mod tests {
         assert_eq!(fast[5], 0.0);
         for row in fast.chunks(37) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn softmax_rows_burn_makes_nan_are_nan() {
+        // every score -inf (a hook masking every key), a NaN score, an infinite score; then a normal row,
+        // at widths with and without an eight-value tail, on the portable and (where the CPU has it) AVX2 path
+        for width in [5, 8, 13, 37] {
+            let mut xs: Vec<f32> = (0..4 * width).map(|i| (i % 7) as f32 / 3.0).collect();
+            xs[..width].fill(f32::NEG_INFINITY);
+            xs[width + width / 2] = f32::NAN;
+            xs[2 * width + 1] = f32::INFINITY;
+            let device = Device::flex();
+            let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [4, width]), &device);
+            let burn: Vec<f32> = activation::softmax(x, 1)
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            let mut fast = xs.clone();
+            softmax_rows_in_place(&mut fast, width);
+            let mut portable = xs;
+            for row in portable.chunks_mut(width) {
+                softmax_row(row);
+            }
+            for got in [&fast, &portable] {
+                for r in 0..3 {
+                    let row = &got[r * width..(r + 1) * width];
+                    assert!(row.iter().all(|v| v.is_nan()), "row {r}: {row:?}");
+                    // burn: NaN where PyTorch is too (its infinite-score row is NaN at least there)
+                    assert!(burn[r * width..(r + 1) * width].iter().any(|v| v.is_nan()));
+                }
+                for (a, b) in got[3 * width..].iter().zip(&burn[3 * width..]) {
+                    assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+                }
+            }
         }
     }
 

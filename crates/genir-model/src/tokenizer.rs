@@ -4,6 +4,28 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ModelError;
 
+/// Hugging Face's tokenizer settings file, beside `tokenizer.json`.
+pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// The `tokenizer_config.json` of `dir` as a JSON object, if the file exists.
+fn read_tokenizer_config(
+    dir: &Path,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ModelError> {
+    let path = dir.join(TOKENIZER_CONFIG);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bad = |message: String| ModelError::Tokenizer {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    match serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))? {
+        serde_json::Value::Object(m) => Ok(Some(m)),
+        _ => Err(bad("not a JSON object".into())),
+    }
+}
+
 /// One encoded text or text pair: token ids, segment (token type) ids and attention mask, all of one length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Encoded {
@@ -41,15 +63,145 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Loads `path` and checks that every id it can produce is below `vocab_size`.
+    /// Loads `path` and checks that every id it can produce is below `vocab_size`. The truncation and
+    /// padding saved in the file are not applied, as in Hugging Face, whose fast tokenizers set both on
+    /// every call (`tokenizer(text)` neither truncates nor pads): truncate with
+    /// [`TextTokenizer::with_max_length`] (e.g. to [`TextTokenizer::config_max_length`]).
     pub fn from_file(path: &Path, vocab_size: usize) -> Result<Self, ModelError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
-            path: path.into(),
-            message: format!("cannot read tokenizer: {e}"),
-        })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+                path: path.into(),
+                message: format!("cannot read tokenizer: {e}"),
+            })?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| ModelError::Tokenizer {
+                path: path.into(),
+                message: format!("cannot turn truncation off: {e}"),
+            })?;
         let t = Self::from_tokenizer(inner, path.into());
         t.check_vocab(vocab_size)?;
         Ok(t)
+    }
+
+    /// `model_max_length` of the `tokenizer_config.json` in `dir` (the length Hugging Face truncates to
+    /// when asked to truncate without a length), unless absent or Hugging Face's "no limit" (1e30).
+    pub fn config_max_length(dir: &Path) -> Result<Option<usize>, ModelError> {
+        let Some(cfg) = read_tokenizer_config(dir)? else {
+            return Ok(None);
+        };
+        Ok(cfg
+            .get("model_max_length")
+            .and_then(|v| v.as_f64())
+            .filter(|v| (1.0..1e15).contains(v))
+            .map(|v| v as usize))
+    }
+
+    /// Hugging Face's BERT-family fast tokenizers (`BertTokenizerFast`, `DistilBertTokenizerFast`,
+    /// `ElectraTokenizerFast`) rebuild a `BertNormalizer` from their arguments `do_lower_case` (default
+    /// true), `strip_accents` (default none) and `tokenize_chinese_chars` (default true), read from
+    /// `tokenizer_config.json`, whatever `tokenizer.json` says: the same here, when that config names one of
+    /// these classes or, naming none, `model_type` (from the model's `config.json`) is `bert`, `distilbert`
+    /// or `electra`. Other tokenizers and normalizers are left as they are.
+    pub fn with_bert_family_settings(
+        mut self,
+        dir: &Path,
+        model_type: &str,
+    ) -> Result<Self, ModelError> {
+        let cfg = read_tokenizer_config(dir)?.unwrap_or_default();
+        let bert_family = match cfg.get("tokenizer_class").and_then(|v| v.as_str()) {
+            Some(c) => matches!(
+                c.strip_suffix("Fast").unwrap_or(c),
+                "BertTokenizer" | "DistilBertTokenizer" | "ElectraTokenizer"
+            ),
+            None => matches!(model_type, "bert" | "distilbert" | "electra"),
+        };
+        if !bert_family {
+            return Ok(self);
+        }
+        let Some(mut n) = self.normalizer_json()? else {
+            return Ok(self);
+        };
+        if n.get("type").and_then(|t| t.as_str()) != Some("BertNormalizer") {
+            return Ok(self);
+        }
+        let flag = |k: &str, default: serde_json::Value| match cfg.get(k) {
+            Some(v) if v.is_boolean() || v.is_null() => Ok(v.clone()),
+            Some(v) => Err(ModelError::Tokenizer {
+                path: dir.join(TOKENIZER_CONFIG),
+                message: format!("`{k}` must be true, false or null, not {v}"),
+            }),
+            None => Ok(default),
+        };
+        n["lowercase"] = flag("do_lower_case", true.into())?;
+        n["strip_accents"] = flag("strip_accents", serde_json::Value::Null)?;
+        n["handle_chinese_chars"] = flag("tokenize_chinese_chars", true.into())?;
+        if !n["lowercase"].is_boolean() || !n["handle_chinese_chars"].is_boolean() {
+            return Err(ModelError::Tokenizer {
+                path: dir.join(TOKENIZER_CONFIG),
+                message: "`do_lower_case` and `tokenize_chinese_chars` must be true or false"
+                    .into(),
+            });
+        }
+        self.set_normalizer_json(n)?;
+        Ok(self)
+    }
+
+    /// A `Lowercase` normalizer in front of this tokenizer's, unless it lowercases already
+    /// (sentence-transformers' `do_lower_case`).
+    pub fn with_lowercase(mut self) -> Result<Self, ModelError> {
+        fn lowercases(n: &serde_json::Value) -> bool {
+            match n.get("type").and_then(|t| t.as_str()) {
+                Some("Lowercase") => true,
+                Some("BertNormalizer") => n.get("lowercase") == Some(&true.into()),
+                Some("Sequence") => n
+                    .get("normalizers")
+                    .and_then(|v| v.as_array())
+                    .is_some_and(|v| v.iter().any(lowercases)),
+                _ => false,
+            }
+        }
+        let current = self.normalizer_json()?;
+        if current.as_ref().is_some_and(lowercases) {
+            return Ok(self);
+        }
+        let mut list = vec![serde_json::json!({"type": "Lowercase"})];
+        match current {
+            Some(n) if n.get("type").and_then(|t| t.as_str()) == Some("Sequence") => {
+                list.extend(
+                    n.get("normalizers")
+                        .and_then(|v| v.as_array())
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            }
+            Some(n) => list.push(n),
+            None => {}
+        }
+        self.set_normalizer_json(serde_json::json!({"type": "Sequence", "normalizers": list}))?;
+        Ok(self)
+    }
+
+    fn normalizer_json(&self) -> Result<Option<serde_json::Value>, ModelError> {
+        self.inner
+            .get_normalizer()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot read the normalizer: {e}"),
+            })
+    }
+
+    fn set_normalizer_json(&mut self, n: serde_json::Value) -> Result<(), ModelError> {
+        let n: tokenizers::NormalizerWrapper =
+            serde_json::from_value(n).map_err(|e| ModelError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot build the normalizer: {e}"),
+            })?;
+        self.inner.with_normalizer(Some(n));
+        Ok(())
     }
 
     /// Wraps an in-memory tokenizer (`path` is only used in messages).
@@ -204,7 +356,7 @@ impl TextTokenizer {
         Ok(self)
     }
 
-    /// The truncation length set in `tokenizer.json` or by [`TextTokenizer::with_max_length`], if any.
+    /// The truncation length set by [`TextTokenizer::with_max_length`] (or on the wrapped tokenizer), if any.
     pub fn max_length(&self) -> Option<usize> {
         self.inner.get_truncation().map(|t| t.max_length)
     }

@@ -1085,3 +1085,143 @@ fn real_ms_marco_minilm_l12_cross_encoder_matches_hugging_face() {
         dir.display()
     );
 }
+
+/// Edits a fixture copy's `tokenizer.json` as JSON.
+fn edit_tokenizer_json(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("tokenizer.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, v.to_string()).unwrap();
+}
+
+fn ids_of(dot_or_cat_input: BertInput) -> Vec<i64> {
+    dot_or_cat_input
+        .input_ids
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap()
+}
+
+/// Tokenizer settings as Hugging Face applies them (checked by hand with transformers 4.57 and
+/// sentence-transformers 5 on copies of these fixtures): `tokenizer.json`'s saved truncation and padding are
+/// not applied by `tokenizer(text)`; BERT-family tokenizer classes set the normalizer from
+/// `tokenizer_config.json` (`do_lower_case` defaults to true); sentence-transformers reads the Transformer
+/// module's `sentence_bert_config.json` from the module's folder.
+#[test]
+fn tokenizer_settings_follow_hugging_face() {
+    let device = device();
+    let text = "The Capital of FRANCE is Paris, a city of bridges and many museums.";
+    let reference = TextTokenizer::from_file(&fixtures().join("bert-cat/tokenizer.json"), 1000)
+        .unwrap()
+        .encode(text)
+        .unwrap();
+    // a saved truncation to 6 and fixed padding to 64: neither applies
+    let dir = copy_fixture("bert-cat");
+    edit_tokenizer_json(dir.path(), |v| {
+        v["truncation"] = serde_json::json!({"direction": "Right", "max_length": 6,
+            "strategy": "LongestFirst", "stride": 0});
+        v["padding"] = serde_json::json!({"strategy": {"Fixed": 64}, "direction": "Right",
+            "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"});
+    });
+    let tok = TextTokenizer::from_file(&dir.path().join("tokenizer.json"), 1000).unwrap();
+    assert_eq!(tok.encode(text).unwrap(), reference);
+    assert_eq!(tok.max_length(), None);
+    // the cross-encoder truncates to tokenizer_config.json's model_max_length, else to its positions
+    let cat = Cat::from_pretrained(dir.path(), &device).unwrap();
+    let long = "word ".repeat(600);
+    let n = |i: BertInput| i.input_ids.dims()[1];
+    let positions = BertConfig::from_file(&dir.path().join("config.json"))
+        .unwrap()
+        .max_position_embeddings;
+    assert_eq!(n(cat.encode_pairs(&[("q", &long)]).unwrap()), positions);
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"model_max_length": 9, "tokenizer_class": "BertTokenizer"}"#,
+    )
+    .unwrap();
+    let cat = Cat::from_pretrained(dir.path(), &device).unwrap();
+    assert_eq!(n(cat.encode_pairs(&[("q", &long)]).unwrap()), 9);
+
+    // a cased normalizer in tokenizer.json: a BERT tokenizer class lowercases anyway unless
+    // tokenizer_config.json says do_lower_case false; another class keeps tokenizer.json's normalizer
+    let dir = copy_fixture("bert-cat");
+    edit_tokenizer_json(dir.path(), |v| v["normalizer"]["lowercase"] = false.into());
+    let cased = TextTokenizer::from_file(&dir.path().join("tokenizer.json"), 1000)
+        .unwrap()
+        .encode(text)
+        .unwrap();
+    assert_ne!(cased, reference);
+    let pair_ids = |dir: &Path| {
+        let cat = Cat::from_pretrained(dir, &device).unwrap();
+        ids_of(cat.encode_pairs(&[(text, "")]).unwrap())
+    };
+    let with_config = |config: Option<&str>| {
+        let p = dir.path().join("tokenizer_config.json");
+        match config {
+            Some(c) => std::fs::write(&p, c).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        pair_ids(dir.path())
+    };
+    let lowered = pair_ids(&fixtures().join("bert-cat"));
+    assert_eq!(with_config(None), lowered);
+    assert_eq!(
+        with_config(Some(r#"{"tokenizer_class": "BertTokenizer"}"#)),
+        lowered
+    );
+    let kept = with_config(Some(
+        r#"{"do_lower_case": false, "tokenizer_class": "BertTokenizer"}"#,
+    ));
+    assert_ne!(kept, lowered);
+    assert_eq!(
+        with_config(Some(r#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#)),
+        kept
+    );
+    let bad = copy_fixture("bert-cat");
+    std::fs::write(
+        bad.path().join("tokenizer_config.json"),
+        r#"{"do_lower_case": "yes"}"#,
+    )
+    .unwrap();
+    let err = Cat::from_pretrained(bad.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("do_lower_case"),
+        "{err}"
+    );
+
+    // sentence-transformers' Transformer module in its own folder (older layouts): its
+    // sentence_bert_config.json there sets the length and lowercasing
+    let dir = copy_fixture("bert-dot-bin");
+    let module = dir.path().join("0_Transformer");
+    std::fs::create_dir(&module).unwrap();
+    for f in ["config.json", "pytorch_model.bin", "tokenizer.json"] {
+        std::fs::rename(dir.path().join(f), module.join(f)).unwrap();
+    }
+    std::fs::remove_file(dir.path().join("sentence_bert_config.json")).unwrap();
+    std::fs::write(
+        module.join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 7, "do_lower_case": true}"#,
+    )
+    .unwrap();
+    let modules = std::fs::read_to_string(dir.path().join("modules.json"))
+        .unwrap()
+        .replacen("\"path\": \"\"", "\"path\": \"0_Transformer\"", 1);
+    std::fs::write(dir.path().join("modules.json"), modules).unwrap();
+    edit_tokenizer_json(&module, |v| v["normalizer"]["lowercase"] = false.into());
+    std::fs::write(
+        module.join("tokenizer_config.json"),
+        r#"{"do_lower_case": false, "tokenizer_class": "BertTokenizer"}"#,
+    )
+    .unwrap();
+    let dot = Dot::from_pretrained(dir.path(), &device).unwrap();
+    let ids = ids_of(dot.encode_texts(&[text]).unwrap());
+    assert_eq!(ids.len(), 7);
+    let lowered: Vec<i64> = reference.iter().map(|&i| i64::from(i)).collect();
+    assert_eq!(ids[..6], lowered[..6], "lowercased by do_lower_case");
+}

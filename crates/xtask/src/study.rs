@@ -951,6 +951,17 @@ fn layer_component(df: &genir_data::Table) -> Result<Vec<(i64, String)>> {
         .collect())
 }
 
+/// The key of a GenIR model fine-tuned from the pretrained folder `dir`: the folder's, and how its tokenizer
+/// is read (since its saved truncation and padding are no longer applied, as in Hugging Face: the
+/// flan-t5-small checkpoint's `tokenizer.json` saves a truncation to 48 tokens, which cut every training
+/// input there before; models trained so are retrained).
+fn pretrained_start_key(dir: &Path) -> Result<Key> {
+    Key::of(
+        &"tokenizer.json settings not applied",
+        &[model_folder_key(dir)?],
+    )
+}
+
 /// A cache key for a model folder: the bytes of its config, tokenizer and weights, so that a checkpoint
 /// replaced by another of the same architecture and size does not reuse the old one's cached results.
 fn model_folder_key(dir: &Path) -> Result<Key> {
@@ -1010,7 +1021,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let (init, train_upstream) = match &opts.pretrained {
         Some(dir) => (
             Init::Pretrained(dir.clone()),
-            vec![ckey, model_folder_key(dir)?],
+            vec![ckey, pretrained_start_key(dir)?],
         ),
         // from scratch: the collection alone (the keys of earlier runs stay valid)
         None => (Init::Scratch(params.arch.clone()), vec![ckey]),
@@ -1509,7 +1520,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     let mut mt_upstream = vec![with_backend(opts.backend, collection_key(&mt_corpus)?)?];
     let mt_cfg = match &opts.pretrained {
         Some(dir) => {
-            mt_upstream.push(model_folder_key(dir)?);
+            mt_upstream.push(pretrained_start_key(dir)?);
             TrainConfig {
                 init: Init::Pretrained(dir.clone()),
                 docids: DocidKind::Naive,

@@ -140,10 +140,13 @@ impl Cat {
         })
     }
 
-    /// Loads a Hugging Face folder (`config.json`, weights, and `tokenizer.json` if present; pairs are truncated
-    /// longest-first to the tokenizer's own maximum length, else to the model's positions).
+    /// Loads a Hugging Face folder (`config.json`, weights, and `tokenizer.json` if present, set up as
+    /// Hugging Face's tokenizer class for the model does: [`TextTokenizer::with_bert_family_settings`]).
+    /// Pairs are truncated longest-first, as sentence-transformers' `CrossEncoder` does, to
+    /// `tokenizer_config.json`'s `model_max_length`, at most the model's positions.
     pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let model_type = config.model_type.clone();
         let mut w = WeightFile::from_dir(dir)?;
         let mut cat = Self::from_weights(config, &mut w, device)?;
         log_unused(&w, "cross-encoder");
@@ -151,8 +154,10 @@ impl Cat {
         if tok_path.exists() {
             let max_positions = cat.encoder.config.max_position_embeddings;
             let tok = TextTokenizer::from_file(&tok_path, cat.encoder.config.vocab_size)?
-                .without_padding();
-            let max_len = tok.max_length().unwrap_or(max_positions).min(max_positions);
+                .with_bert_family_settings(dir, &model_type)?;
+            let max_len = TextTokenizer::config_max_length(dir)?
+                .unwrap_or(max_positions)
+                .min(max_positions);
             cat = cat.with_tokenizer(tok.with_max_length(Some(max_len))?)?;
         }
         Ok(cat)

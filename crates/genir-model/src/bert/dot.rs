@@ -54,6 +54,17 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
     x / norm
 }
 
+/// The Transformer module's settings file names that sentence-transformers tries, in its order.
+const SENTENCE_CONFIGS: [&str; 7] = [
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+];
+
 fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| ModelError::Config {
@@ -170,9 +181,11 @@ impl Dot {
     }
 
     /// Loads a sentence-transformers folder (`modules.json` with Transformer, Pooling and optional Normalize;
-    /// `config_sentence_transformers.json`'s `similarity_fn_name`, default cosine; `sentence_bert_config.json`'s
-    /// `max_seq_length`) or a plain Hugging Face encoder folder (then CLS pooling, no normalisation, dot
-    /// product). The tokenizer is the folder's `tokenizer.json`, if any, truncating to the maximum length.
+    /// `config_sentence_transformers.json`'s `similarity_fn_name`, default cosine; the Transformer module's
+    /// `sentence_bert_config.json`'s `max_seq_length` and `do_lower_case`) or a plain Hugging Face encoder folder
+    /// (then CLS pooling, no normalisation, dot product). The tokenizer is the module's `tokenizer.json`, if
+    /// any, set up as Hugging Face's tokenizer class does, truncating as sentence-transformers does
+    /// (`max_seq_length`, else `tokenizer_config.json`'s `model_max_length`, at most the model's positions).
     pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let modules = read_modules(dir)?;
         let model_dir = modules
@@ -209,19 +222,31 @@ impl Dot {
         let tok_path = model_dir.join("tokenizer.json");
         if tok_path.exists() {
             let max_positions = dot.encoder.config.max_position_embeddings;
-            let sb_cfg = dir.join("sentence_bert_config.json");
-            let max_seq = if sb_cfg.exists() {
-                read_json(&sb_cfg)?
-                    .get("max_seq_length")
-                    .and_then(|v| v.as_u64())
-                    .map(|v| v as usize)
-            } else {
-                None
-            };
-            let tok = TextTokenizer::from_file(&tok_path, dot.encoder.config.vocab_size)?
-                .without_padding();
+            // the Transformer module's own settings, under the names sentence-transformers tries in turn
+            let sb_cfg = SENTENCE_CONFIGS
+                .iter()
+                .map(|f| model_dir.join(f))
+                .find(|p| p.is_file())
+                .map(|p| read_json(&p))
+                .transpose()?;
+            let max_seq = sb_cfg
+                .as_ref()
+                .and_then(|c| c.get("max_seq_length"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize);
+            let lower = sb_cfg
+                .as_ref()
+                .and_then(|c| c.get("do_lower_case"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            let mut tok = TextTokenizer::from_file(&tok_path, dot.encoder.config.vocab_size)?
+                .with_bert_family_settings(&model_dir, &dot.encoder.config.model_type)?;
+            if lower {
+                tok = tok.with_lowercase()?;
+            }
+            // without max_seq_length: the tokenizer's model_max_length, at most the model's positions
             let max_len = max_seq
-                .or(tok.max_length())
+                .or(TextTokenizer::config_max_length(&model_dir)?)
                 .unwrap_or(max_positions)
                 .min(max_positions);
             dot = dot.with_tokenizer(tok.with_max_length(Some(max_len))?)?;

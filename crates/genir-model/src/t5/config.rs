@@ -178,8 +178,16 @@ impl T5Config {
     /// Checks internal consistency; the message names the offending field.
     pub fn check(&self) -> Result<(), String> {
         if let Some(mt) = self.extra.get("model_type").and_then(|v| v.as_str()) {
-            if !matches!(mt, "t5" | "mt5" | "umt5") {
-                return Err(format!("model_type is `{mt}`, expected `t5`"));
+            if mt == "umt5" {
+                // every UMT5 block has its own relative-position table; this model shares block 0's
+                return Err(
+                    "model_type is `umt5`: UMT5's per-layer relative-position tables are not supported \
+                     (t5 and mt5 are)"
+                        .into(),
+                );
+            }
+            if !matches!(mt, "t5" | "mt5") {
+                return Err(format!("model_type is `{mt}`, expected `t5` or `mt5`"));
             }
         }
         for (name, v) in [
@@ -241,9 +249,13 @@ impl T5Config {
             .unwrap_or_else(|| self.tied_head())
     }
 
-    /// Whether the feed-forward block is gated (`wi_0`, `wi_1`).
+    /// Whether the feed-forward block is gated (`wi_0`, `wi_1`): `is_gated_act` when the config gives it
+    /// (transformers lets a stored value override the one it derives), else `feed_forward_proj`'s `gated-`.
     pub fn gated(&self) -> bool {
-        self.feed_forward_proj.starts_with("gated-")
+        self.extra
+            .get("is_gated_act")
+            .and_then(|v| v.as_bool())
+            .unwrap_or_else(|| self.feed_forward_proj.starts_with("gated-"))
     }
 
     /// The feed-forward non-linearity, following transformers (`gated-gelu` means `gelu_new`).
@@ -360,6 +372,18 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("must be positive"));
+    }
+
+    #[test]
+    fn a_stored_is_gated_act_wins_and_umt5_is_refused() {
+        // transformers derives is_gated_act from feed_forward_proj, then a stored value overrides it
+        assert!(parse(r#"{"feed_forward_proj":"relu","is_gated_act":true}"#).gated());
+        assert!(!parse(r#"{"feed_forward_proj":"gated-gelu","is_gated_act":false}"#).gated());
+        assert!(parse(r#"{"feed_forward_proj":"gated-gelu"}"#).gated());
+        // UMT5 gives every block its own position table: refused, not run with block 0's
+        let e = parse(r#"{"model_type":"umt5"}"#).check().unwrap_err();
+        assert!(e.contains("umt5") && e.contains("per-layer"), "{e}");
+        assert!(parse(r#"{"model_type":"mt5"}"#).check().is_ok());
     }
 
     #[test]

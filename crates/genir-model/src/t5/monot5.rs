@@ -64,7 +64,8 @@ impl MonoT5 {
         })
     }
 
-    /// Loads a Hugging Face T5 folder with its `tokenizer.json` (e.g. `castorini/monot5-base-msmarco`).
+    /// Loads a Hugging Face T5 folder with its `tokenizer.json` (e.g. `castorini/monot5-base-msmarco`). Prompts
+    /// are not truncated (as Hugging Face's `tokenizer(text)`, whatever `tokenizer.json` saves).
     pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let model = T5Model::from_pretrained(dir, device)?;
         let tokenizer =
