@@ -145,8 +145,9 @@ fn load_bert(dir: &Path, device: &Device) -> Result<BertKind> {
     if classifier {
         return Ok(BertKind::Cat(Box::new(Cat::from_pretrained(dir, device)?)));
     }
-    let tok =
-        TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?.without_padding();
+    // Hugging Face's tokenizer for the model: untruncated (`tokenizer(text)`), its class's normalizer settings
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"), config.vocab_size)?
+        .with_bert_family_settings(dir, &config.model_type)?;
     Ok(BertKind::Encoder(Box::new((
         BertEncoder::from_pretrained(dir, device)?,
         tok,

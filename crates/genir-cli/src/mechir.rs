@@ -19,7 +19,7 @@ use crate::dsi::load_collection;
 pub const EXAMPLES: &str = "Examples:
   genir mechir patch --model models/all-MiniLM-L6-v2 --kind dot --corpus wiki-genir --split test \\
       --pairs 16 --perturbation tfc1 --patch blocks --out mechir-out
-  genir mechir patch --model models/ms-marco-MiniLM-L-6-v2 --kind cat --perturbation tdc --patch heads \\
+  genir mechir patch --model models/ms-marco-MiniLM-L-12-v2 --kind cat --perturbation tdc --patch heads \\
       --patterns --out mechir-cat
 
 Writes {blocks,heads}.parquet/.csv (long tables: component, layer, position, token, value / layer, head,

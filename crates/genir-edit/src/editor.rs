@@ -430,6 +430,13 @@ impl Editor {
     }
 
     fn set_anchors(&mut self, sources: Vec<Vec<u32>>, own: Vec<Option<usize>>) -> Result<()> {
+        if !self.model.scheme.is_atomic() {
+            // only row solves (atomic docids) use anchors; multi-token docids have no rows to compare
+            self.anchors = Anchors::default();
+            self.anchors_stale = false;
+            tracing::info!("multi-token docids: no edit anchors (only atomic edits use them)");
+            return Ok(());
+        }
         let t = Instant::now();
         let reps = if sources.is_empty() {
             Reps::default()
@@ -456,101 +463,78 @@ impl Editor {
 
     /// Anchors from a collection and the edit log: the first indexed chunk and the sentences (pseudo
     /// queries) of every live document of the model and the training queries (owned by their relevant
-    /// document), evenly subsampled to at most `max` inputs. Documents that logged edits added or changed
-    /// contribute the inputs of their latest logged content, owned by them, as the editor that made those
-    /// edits holds them; a changed document's collection text and training queries stay anchors owned by
-    /// no document (they no longer describe it), and the collection's text of a document the log added is
-    /// left out (the model never held it).
+    /// document), evenly subsampled to at most `max` inputs, then the edit inputs of every addition and
+    /// change the log kept (all of them), as the editor that made those edits holds them: the latest
+    /// version of a document owned by it, earlier versions, a changed document's collection text and the
+    /// training queries of documents the log added or changed owned by no document; the collection's text
+    /// of a document the log added is left out (the model never held it), and so are deleted documents.
     pub fn calibrate_from_collection(&mut self, c: &Collection, max: usize) -> Result<usize> {
-        enum Item {
-            Text(String, Option<usize>),
-            Tokens(Vec<u32>, usize),
-        }
-        let logged = self.logged_documents();
+        let (versions, latest) = self.logged_documents();
         let scheme = &self.model.scheme;
         let live = |docid: &str| scheme.index_of(docid).filter(|&i| !scheme.is_deleted(i));
-        let mut items: Vec<Item> = Vec::new();
+        // the collection's texts and training queries, evenly subsampled to `max`
+        let mut items: Vec<(String, Option<usize>)> = Vec::new();
         for d in c.corpus.iter() {
             let Some(i) = live(&d.docid) else { continue };
-            let owner = match logged.get(d.docid.as_str()) {
+            let owner = match latest.get(d.docid.as_str()) {
+                // added by the log: the collection's text never was the model's
                 Some((_, true)) => continue,
+                // changed: the old content no longer describes the document (as after `change`)
                 Some((_, false)) => None,
                 None => Some(i),
             };
-            items.push(Item::Text(d.full_text(), owner));
+            items.push((d.full_text(), owner));
             for s in reps::sentences(&d.text, self.config.min_sentence_words) {
-                items.push(Item::Text(s, owner));
-            }
-        }
-        for (docid, (doc, _)) in &logged {
-            if let Some(i) = live(docid) {
-                for src in self.inputs(&doc.full_text(), &doc.text, &doc.queries)? {
-                    items.push(Item::Tokens(src, i));
-                }
+                items.push((s, owner));
             }
         }
         if let Some(train) = c.split("train") {
             for q in train.queries.iter() {
                 let rel: Vec<&str> = train.qrels.relevant(&q.qid).collect();
+                // queries of a document the log added or changed: owned by none, as in the session that
+                // calibrated before the edit
                 let own = match rel.as_slice() {
-                    [d] if !matches!(logged.get(*d), Some((_, false))) => scheme.index_of(d),
+                    [d] if !latest.contains_key(*d) => scheme.index_of(d),
                     _ => None,
                 };
-                items.push(Item::Text(q.text.clone(), own));
+                items.push((q.text.clone(), own));
             }
         }
         if items.len() > max && max > 0 {
             let n = items.len();
-            let keep: BTreeSet<usize> = (0..max).map(|i| i * n / max).collect();
-            let mut k = 0;
-            items.retain(|_| {
-                k += 1;
-                keep.contains(&(k - 1))
-            });
+            items = (0..max).map(|i| items[i * n / max].clone()).collect();
         }
-        let texts: Vec<String> = items
-            .iter()
-            .filter_map(|it| match it {
-                Item::Text(t, _) => Some(t.clone()),
-                Item::Tokens(..) => None,
-            })
-            .collect();
-        let mut encoded = reps::encode_texts(
-            &self.model.tok,
-            &texts,
-            self.max_len(),
-            self.model.scheme.eos,
-        )?
-        .into_iter();
-        let mut sources = Vec::with_capacity(items.len());
-        let mut own = Vec::with_capacity(items.len());
-        for it in items {
-            match it {
-                Item::Text(_, o) => {
-                    sources.push(encoded.next().unwrap_or_default());
-                    own.push(o);
-                }
-                Item::Tokens(t, o) => {
-                    sources.push(t);
-                    own.push(Some(o));
-                }
+        let texts: Vec<String> = items.iter().map(|(t, _)| t.clone()).collect();
+        let mut sources = reps::encode_texts(&self.model.tok, &texts, self.max_len(), scheme.eos)?;
+        let mut own: Vec<Option<usize>> = items.into_iter().map(|(_, o)| o).collect();
+        // then every logged version's edit inputs, unsampled, in the order the edits added them: the latest
+        // version of a live document owned by it, earlier versions by none (as `change` leaves them)
+        for (k, doc) in versions.iter().enumerate() {
+            let Some(i) = live(&doc.docid) else { continue };
+            let owner = (latest[doc.docid.as_str()].0 == k).then_some(i);
+            for src in self.inputs(&doc.full_text(), &doc.text, &doc.queries)? {
+                sources.push(src);
+                own.push(owner);
             }
         }
         self.set_anchors(sources, own)?;
         Ok(self.anchors.reps.n)
     }
 
-    /// The latest content the edit log gave each document it added or changed, and whether the log added
-    /// it (rather than changed one of the base model's documents).
-    fn logged_documents(&self) -> BTreeMap<String, (NewDocument, bool)> {
-        let mut out: BTreeMap<String, (NewDocument, bool)> = BTreeMap::new();
+    /// Every content the edit log gave a document (additions and changes, in order), and per docid the
+    /// position of its latest one there and whether the log added the document (rather than changed one of
+    /// the base model's).
+    fn logged_documents(&self) -> (Vec<NewDocument>, BTreeMap<String, (usize, bool)>) {
+        let mut versions = Vec::new();
+        let mut latest: BTreeMap<String, (usize, bool)> = BTreeMap::new();
         for r in &self.log.records {
             for d in &r.documents {
-                let added = r.op == EditOp::Add || out.get(&d.docid).is_some_and(|x| x.1);
-                out.insert(d.docid.clone(), (d.clone(), added));
+                let added = r.op == EditOp::Add || latest.get(&d.docid).is_some_and(|x| x.1);
+                latest.insert(d.docid.clone(), (versions.len(), added));
+                versions.push(d.clone());
             }
         }
-        out
+        (versions, latest)
     }
 
     /// A document's current text (without its title) as far as this model folder knows it: the text of

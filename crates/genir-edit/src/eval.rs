@@ -377,8 +377,10 @@ fn trained_seconds(dir: &Path, train: &TrainConfig, data: Option<&Collection>) -
         .ok();
         if now.as_ref() != Some(was) {
             return Err(EditError::Invalid(format!(
-                "{} holds a finished model trained on other documents or queries than this evaluation's \
-                 (another split: seed, number of added documents or collection): {reuse}",
+                "{} holds a finished model trained on other training inputs than this evaluation's \
+                 (another split: seed, number of added documents or collection; or inputs tokenized \
+                 otherwise, e.g. cut at a pretrained tokenizer.json's saved truncation before 2026-12-06): \
+                 {reuse}",
                 dir.display()
             )));
         }

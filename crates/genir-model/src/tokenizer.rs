@@ -52,6 +52,8 @@ impl Encoded {
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     path: PathBuf,
+    /// The truncation length the file saved (not applied).
+    saved_max_length: Option<usize>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -73,6 +75,7 @@ impl TextTokenizer {
                 path: path.into(),
                 message: format!("cannot read tokenizer: {e}"),
             })?;
+        let saved_max_length = inner.get_truncation().map(|t| t.max_length);
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -80,19 +83,30 @@ impl TextTokenizer {
                 path: path.into(),
                 message: format!("cannot turn truncation off: {e}"),
             })?;
-        let t = Self::from_tokenizer(inner, path.into());
+        let mut t = Self::from_tokenizer(inner, path.into());
+        t.saved_max_length = saved_max_length;
         t.check_vocab(vocab_size)?;
         Ok(t)
     }
 
-    /// `model_max_length` of the `tokenizer_config.json` in `dir` (the length Hugging Face truncates to
-    /// when asked to truncate without a length), unless absent or Hugging Face's "no limit" (1e30).
+    /// The truncation length the loaded `tokenizer.json` saved, which [`TextTokenizer::from_file`] does not
+    /// apply (genir applied it before 2026-12-06: a model trained from such a tokenizer saw at most that many
+    /// tokens of each input).
+    pub fn saved_max_length(&self) -> Option<usize> {
+        self.saved_max_length
+    }
+
+    /// `model_max_length` (or the legacy `max_len`) of the `tokenizer_config.json` in `dir` (the length
+    /// Hugging Face truncates to when asked to truncate without a length), unless absent or Hugging Face's
+    /// "no limit" (1e30).
     pub fn config_max_length(dir: &Path) -> Result<Option<usize>, ModelError> {
         let Some(cfg) = read_tokenizer_config(dir)? else {
             return Ok(None);
         };
+        // transformers falls back to the legacy `max_len`
         Ok(cfg
             .get("model_max_length")
+            .or_else(|| cfg.get("max_len"))
             .and_then(|v| v.as_f64())
             .filter(|v| (1.0..1e15).contains(v))
             .map(|v| v as usize))
@@ -101,16 +115,24 @@ impl TextTokenizer {
     /// Hugging Face's BERT-family fast tokenizers (`BertTokenizerFast`, `DistilBertTokenizerFast`,
     /// `ElectraTokenizerFast`) rebuild a `BertNormalizer` from their arguments `do_lower_case` (default
     /// true), `strip_accents` (default none) and `tokenize_chinese_chars` (default true), read from
-    /// `tokenizer_config.json`, whatever `tokenizer.json` says: the same here, when that config names one of
-    /// these classes or, naming none, `model_type` (from the model's `config.json`) is `bert`, `distilbert`
-    /// or `electra`. Other tokenizers and normalizers are left as they are.
+    /// `tokenizer_config.json`, whatever `tokenizer.json` says: the same here, when the tokenizer class
+    /// (`tokenizer_class` of `tokenizer_config.json`, else of the `config.json` in `dir`, as AutoTokenizer
+    /// looks) is one of these or, neither naming one, `model_type` is `bert`, `distilbert` or `electra`.
+    /// Other tokenizers and normalizers are left as they are.
     pub fn with_bert_family_settings(
         mut self,
         dir: &Path,
         model_type: &str,
     ) -> Result<Self, ModelError> {
         let cfg = read_tokenizer_config(dir)?.unwrap_or_default();
-        let bert_family = match cfg.get("tokenizer_class").and_then(|v| v.as_str()) {
+        let model_cfg: Option<serde_json::Value> = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let class = cfg
+            .get("tokenizer_class")
+            .or_else(|| model_cfg.as_ref().and_then(|c| c.get("tokenizer_class")))
+            .and_then(|v| v.as_str());
+        let bert_family = match class {
             Some(c) => matches!(
                 c.strip_suffix("Fast").unwrap_or(c),
                 "BertTokenizer" | "DistilBertTokenizer" | "ElectraTokenizer"
@@ -206,7 +228,11 @@ impl TextTokenizer {
 
     /// Wraps an in-memory tokenizer (`path` is only used in messages).
     pub fn from_tokenizer(inner: tokenizers::Tokenizer, path: PathBuf) -> Self {
-        Self { inner, path }
+        Self {
+            inner,
+            path,
+            saved_max_length: None,
+        }
     }
 
     /// A word-level tokenizer over the synthetic words `w3 .. w{text_vocab - 1}` (ids 3..), with `<pad>` = 0,

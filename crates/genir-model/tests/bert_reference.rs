@@ -1143,6 +1143,14 @@ fn tokenizer_settings_follow_hugging_face() {
     .unwrap();
     let cat = Cat::from_pretrained(dir.path(), &device).unwrap();
     assert_eq!(n(cat.encode_pairs(&[("q", &long)]).unwrap()), 9);
+    // transformers' legacy name for it
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"max_len": 11}"#,
+    )
+    .unwrap();
+    let cat = Cat::from_pretrained(dir.path(), &device).unwrap();
+    assert_eq!(n(cat.encode_pairs(&[("q", &long)]).unwrap()), 11);
 
     // a cased normalizer in tokenizer.json: a BERT tokenizer class lowercases anyway unless
     // tokenizer_config.json says do_lower_case false; another class keeps tokenizer.json's normalizer
@@ -1181,6 +1189,13 @@ fn tokenizer_settings_follow_hugging_face() {
         with_config(Some(r#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#)),
         kept
     );
+    // AutoTokenizer also reads the class from config.json when tokenizer_config.json names none
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    assert_eq!(with_config(None), kept);
     let bad = copy_fixture("bert-cat");
     std::fs::write(
         bad.path().join("tokenizer_config.json"),

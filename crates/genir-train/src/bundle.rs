@@ -195,6 +195,15 @@ impl GenirModel {
         let scheme = DocidScheme::load(&docids)?;
         let (model, tok, _) = open_folder(dir, device)?;
         let len = Self::folder_max_source_len(dir)?.unwrap_or(DEFAULT_MAX_SOURCE_LEN);
+        if let Some(saved) = tok.saved_max_length().filter(|&n| n < len) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "tokenizer.json saves a truncation to {saved} tokens, which genir no longer applies (nor does \
+                 Hugging Face's tokenizer(text)): inputs are cut at {len}; a model trained with genir before \
+                 2026-12-06 from this tokenizer saw at most {saved} tokens of each input (saving the folder \
+                 again drops the setting)"
+            );
+        }
         Ok(Self::new(model, tok, scheme)?.with_max_source_len(len))
     }
 

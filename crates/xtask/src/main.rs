@@ -20,7 +20,7 @@ enum Command {
     /// The whole study end to end, with a report (cached: a second run redoes only what changed).
     #[command(after_help = "Examples:
   cargo xtask reproduce                       # shipped wiki-genir corpus, default scale
-  cargo xtask reproduce --scale smoke         # a minute: the mini corpus and a tiny model
+  cargo xtask reproduce --scale smoke         # a few minutes: the mini corpus and a tiny model
   cargo xtask reproduce --corpus data/my-collection --report my-report
   cargo xtask reproduce --backend wgpu
   cargo xtask reproduce --corpus wiki-genir-mini --pretrained models/flan-t5-small-traceforge --epochs 10 --lr 3e-4")]

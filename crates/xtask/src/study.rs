@@ -962,7 +962,8 @@ fn pretrained_start_key(dir: &Path) -> Result<Key> {
     )
 }
 
-/// A cache key for a model folder: the bytes of its config, tokenizer and weights, so that a checkpoint
+/// A cache key for a model folder: the bytes of its config, tokenizer, weights and tokenizer and
+/// sentence-transformers settings, so that a checkpoint
 /// replaced by another of the same architecture and size does not reuse the old one's cached results.
 fn model_folder_key(dir: &Path) -> Result<Key> {
     let mut h = 0;
@@ -971,6 +972,12 @@ fn model_folder_key(dir: &Path) -> Result<Key> {
         "tokenizer.json",
         "model.safetensors",
         "pytorch_model.bin",
+        // the settings that change how a ranker tokenizes, pools and compares
+        "tokenizer_config.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
     ] {
         h = crate::steps::fnv1a(name.as_bytes(), h);
         let path = dir.join(name);
@@ -1871,6 +1878,14 @@ mod tests {
         assert_ne!(ka, model_folder_key(&b).unwrap());
         // the tokenizer is part of the model
         std::fs::write(a.join("tokenizer.json"), b"{}").unwrap();
-        assert_ne!(ka, model_folder_key(&a).unwrap());
+        let kt = model_folder_key(&a).unwrap();
+        assert_ne!(ka, kt);
+        // and so are its tokenizer and sentence-transformers settings
+        std::fs::create_dir(a.join("1_Pooling")).unwrap();
+        std::fs::write(a.join("1_Pooling/config.json"), b"{}").unwrap();
+        let kp = model_folder_key(&a).unwrap();
+        assert_ne!(kt, kp);
+        std::fs::write(a.join("tokenizer_config.json"), b"{}").unwrap();
+        assert_ne!(kp, model_folder_key(&a).unwrap());
     }
 }
