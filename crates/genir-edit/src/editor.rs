@@ -469,6 +469,11 @@ impl Editor {
     /// training queries of documents the log added or changed owned by no document; the collection's text
     /// of a document the log added is left out (the model never held it), and so are deleted documents.
     pub fn calibrate_from_collection(&mut self, c: &Collection, max: usize) -> Result<usize> {
+        if !self.model.scheme.is_atomic() {
+            // no anchors for multi-token docids (see `set_anchors`): nothing to encode
+            self.set_anchors(Vec::new(), Vec::new())?;
+            return Ok(0);
+        }
         let (versions, latest) = self.logged_documents();
         let scheme = &self.model.scheme;
         let live = |docid: &str| scheme.index_of(docid).filter(|&i| !scheme.is_deleted(i));
