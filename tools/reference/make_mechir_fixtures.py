@@ -50,8 +50,8 @@ HEAD_LIST_CAT = [[0, 1], [2, 3]]
 
 
 def first_term(query: str) -> str:
-    """genir_data::perturb::tokenize(query)[0]: lowercase, split on non-alphanumerics."""
-    return [t for t in re.split(r"[^0-9A-Za-z]+", query.lower()) if t][0]
+    """genir's TFC1 term: the query's first alphanumeric run, as written (the fixtures' queries are lowercase)."""
+    return [t for t in re.split(r"[^0-9A-Za-z]+", query) if t][0]
 
 
 @perturbation(perturb_type="append")

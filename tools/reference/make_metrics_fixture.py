@@ -1,6 +1,6 @@
 """Reference values of genir's retrieval measures, computed by pytrec_eval (trec_eval 9.0.x) on a random
-run and qrels with tied scores, graded and zero-grade judgments, and queries whose relevant documents are
-not retrieved.
+run and qrels with tied scores, graded and zero-grade judgments, queries whose relevant documents are
+not retrieved, and judged queries without a relevant document.
 
 Run by hand (needs pytrec_eval, e.g. the venv of ../shared/tools/reference-venv.sh):
     python tools/reference/make_metrics_fixture.py crates/genir-train/tests/fixtures/metrics
@@ -34,6 +34,15 @@ for q in range(60):
     if q % 3 == 0:  # make sure some relevant documents are retrieved near the top
         for d in rel[:2]:
             run[qid][d] = 5.0 + rng.randint(0, 2) / 4.0
+# judged queries without a relevant document (only grade 0): trec_eval counts them, with zeros
+# (a generator of their own: the other queries' files stay as they were)
+rng_zero = random.Random(20261206)
+zero_relevant = {f"q{q}" for q in range(60, 63)}
+for q in range(60, 63):
+    qid = f"q{q}"
+    judged = rng_zero.sample(docs, 23)
+    qrels[qid] = {d: 0 for d in judged[:3]}
+    run[qid] = {d: float(rng_zero.randint(0, 20)) / 4.0 for d in judged}
 
 # explicit descending-docid tie-break, compared as trec_eval does (strcmp on the docno)
 def trec_order(scores):
@@ -66,7 +75,7 @@ with open(os.path.join(out, "run.trec"), "w") as f:
     for q in sorted(run):
         # written in a shuffled order with meaningless ranks: evaluation must not trust the file order
         items = list(run[q].items())
-        rng.shuffle(items)
+        (rng_zero if q in zero_relevant else rng).shuffle(items)
         for i, (d, s) in enumerate(items):
             f.write(f"{q} Q0 {d} {i + 1} {s} ref\n")
 mean = {k: sum(v[k] for v in expected.values()) / len(expected) for k in next(iter(expected.values()))}

@@ -144,7 +144,8 @@ pub struct TrainArgs {
     /// Validate every N steps (0: at the end only).
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
-    /// Data-parallel shards per step (one thread each; on several GPUs, one device each).
+    /// Data-parallel shards per step (one thread each, all on the one --backend device; the library's
+    /// `Trainer::devices` puts shard i on device i mod n).
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
     /// Stop after this many steps of this session (a later --resume continues); for tests and budgets.

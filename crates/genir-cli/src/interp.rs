@@ -14,11 +14,11 @@ use genir_interp::figures;
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, prefix_pairs, relevant_term_pairs, Corruption, PatchConfig,
-    PatchMetric, PatchTarget,
+    activation_patching, make_pairs, make_pairs_at, prefix_pairs, relevant_term_pairs, Corruption,
+    PatchConfig, PatchMetric, PatchTarget,
 };
 use genir_interp::stages::{stage_analysis, StageConfig};
-use genir_interp::swap::{EncoderSwap, SwapNorm};
+use genir_interp::swap::{EncoderSwap, RankOver, SwapNorm};
 use genir_interp::{correctly_retrieved, write_table, Probe};
 use genir_model::hooks::AttnKind;
 use genir_train::bundle::GenirModel;
@@ -224,6 +224,28 @@ pub struct AblateArgs {
     /// up to --probes) into config.json (genir only). Must be a new folder.
     #[arg(long)]
     pub save_removed: Option<PathBuf>,
+    /// What Hits@k ranks documents among: `docids` (the docid tokens, as constrained search) or `vocabulary`
+    /// (every token, as the paper's scripts: a text token above the relevant docid takes a rank).
+    #[arg(long, value_enum, default_value = "docids")]
+    pub rank_over: RankOverArg,
+}
+
+/// `--rank-over` of `interp ablate` and `interp swap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RankOverArg {
+    /// Among the docid tokens.
+    Docids,
+    /// Among the whole vocabulary (the paper's `logits.topk`).
+    Vocabulary,
+}
+
+impl From<RankOverArg> for RankOver {
+    fn from(a: RankOverArg) -> Self {
+        match a {
+            RankOverArg::Docids => RankOver::Docids,
+            RankOverArg::Vocabulary => RankOver::Vocabulary,
+        }
+    }
 }
 
 /// Arguments of `genir interp swap`.
@@ -249,6 +271,9 @@ pub struct SwapArgs {
     /// encoder block's output).
     #[arg(long, value_enum, default_value = "encoder")]
     pub final_norm: FinalNormArg,
+    /// What Hits@k ranks documents among: `docids` or `vocabulary` (as `interp ablate`).
+    #[arg(long, value_enum, default_value = "docids")]
+    pub rank_over: RankOverArg,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -303,9 +328,13 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 );
             }
             let pairs = match a.corruption {
-                CorruptionArg::OtherQuery => {
-                    make_pairs(&probes[..n], &Corruption::OtherQuery { seed: a.seed })?
-                }
+                // partners whose docid differs at the patched step (multi-token docids)
+                CorruptionArg::OtherQuery => make_pairs_at(
+                    &gm,
+                    &probes[..n],
+                    &Corruption::OtherQuery { seed: a.seed },
+                    a.decoder_prefix,
+                )?,
                 CorruptionArg::Shuffle => {
                     make_pairs(&probes[..n], &Corruption::Shuffle { seed: a.seed })?
                 }
@@ -427,7 +456,10 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 &set,
                 &ablations,
                 Some(&reference),
-                &AblationConfig::default(),
+                &AblationConfig {
+                    rank_over: a.rank_over.into(),
+                    ..AblationConfig::default()
+                },
             )?;
             write(df, &a.common.out, "ablation", figures::ablation_figure)?;
             if let Some(dir) = &a.save_removed {
@@ -435,6 +467,7 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                     label: "removed".into(),
                     points: ablations.iter().flat_map(|x| x.points.clone()).collect(),
                     mode,
+                    also_zero: Vec::new(),
                 };
                 all.prune(&gm, &reference)?.save(dir)?;
                 eprintln!(
@@ -456,6 +489,7 @@ pub fn run(args: InterpArgs, device: &Device) -> Result<()> {
                 FinalNormArg::Encoder => SwapNorm::Encoder,
                 FinalNormArg::Decoder => SwapNorm::Decoder,
             };
+            swap.rank_over = a.rank_over.into();
             let ev = swap.evaluate(set, unseen)?;
             let label = format!(
                 "{}_encoder+{}_decoder",

@@ -41,6 +41,16 @@ pub fn tokenize(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The query's terms as [`tokenize`] reads them, each with its text as written (`(term, surface)`): an
+/// appended term keeps the query's case, as MechIR appends the query's own tokens.
+fn query_terms(query: &str) -> Vec<(String, String)> {
+    query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(|run| (lowercase_term(run), run.to_string()))
+        .collect()
+}
+
 /// A run of alphanumeric characters, lowercased. Lowercasing `İ` (U+0130) gives `i` and a combining dot, which
 /// is not alphanumeric: it is dropped so that the term stays one alphanumeric run (`İzmir` → `izmir`).
 fn lowercase_term(run: &str) -> String {
@@ -200,10 +210,17 @@ pub enum TermChoice {
     MaxIdf,
     /// The query term with the lowest IDF (ties: the earlier term).
     MinIdf,
+    /// One of the query's distinct terms, drawn uniformly with the seed, the query and the docid (MechIR's
+    /// TFC1, `mode="random"`, which draws without a seed).
+    Random {
+        /// Seed.
+        seed: u64,
+    },
 }
 
-/// Appends one query term to the document (TFC1 with [`TermChoice::First`], TDC with
-/// [`TermChoice::MaxIdf`]); a query without terms leaves the document unchanged.
+/// Appends one query term to the document (TFC1 with [`TermChoice::First`] or, as MechIR, with
+/// [`TermChoice::Random`]; TDC with [`TermChoice::MaxIdf`]); a query without terms leaves the document
+/// unchanged. The term is chosen by its lowercase form (IDF, distinctness) and appended as the query writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppendQueryTerm {
     /// Which term.
@@ -213,27 +230,37 @@ pub struct AppendQueryTerm {
 }
 
 impl AppendQueryTerm {
-    fn term(&self, query: &str, stats: &CorpusStats) -> Option<String> {
-        let terms = tokenize(query);
+    fn term(&self, query: &str, docid: &str, stats: &CorpusStats) -> Option<String> {
+        let terms = query_terms(query);
         let by_idf = |max: bool| {
             let mut best: Option<(&String, f64)> = None;
-            for t in &terms {
+            for (t, surface) in &terms {
                 let idf = stats.idf(t);
                 let better = match best {
                     None => true,
                     Some((_, b)) => (max && idf > b) || (!max && idf < b),
                 };
                 if better {
-                    best = Some((t, idf));
+                    best = Some((surface, idf));
                 }
             }
             best.map(|(t, _)| t.clone())
         };
         match self.choice {
-            TermChoice::First => terms.first().cloned(),
-            TermChoice::Nth(n) => terms.get(n).or(terms.last()).cloned(),
+            TermChoice::First => terms.first().map(|t| t.1.clone()),
+            TermChoice::Nth(n) => terms.get(n).or(terms.last()).map(|t| t.1.clone()),
             TermChoice::MaxIdf => by_idf(true),
             TermChoice::MinIdf => by_idf(false),
+            TermChoice::Random { seed } => {
+                let mut seen = HashSet::new();
+                let distinct: Vec<&String> = terms
+                    .iter()
+                    .filter(|(t, _)| seen.insert(t.as_str()))
+                    .map(|(_, surface)| surface)
+                    .collect();
+                let seed = doc_seed(seed, docid) ^ genir_io::fnv1a(query.as_bytes(), 1);
+                distinct.choose(&mut rng(seed)).map(|t| t.to_string())
+            }
         }
     }
 }
@@ -243,12 +270,13 @@ impl Perturbation for AppendQueryTerm {
         match (self.choice, self.copies) {
             (TermChoice::First, 1) => "tfc1".into(),
             (TermChoice::MaxIdf, 1) => "tdc".into(),
+            (TermChoice::Random { seed }, 1) => format!("tfc1(random, seed={seed})"),
             (c, n) => format!("append_query_term({c:?}, copies={n})"),
         }
     }
 
     fn apply(&self, query: &str, document: &Document, stats: &CorpusStats) -> Document {
-        match self.term(query, stats) {
+        match self.term(query, &document.docid, stats) {
             Some(term) => {
                 let extra = vec![term.as_str(); self.copies].join(" ");
                 with_text(document, append(&document.text, &extra))
@@ -262,6 +290,15 @@ impl Perturbation for AppendQueryTerm {
 pub fn tfc1() -> AppendQueryTerm {
     AppendQueryTerm {
         choice: TermChoice::First,
+        copies: 1,
+    }
+}
+
+/// TFC1 as MechIR draws it: appends one of the query's distinct terms, chosen at random (seeded per query and
+/// document), once.
+pub fn tfc1_random(seed: u64) -> AppendQueryTerm {
+    AppendQueryTerm {
+        choice: TermChoice::Random { seed },
         copies: 1,
     }
 }
@@ -309,9 +346,15 @@ impl Targets {
             Targets::Random { .. } => HashSet::new(),
         };
         let random = match self {
-            Targets::Random { fraction, seed } => {
-                Some((fraction.clamp(0.0, 1.0), rng(doc_seed(*seed, docid))))
-            }
+            // a NaN fraction targets nothing (`clamp` keeps NaN, which `random_bool` refuses)
+            Targets::Random { fraction, seed } => Some((
+                if fraction.is_nan() {
+                    0.0
+                } else {
+                    fraction.clamp(0.0, 1.0)
+                },
+                rng(doc_seed(*seed, docid)),
+            )),
             _ => None,
         };
         let mut random = random;

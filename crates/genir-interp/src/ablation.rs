@@ -12,7 +12,7 @@ use genir_train::bundle::GenirModel;
 
 use crate::common::{col, host};
 use crate::error::{InterpError, Result};
-use crate::swap::{evaluate_set, rank_atomic, run_queries};
+use crate::swap::{evaluate_set, rank_atomic, run_queries, RankOver};
 
 /// What an ablated activation is replaced with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,9 @@ pub struct Ablation {
     pub points: Vec<HookPoint>,
     /// Zero or mean.
     pub mode: AblationMode,
+    /// Points zero-ablated together with `points` (a mixed ablation, e.g. the paper's minimal circuit: zero
+    /// self-attention, mean MLPs); empty for a plain one. See [`Ablation::and_zero`].
+    pub also_zero: Vec<HookPoint>,
 }
 
 impl Ablation {
@@ -63,7 +66,36 @@ impl Ablation {
             label: label.to_string(),
             points,
             mode,
+            also_zero: Vec::new(),
         })
+    }
+
+    /// This ablation with the points of `patterns` (comma-separated globs, as [`Ablation::parse`]) also
+    /// zero-ablated; points already in `points` stay as they are.
+    pub fn and_zero(mut self, gm: &GenirModel, patterns: &str) -> Result<Self> {
+        let zero = Self::parse(gm, &self.label, patterns, AblationMode::Zero)?;
+        for p in zero.points {
+            if !self.points.contains(&p) && !self.also_zero.contains(&p) {
+                self.also_zero.push(p);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The mode column of the ablation table: `zero`, `mean`, or `mean+zero` for a mixed ablation.
+    pub fn mode_label(&self) -> String {
+        match (self.mode, self.also_zero.is_empty()) {
+            (m, true) => m.name().to_string(),
+            (AblationMode::Zero, false) => "zero".to_string(),
+            (AblationMode::Mean, false) => "mean+zero".to_string(),
+        }
+    }
+
+    /// Every ablated point: `points`, then `also_zero`.
+    pub fn all_points(&self) -> Vec<HookPoint> {
+        let mut v = self.points.clone();
+        v.extend(self.also_zero.iter().copied());
+        v
     }
 
     /// The model with these components removed for good: it skips them (faster) and can be saved. A zero
@@ -77,7 +109,7 @@ impl Ablation {
     /// [`T5Model::replace_components_with_means`]: genir_model::t5::T5Model::replace_components_with_means
     pub fn prune(&self, gm: &GenirModel, reference: &[String]) -> Result<GenirModel> {
         let model = match self.mode {
-            AblationMode::Zero => gm.model.clone().remove_components(&self.points)?,
+            AblationMode::Zero => gm.model.clone().remove_components(&self.all_points())?,
             AblationMode::Mean => {
                 if let Some(p) = self.points.iter().find(|p| {
                     !matches!(
@@ -95,7 +127,11 @@ impl Ablation {
                     .into_iter()
                     .map(|(p, a)| Ok((p, a.to_vec()?)))
                     .collect::<Result<Vec<_>>>()?;
-                gm.model.clone().replace_components_with_means(&means)?
+                // the means are the unablated model's, as in `ablation_study` (and the paper's circuit)
+                gm.model
+                    .clone()
+                    .replace_components_with_means(&means)?
+                    .remove_components(&self.also_zero)?
             }
         };
         Ok(GenirModel {
@@ -220,11 +256,17 @@ pub fn mean_activations(
 pub struct AblationConfig {
     /// Queries per forward pass.
     pub batch_size: usize,
+    /// What documents are ranked among: docid tokens (constrained search, the default) or the whole
+    /// vocabulary (the paper's scripts).
+    pub rank_over: RankOver,
 }
 
 impl Default for AblationConfig {
     fn default() -> Self {
-        Self { batch_size: 64 }
+        Self {
+            batch_size: 64,
+            rank_over: RankOver::Docids,
+        }
     }
 }
 
@@ -249,17 +291,36 @@ pub fn ablation_study(
     let eval = |hooks: &mut Hooks<'_>| -> Result<genir_train::metrics::Evaluation> {
         let run = run_queries(&set.queries, cfg.batch_size, "ablation", |texts| {
             let ids = searcher.encode_queries(texts)?;
-            rank_atomic(model, model, &gm.scheme, &ids, None, 10, hooks, None)
+            rank_atomic(
+                model,
+                model,
+                &gm.scheme,
+                &ids,
+                None,
+                10,
+                hooks,
+                None,
+                cfg.rank_over,
+            )
         })?;
         Ok(evaluate_set(&run, set))
     };
     let base = eval(&mut Hooks::none())?;
-    let mut rows = vec![("none".to_string(), "none", String::new(), base.clone())];
+    let mut rows = vec![(
+        "none".to_string(),
+        "none".to_string(),
+        String::new(),
+        base.clone(),
+    )];
     for a in ablations {
         for p in &a.points {
             p.validate(e, d).map_err(InterpError::from)?;
         }
         let mut hooks = Hooks::none();
+        for p in &a.also_zero {
+            p.validate(e, d).map_err(InterpError::from)?;
+            hooks.add(*p, Intervention::Zero(Selection::all()));
+        }
         match a.mode {
             AblationMode::Zero => {
                 for p in &a.points {
@@ -286,8 +347,8 @@ pub fn ablation_study(
         }
         let ev = eval(&mut hooks)?;
         tracing::info!(label = %a.label, hits_at_1 = ev.hits_at_1, base = base.hits_at_1, "ablation");
-        let names: Vec<String> = a.points.iter().map(|p| p.to_string()).collect();
-        rows.push((a.label.clone(), a.mode.name(), names.join(","), ev));
+        let names: Vec<String> = a.all_points().iter().map(|p| p.to_string()).collect();
+        rows.push((a.label.clone(), a.mode_label(), names.join(","), ev));
     }
     Ok(Table::new(vec![
         col(

@@ -400,11 +400,13 @@ fn encoder_qk_fix(
 }
 
 /// Agreement of attribution patching with exact activation patching: the rows of both tables are matched
-/// on `qid, target, layer, component, head, position`; per target (and `all`), the number of matched rows
+/// on `qid, target, layer, component, head, position` and, where pairs share a qid (one query with several
+/// corruptions), the order of the pairs (both tables list pairs in the same order); per target (and `all`),
+/// the number of matched rows
 /// `n`, the Pearson correlation of their `value`s and the mean absolute difference. Rows with a NaN value
 /// (pairs whose clean and corrupted metrics are equal) are left out.
 pub fn agreement(exact: &Table, attribution: &Table) -> Result<Table> {
-    type Key = (String, String, i64, String, i64, i64);
+    type Key = (String, String, i64, String, i64, i64, usize);
     fn rows(df: &Table) -> Result<Vec<(Key, f64)>> {
         let (qid, target, component) = (
             str_col(df, "qid")?,
@@ -417,19 +419,22 @@ pub fn agreement(exact: &Table, attribution: &Table) -> Result<Table> {
             i64_col(df, "position")?,
         );
         let value = f64_col(df, "value")?;
+        // the n-th row with the same cell key belongs to the n-th pair of that qid
+        let mut seen: HashMap<(String, String, i64, String, i64, i64), usize> = HashMap::new();
         Ok((0..df.height())
             .map(|r| {
-                (
-                    (
-                        qid[r].clone(),
-                        target[r].clone(),
-                        layer[r],
-                        component[r].clone(),
-                        head[r],
-                        position[r],
-                    ),
-                    value[r],
-                )
+                let cell = (
+                    qid[r].clone(),
+                    target[r].clone(),
+                    layer[r],
+                    component[r].clone(),
+                    head[r],
+                    position[r],
+                );
+                let n = seen.entry(cell.clone()).or_insert(0);
+                let key = (cell.0, cell.1, cell.2, cell.3, cell.4, cell.5, *n);
+                *n += 1;
+                (key, value[r])
             })
             .collect())
     }

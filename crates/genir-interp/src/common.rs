@@ -214,6 +214,9 @@ pub(crate) struct RowRanks {
     pub mean_docid: f64,
     /// Mean rank of all other tokens.
     pub mean_non_docid: f64,
+    /// Median rank of all other tokens (the lower middle value for an even count, as `torch.median`): what
+    /// the paper's `eval_residual_rank.py` plots as "Mean Non-Doc-IDs".
+    pub median_non_docid: f64,
 }
 
 /// Ranks in a row of logits; `docids` is the docid-token id block.
@@ -226,28 +229,34 @@ pub(crate) fn row_ranks(
     let t = row[target];
     let rank = 1 + row.iter().filter(|&&v| v > t).count();
     let rank_in_docids = 1 + row[docids.clone()].iter().filter(|&&v| v > t).count();
-    let (mut mean_docid, mut mean_non_docid) = (f64::NAN, f64::NAN);
+    let (mut mean_docid, mut mean_non_docid, mut median_non_docid) = (f64::NAN, f64::NAN, f64::NAN);
     if full {
         let mut order: Vec<usize> = (0..row.len()).collect();
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let (mut sd, mut nd, mut so, mut no) = (0f64, 0usize, 0f64, 0usize);
+        let (mut sd, mut nd, mut so) = (0f64, 0usize, 0f64);
+        // ascending, as `order` is
+        let mut others: Vec<usize> = Vec::with_capacity(row.len());
         for (pos, &id) in order.iter().enumerate() {
             if docids.contains(&id) {
                 sd += (pos + 1) as f64;
                 nd += 1;
             } else {
                 so += (pos + 1) as f64;
-                no += 1;
+                others.push(pos + 1);
             }
         }
         mean_docid = sd / nd.max(1) as f64;
-        mean_non_docid = so / no.max(1) as f64;
+        mean_non_docid = so / others.len().max(1) as f64;
+        if !others.is_empty() {
+            median_non_docid = others[(others.len() - 1) / 2] as f64;
+        }
     }
     RowRanks {
         rank,
         rank_in_docids,
         mean_docid,
         mean_non_docid,
+        median_non_docid,
     }
 }
 
@@ -296,4 +305,23 @@ where
     Vec<T>: Into<genir_data::Values>,
 {
     Column::new(name, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_ranks_give_means_and_the_lower_median() {
+        // ids 0..6 ranked in id order; docid tokens are ids 4 and 5
+        let row = [5.0, 4.0, 3.0, 2.0, 1.0, 0.0];
+        let r = row_ranks(&row, 4, 4..6, true);
+        assert_eq!((r.rank, r.rank_in_docids), (5, 1));
+        assert_eq!((r.mean_docid, r.mean_non_docid), (5.5, 2.5));
+        // ranks 1, 2, 3, 4: torch.median gives the lower middle value
+        assert_eq!(r.median_non_docid, 2.0);
+        let odd = row_ranks(&row[..5], 4, 3..5, true);
+        assert_eq!(odd.median_non_docid, 2.0);
+        assert!(row_ranks(&row, 4, 4..6, false).median_non_docid.is_nan());
+    }
 }

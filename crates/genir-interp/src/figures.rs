@@ -362,13 +362,21 @@ fn render(
 
 /// Line plot of the logit lens table ([`crate::lens::logit_lens`]): mean rank of the correct docid token per
 /// layer for each component (x = 0 is the decoder input, x = l + 1 is inside / after layer l), and the mean
-/// rank of all docid and non-docid tokens in the residual stream; log scale.
+/// rank of all docid tokens and the median rank of the non-docid tokens in the residual stream (as the
+/// paper's figure); log scale.
 pub fn logit_lens_figure(df: &Table, path: &Path) -> Result<()> {
     let layer = i64_col(df, "layer")?;
     let comp = str_col(df, "component")?;
     let rank = f64_col(df, "rank")?;
     let mean_d = f64_col(df, "mean_rank_docids")?;
-    let mean_n = f64_col(df, "mean_rank_non_docids")?;
+    // the paper plots the median of the non-docid tokens (tables of older runs have only the mean)
+    let (mean_n, non_docid_label) = match f64_col(df, "median_rank_non_docids") {
+        Ok(v) => (v, "non-docid tokens (median)"),
+        Err(_) => (
+            f64_col(df, "mean_rank_non_docids")?,
+            "non-docid tokens (mean)",
+        ),
+    };
     let x = |l: i64, c: &str| {
         if c == "resid_pre" {
             0.0
@@ -381,7 +389,7 @@ pub fn logit_lens_figure(df: &Table, path: &Path) -> Result<()> {
     for (name, values) in [
         ("", &rank),
         ("docid tokens (mean)", &mean_d),
-        ("non-docid tokens (mean)", &mean_n),
+        (non_docid_label, &mean_n),
     ] {
         let means = group_mean(&keys, values);
         let mut by_comp: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();

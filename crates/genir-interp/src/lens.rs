@@ -82,7 +82,7 @@ fn batches<'a>(
 }
 
 /// The columns every lens table starts with: `qid, docid, layer, component, rank, rank_in_docids,
-/// mean_rank_docids, mean_rank_non_docids`, one row per query x layer x component.
+/// mean_rank_docids, mean_rank_non_docids, median_rank_non_docids`, one row per query x layer x component.
 #[derive(Default)]
 struct RankRows {
     qid: Vec<String>,
@@ -93,6 +93,7 @@ struct RankRows {
     rank_d: Vec<i64>,
     mean_d: Vec<f64>,
     mean_n: Vec<f64>,
+    median_n: Vec<f64>,
 }
 
 impl RankRows {
@@ -105,6 +106,7 @@ impl RankRows {
         self.rank_d.push(r.rank_in_docids as i64);
         self.mean_d.push(r.mean_docid);
         self.mean_n.push(r.mean_non_docid);
+        self.median_n.push(r.median_non_docid);
     }
 
     /// These columns followed by `extra` (of the same height).
@@ -118,6 +120,7 @@ impl RankRows {
             col("rank_in_docids", self.rank_d),
             col("mean_rank_docids", self.mean_d),
             col("mean_rank_non_docids", self.mean_n),
+            col("median_rank_non_docids", self.median_n),
         ];
         cols.extend(extra);
         Table::new(cols)
@@ -129,8 +132,9 @@ impl RankRows {
 /// `mlp_out`) are passed through the decoder's final norm, the output scale and the LM head.
 ///
 /// One row per query x layer x component: `qid, docid, layer, component, rank` (1 = top, among the whole
-/// vocabulary), `rank_in_docids` (among docid tokens), `mean_rank_docids`, `mean_rank_non_docids`, `logit`,
-/// `prob` (of the correct docid token).
+/// vocabulary), `rank_in_docids` (among docid tokens), `mean_rank_docids`, `mean_rank_non_docids`,
+/// `median_rank_non_docids` (the paper's figure: ranks are 1-based here, 0-based there), `logit`, `prob` (of
+/// the correct docid token).
 pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let points = lens_points(&gm.model);

@@ -90,6 +90,41 @@ fn pick_other<'p>(
 
 /// Builds one pair per probe with the given corruption.
 pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<PatchPair>> {
+    pairs_where(probes, corruption, |p, o| o.docid != p.docid)
+}
+
+/// [`make_pairs`] for patching decoding step `step` of `gm`'s docids (`PatchConfig::decoder_prefix`): an
+/// [`Corruption::OtherQuery`] partner's docid must have a token at that step, and another one than the clean
+/// docid's (the compared token: with the same one, every cell of the pair would be 0 / 0). Step 0 of atomic
+/// docids is [`make_pairs`]. A probe whose own docid is too short is an error naming it.
+pub fn make_pairs_at(
+    gm: &GenirModel,
+    probes: &[Probe],
+    corruption: &Corruption,
+    step: usize,
+) -> Result<Vec<PatchPair>> {
+    let token = |docid: &str| {
+        gm.scheme
+            .index_of(docid)
+            .and_then(|d| gm.scheme.target(d).get(step).copied())
+    };
+    if let Some(p) = probes.iter().find(|p| token(&p.docid).is_none()) {
+        return Err(InterpError::Input(format!(
+            "query {}: docid {} has no token at decoding step {step} (or is not the model's)",
+            p.qid, p.docid
+        )));
+    }
+    pairs_where(probes, corruption, |p, o| {
+        o.docid != p.docid && token(&o.docid).is_some_and(|t| Some(t) != token(&p.docid))
+    })
+}
+
+/// One pair per probe; `OtherQuery` partners are drawn among the probes `accept(clean, other)` takes.
+fn pairs_where(
+    probes: &[Probe],
+    corruption: &Corruption,
+    accept: impl Fn(&Probe, &Probe) -> bool,
+) -> Result<Vec<PatchPair>> {
     if probes.is_empty() {
         return Err(InterpError::Input("no queries to pair".into()));
     }
@@ -99,13 +134,14 @@ pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<Patch
             probes
                 .iter()
                 .map(|p| {
-                    let o = pick_other(probes, |j| probes[j].docid != p.docid, &mut rng)
-                        .ok_or_else(|| {
+                    let o = pick_other(probes, |j| accept(p, &probes[j]), &mut rng).ok_or_else(
+                        || {
                             InterpError::Input(format!(
                             "query {}: no other query with a different document to corrupt with",
                             p.qid
                         ))
-                        })?;
+                        },
+                    )?;
                     Ok(PatchPair::new(
                         &p.qid,
                         &p.text,

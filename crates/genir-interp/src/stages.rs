@@ -117,23 +117,25 @@ impl StageSplit {
         )
     }
 
-    /// The paper's minimal circuit on this split, as one mean ablation: every decoder self-attention output,
-    /// the priming layers' cross-attention outputs, and the priming and bridging layers' MLP outputs are
-    /// replaced by their mean over a reference query set.
+    /// The paper's minimal circuit on this split (technion-cs-nlp/re-gen-ir, `eval_patching_all_stages.py`):
+    /// every decoder self-attention output and the priming layers' cross-attention outputs zeroed, the
+    /// priming and bridging layers' MLP outputs replaced by their mean over a reference query set; the
+    /// interaction layers' cross-attention and MLPs are kept.
     pub fn minimal_circuit(&self, gm: &GenirModel) -> Result<Ablation> {
-        let mut patterns = vec!["decoder.blocks.*.hook_self_attn_out".to_string()];
+        let mut zero = vec!["decoder.blocks.*.hook_self_attn_out".to_string()];
         for l in 0..self.bridging_start {
-            patterns.push(format!("decoder.blocks.{l}.hook_cross_attn_out"));
+            zero.push(format!("decoder.blocks.{l}.hook_cross_attn_out"));
         }
-        for l in 0..self.interaction_start {
-            patterns.push(format!("decoder.blocks.{l}.hook_mlp_out"));
+        let mean: Vec<String> = (0..self.interaction_start)
+            .map(|l| format!("decoder.blocks.{l}.hook_mlp_out"))
+            .collect();
+        let label = format!("minimal circuit (stages {})", self.describe());
+        if mean.is_empty() {
+            // every layer interacts: nothing to mean-ablate
+            return Ablation::parse(gm, &label, &zero.join(","), AblationMode::Zero);
         }
-        Ablation::parse(
-            gm,
-            &format!("minimal circuit (stages {})", self.describe()),
-            &patterns.join(","),
-            AblationMode::Mean,
-        )
+        Ablation::parse(gm, &label, &mean.join(","), AblationMode::Mean)?
+            .and_zero(gm, &zero.join(","))
     }
 }
 
@@ -484,6 +486,14 @@ pub fn stage_analysis(
     set: &genir_data::QuerySet,
     cfg: &StageConfig,
 ) -> Result<StageAnalysis> {
+    // the circuit is evaluated by ranking atomic docids: say so before the lens and patching run
+    if !gm.scheme.is_atomic() {
+        return Err(InterpError::Input(format!(
+            "the stage analysis ends with the minimal circuit's retrieval, which ranks atomic docids; this \
+             model's are {}",
+            gm.scheme.kind
+        )));
+    }
     let lens = logit_lens(gm, probes, &LensConfig::default())?;
     let pcfg = PatchConfig {
         targets: vec![PatchTarget::Components],

@@ -14,9 +14,28 @@ use genir_train::search::{Hit, Searcher};
 use crate::common::{col, host};
 use crate::error::{InterpError, Result};
 
+/// Which tokens a document's rank counts, in the ablation and encoder-swap evaluations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RankOver {
+    /// Among the docid tokens (live and allowed ones), as constrained search ranks them.
+    #[default]
+    Docids,
+    /// Among the whole vocabulary, as the paper's scripts rank them (`logits.topk` over every token, e.g.
+    /// `eval_patching_all_stages.py`, `swap_encoder.py`): a text token scoring above the relevant docid takes
+    /// a rank (it enters the run as `[token ID]`, a document no query is judged on), so an ablation that makes
+    /// the model emit text tokens loses those queries.
+    Vocabulary,
+}
+
+/// The run entry name of a non-docid token ranked with [`RankOver::Vocabulary`].
+pub fn token_entry(id: usize) -> String {
+    format!("[token {id}]")
+}
+
 /// Ranks atomic docids for a batch of tokenized queries: `encoder.encode`, then one `decoder.decode_step`
 /// from the start token, log-softmax over the vocabulary read at the docid tokens (as
-/// [`Searcher`] does for atomic docids). `hooks` act on both models' passes. With `final_norm`, the
+/// [`Searcher`] does for atomic docids; documents deleted by genir-edit are never ranked, as there). `hooks`
+/// act on both models' passes. With `final_norm`, the
 /// encoder's last residual stream goes through that norm instead of the encoder's own.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rank_atomic(
@@ -28,6 +47,7 @@ pub(crate) fn rank_atomic(
     k: usize,
     hooks: &mut Hooks<'_>,
     final_norm: Option<&RmsNorm>,
+    over: RankOver,
 ) -> Result<Vec<Vec<Hit>>> {
     if !scheme.is_atomic() {
         return Err(InterpError::Input(format!(
@@ -63,23 +83,54 @@ pub(crate) fn rank_atomic(
     let logp = burn::tensor::activation::log_softmax(logits.reshape([rows, v]), 1);
     let off = scheme.token_offset as usize;
     let n = scheme.n_tokens();
-    let lp = host(logp.slice([0..rows, off..off + n]))?;
+    // Vocabulary: the whole row, text tokens ranked too (doc index usize::MAX marks them)
+    let (lp, width, first) = match over {
+        RankOver::Docids => (host(logp.slice([0..rows, off..off + n]))?, n, off),
+        RankOver::Vocabulary => (host(logp)?, v, 0),
+    };
+    let docid_tokens = off..off + n;
     Ok((0..rows)
         .map(|r| {
-            let row = &lp[r * n..(r + 1) * n];
+            let row = &lp[r * width..(r + 1) * width];
             let mut cand: Vec<(usize, f32)> = (0..scheme.len())
-                .filter(|&d| allowed.is_none_or(|a| a.get(d).copied().unwrap_or(false)))
-                .map(|d| (d, row[scheme.target(d)[0] as usize - off]))
+                .filter(|&d| {
+                    !scheme.is_deleted(d)
+                        && allowed.is_none_or(|a| a.get(d).copied().unwrap_or(false))
+                })
+                .map(|d| (d, row[scheme.target(d)[0] as usize - first]))
                 .collect();
+            let mut tokens: Vec<(usize, f32)> = match over {
+                RankOver::Docids => Vec::new(),
+                RankOver::Vocabulary => (0..v)
+                    .filter(|t| !docid_tokens.contains(t))
+                    .map(|t| (t, row[t]))
+                    .collect(),
+            };
             cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             cand.truncate(k);
-            cand.into_iter()
+            tokens.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            tokens.truncate(k);
+            let mut hits: Vec<Hit> = cand
+                .into_iter()
                 .map(|(doc, score)| Hit {
                     doc,
                     docid: scheme.docids[doc].clone(),
                     score,
                 })
-                .collect()
+                .chain(tokens.into_iter().map(|(t, score)| Hit {
+                    doc: usize::MAX,
+                    docid: token_entry(t),
+                    score,
+                }))
+                .collect();
+            // a text token tied with a docid ranks after it (ties count in the document's favour)
+            hits.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then((a.doc == usize::MAX).cmp(&(b.doc == usize::MAX)))
+            });
+            hits.truncate(k);
+            hits
         })
         .collect())
 }
@@ -139,6 +190,9 @@ pub struct EncoderSwap<'a> {
     pub batch_size: usize,
     /// Whose final encoder norm applies ([`SwapNorm::Encoder`] unless set).
     pub norm: SwapNorm,
+    /// What the evaluation ranks documents among ([`RankOver::Docids`] unless set; [`EncoderSwap::search`]
+    /// always returns documents).
+    pub rank_over: RankOver,
 }
 
 impl<'a> EncoderSwap<'a> {
@@ -177,6 +231,7 @@ impl<'a> EncoderSwap<'a> {
             searcher: encoder.searcher()?,
             batch_size: 64,
             norm: SwapNorm::Encoder,
+            rank_over: RankOver::Docids,
         })
     }
 
@@ -186,6 +241,16 @@ impl<'a> EncoderSwap<'a> {
         queries: &[String],
         k: usize,
         allowed: Option<&[bool]>,
+    ) -> Result<Vec<Vec<Hit>>> {
+        self.rank(queries, k, allowed, RankOver::Docids)
+    }
+
+    fn rank(
+        &self,
+        queries: &[String],
+        k: usize,
+        allowed: Option<&[bool]>,
+        over: RankOver,
     ) -> Result<Vec<Vec<Hit>>> {
         if queries.is_empty() {
             return Ok(Vec::new());
@@ -203,12 +268,16 @@ impl<'a> EncoderSwap<'a> {
                 SwapNorm::Encoder => None,
                 SwapNorm::Decoder => Some(&self.decoder.encoder.final_norm),
             },
+            over,
         )
     }
 
-    /// A TREC run of the top `k` documents of every query.
+    /// A TREC run of the top `k` documents of every query (with [`RankOver::Vocabulary`], text tokens that
+    /// outrank them take places too, as `[token ID]` entries).
     pub fn run(&self, queries: &Queries, k: usize, tag: &str) -> Result<Run> {
-        run_queries(queries, self.batch_size, tag, |q| self.search(q, k, None))
+        run_queries(queries, self.batch_size, tag, |q| {
+            self.rank(q, k, None, self.rank_over)
+        })
     }
 
     /// Hits@1 / Hits@10 (with [`evaluate`]) on `set`, and, when `unseen` lists documents the decoder's model
@@ -216,6 +285,15 @@ impl<'a> EncoderSwap<'a> {
     pub fn evaluate(&self, set: &QuerySet, unseen: Option<&[String]>) -> Result<SwapEvaluation> {
         if set.queries.is_empty() {
             return Err(InterpError::Input("no queries to evaluate".into()));
+        }
+        if let Some(d) = unseen
+            .into_iter()
+            .flatten()
+            .find(|d| self.scheme.index_of(d).is_none())
+        {
+            return Err(InterpError::Input(format!(
+                "unseen document {d:?} is not a docid of the decoder's model"
+            )));
         }
         let run = self.run(&set.queries, 10, "swap")?;
         let all = evaluate_set(&run, set);

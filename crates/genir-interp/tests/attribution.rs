@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use genir_data::{Column, Table};
+use genir_interp::ablation::{ablation_study, AblationConfig, AblationMode};
 use genir_interp::attribution::{
     agreement, attribution_patching, attribution_patching_with, EncoderEstimate,
 };
@@ -15,8 +16,8 @@ use genir_interp::patching::{
     PATCH_COMPONENTS,
 };
 use genir_interp::stages::{
-    decoder_components, derive_stages, path_patching, sender_receiver_pairs, Stage, StageConfig,
-    StageSplit,
+    decoder_components, derive_stages, path_patching, sender_receiver_pairs, stage_analysis, Stage,
+    StageConfig, StageSplit,
 };
 use genir_interp::{InterpError, Probe};
 use genir_model::hooks::{
@@ -761,6 +762,97 @@ fn stages_are_derived_from_the_lens_and_patching_tables() {
     assert_eq!(evidence.height(), 2);
     let circuit = split.minimal_circuit(&gm).unwrap();
     let expected = 2 + split.bridging_start + split.interaction_start;
-    assert_eq!(circuit.points.len(), expected, "{:?}", circuit.points);
+    assert_eq!(
+        circuit.all_points().len(),
+        expected,
+        "{:?}",
+        circuit.all_points()
+    );
     assert!(circuit.label.contains(&split.describe()));
+
+    // the paper's circuit: self-attention and priming cross-attention zeroed, priming and bridging MLPs
+    // mean-ablated (eval_patching_all_stages.py)
+    let split = StageSplit::new(2, 1, 2).unwrap();
+    let circuit = split.minimal_circuit(&gm).unwrap();
+    let names = |v: &[HookPoint]| {
+        let mut n: Vec<String> = v.iter().map(|p| p.to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(circuit.mode, AblationMode::Mean);
+    assert_eq!(circuit.mode_label(), "mean+zero");
+    assert_eq!(
+        names(&circuit.points),
+        [
+            "decoder.blocks.0.hook_mlp_out",
+            "decoder.blocks.1.hook_mlp_out"
+        ]
+    );
+    assert_eq!(
+        names(&circuit.also_zero),
+        [
+            "decoder.blocks.0.hook_cross_attn_out",
+            "decoder.blocks.0.hook_self_attn_out",
+            "decoder.blocks.1.hook_self_attn_out"
+        ]
+    );
+    // through hooks and baked into the model (zeroed projections, stored means): the same retrieval
+    let set = train_set();
+    let reference: Vec<String> = set.queries.iter().map(|q| q.text.clone()).collect();
+    let cfg = AblationConfig::default();
+    let hooked = ablation_study(
+        &gm,
+        &set,
+        std::slice::from_ref(&circuit),
+        Some(&reference),
+        &cfg,
+    )
+    .unwrap();
+    let pruned = circuit.prune(&gm, &reference).unwrap();
+    let baked = ablation_study(&pruned, &set, &[], None, &cfg).unwrap();
+    let mrr = |t: &Table| col_f64(t, "mrr_at_10");
+    assert!((mrr(&hooked)[1] - mrr(&baked)[0]).abs() < 1e-9);
+    assert_eq!(col_str(&hooked, "mode")[1], "mean+zero");
+    // every layer interacting: self-attention zeroed only
+    let all = StageSplit::new(2, 0, 0)
+        .unwrap()
+        .minimal_circuit(&gm)
+        .unwrap();
+    assert_eq!((all.mode, all.points.len()), (AblationMode::Zero, 2));
+    // the whole analysis on multi-token docids stops before its lens and patching
+    let err = stage_analysis(&naive(), &probes, &pairs(), &set, &StageConfig::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("atomic docids"), "{err}");
+}
+
+#[test]
+fn agreement_matches_pairs_that_share_a_qid_in_order() {
+    // two pairs of query q1 (two corruptions) and one of q2, two cells each
+    let table = |values: [f64; 6]| {
+        Table::new(vec![
+            Column::new(
+                "qid",
+                ["q1", "q1", "q1", "q1", "q2", "q2"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            Column::new("target", vec!["heads".to_string(); 6]),
+            Column::new("layer", vec![0i64, 1, 0, 1, 0, 1]),
+            Column::new("component", vec!["self_attn".to_string(); 6]),
+            Column::new("head", vec![0i64; 6]),
+            Column::new("position", vec![-1i64; 6]),
+            Column::new("value", values.to_vec()),
+        ])
+        .unwrap()
+    };
+    let exact = table([0.1, 0.9, 0.5, 0.2, 0.3, 0.7]);
+    let ag = agreement(&exact, &exact).unwrap();
+    let t = col_str(&ag, "target");
+    let all = t.iter().position(|x| x == "all").unwrap();
+    assert_eq!(col_i64(&ag, "n")[all], 6);
+    // every row matched with itself: no difference (keyed on qid alone, q1's first pair met the second's)
+    assert!(col_f64(&ag, "mean_abs_diff")[all].abs() < 1e-12);
+    assert!((col_f64(&ag, "pearson")[all] - 1.0).abs() < 1e-9);
 }

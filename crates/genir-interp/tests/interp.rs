@@ -10,10 +10,10 @@ use genir_interp::figures;
 use genir_interp::heads::{head_contributions, head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, prefix_pairs, relevant_term_pairs, Corruption, PatchConfig,
-    PatchMetric, PatchPair, PatchTarget, PATCH_COMPONENTS,
+    activation_patching, make_pairs, make_pairs_at, prefix_pairs, relevant_term_pairs, Corruption,
+    PatchConfig, PatchMetric, PatchPair, PatchTarget, PATCH_COMPONENTS,
 };
-use genir_interp::swap::{EncoderSwap, SwapNorm};
+use genir_interp::swap::{EncoderSwap, RankOver, SwapNorm};
 use genir_interp::{lens_logits, write_table, InterpError, Probe};
 use genir_model::hooks::{
     AttnKind, AttnSite, HookFilter, HookPoint, Hooks, Selection, Site, Stack,
@@ -638,6 +638,14 @@ fn encoder_swap_checks_models_and_evaluates() {
     assert!((0.0..=1.0).contains(&swapped.all.hits_at_1));
     let df = swapped.to_frame("a->b").unwrap();
     assert_eq!(df.height(), 2);
+    // a mistyped unseen docid is an error, not an evaluation on no queries
+    let typo = vec!["100".to_string(), "1o7".to_string()];
+    let err = EncoderSwap::new(&a, &b)
+        .unwrap()
+        .evaluate(&set, Some(&typo))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"1o7\""), "{err}");
     // the paper's swap: A's encoder blocks under B's final encoder norm, which is B's run with A's last
     // encoder residual stream patched in (TransformerLens's hook_resid_post comes before encoder_final_ln)
     let mut paper = EncoderSwap::new(&a, &b).unwrap();
@@ -821,6 +829,132 @@ fn ablation_removes_what_the_model_needs() {
         &AblationConfig::default()
     )
     .is_err());
+}
+
+#[test]
+fn multi_token_partners_differ_at_the_patched_step() {
+    let gm = naive();
+    let probes = probes();
+    let step = 1;
+    let tok = |d: &str| {
+        gm.scheme
+            .target(gm.scheme.index_of(d).unwrap())
+            .get(step)
+            .copied()
+    };
+    for seed in 0..10 {
+        let c = Corruption::OtherQuery { seed };
+        for p in make_pairs_at(&gm, &probes, &c, step).unwrap() {
+            let other = tok(p.corrupt_docid.as_deref().unwrap());
+            assert!(other.is_some() && other != tok(&p.clean_docid), "{p:?}");
+        }
+    }
+    // make_pairs alone draws partners with the same token there (every cell of such a pair is 0 / 0)
+    let same = (0..10).any(|seed| {
+        make_pairs(&probes, &Corruption::OtherQuery { seed })
+            .unwrap()
+            .iter()
+            .any(|p| tok(p.corrupt_docid.as_deref().unwrap()) == tok(&p.clean_docid))
+    });
+    assert!(same);
+    // a step past the docids is an error naming a query; atomic step 0 draws make_pairs' pairs
+    let err = make_pairs_at(&gm, &probes, &Corruption::OtherQuery { seed: 0 }, 40)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("decoding step 40"), "{err}");
+    let c = Corruption::OtherQuery { seed: 5 };
+    assert_eq!(
+        make_pairs_at(&atomic(), &probes, &c, 0).unwrap(),
+        make_pairs(&probes, &c).unwrap()
+    );
+}
+
+#[test]
+fn ranking_over_the_vocabulary_counts_text_tokens() {
+    let gm = atomic();
+    let set = train_set();
+    let cross = Ablation::parse(
+        &gm,
+        "cross",
+        "decoder.blocks.*.hook_cross_attn_out",
+        AblationMode::Zero,
+    )
+    .unwrap();
+    let cfg = |rank_over| AblationConfig {
+        rank_over,
+        ..AblationConfig::default()
+    };
+    let vocab = ablation_study(
+        &gm,
+        &set,
+        std::slice::from_ref(&cross),
+        None,
+        &cfg(RankOver::Vocabulary),
+    )
+    .unwrap();
+    let docids = ablation_study(
+        &gm,
+        &set,
+        std::slice::from_ref(&cross),
+        None,
+        &cfg(RankOver::Docids),
+    )
+    .unwrap();
+    // independently: the relevant docid's rank among every token of the full logit row (1 + tokens above)
+    let searcher = gm.searcher().unwrap();
+    let texts: Vec<String> = set.queries.iter().map(|q| q.text.clone()).collect();
+    let ids = searcher.encode_queries(&texts).unwrap();
+    let start = gm.model.config.decoder_start() as u32;
+    let dec: Vec<Vec<u32>> = ids.iter().map(|_| vec![start]).collect();
+    let input =
+        Seq2SeqInput::from_ids(&ids, &dec, gm.model.config.pad_token_id as u32, &device()).unwrap();
+    for (row, ablate) in [(0, false), (1, true)] {
+        let mut hooks = Hooks::none();
+        if ablate {
+            for p in &cross.points {
+                hooks.add(*p, genir_model::hooks::Intervention::Zero(Selection::all()));
+            }
+        }
+        let logits = gm.model.forward(&input, &mut hooks).unwrap();
+        let v = logits.dims()[2];
+        let flat: Vec<f32> = logits.into_data().try_to_vec::<f32>().unwrap();
+        let (mut h1, mut h10, mut mrr) = (0.0, 0.0, 0.0);
+        for (i, q) in set.queries.iter().enumerate() {
+            let r = &flat[i * v..(i + 1) * v];
+            let rel: Vec<usize> = set
+                .qrels
+                .relevant(&q.qid)
+                .map(|d| gm.scheme.index_of(d).unwrap())
+                .collect();
+            let best = rel
+                .iter()
+                .map(|&d| {
+                    let t = r[gm.scheme.target(d)[0] as usize];
+                    1 + r.iter().filter(|&&x| x > t).count()
+                })
+                .min()
+                .unwrap();
+            h1 += f64::from(u8::from(best == 1));
+            h10 += f64::from(u8::from(best <= 10));
+            if best <= 10 {
+                mrr += 1.0 / best as f64;
+            }
+        }
+        let n = set.queries.len() as f64;
+        for (col, want) in [
+            ("hits_at_1", h1 / n),
+            ("hits_at_10", h10 / n),
+            ("mrr_at_10", mrr / n),
+        ] {
+            let got = f64s(&vocab, col)[row];
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{col} row {row}: {got} vs {want}"
+            );
+            // text tokens can only push documents down
+            assert!(got <= f64s(&docids, col)[row] + 1e-12);
+        }
+    }
 }
 
 #[test]
@@ -1136,6 +1270,27 @@ fn removed_components_equal_zero_ablation_and_survive_saving() {
     let again = back.model.forward(&input, &mut Hooks::none()).unwrap();
     let diff: f32 = (again - removed).abs().max().into_scalar();
     assert!(diff <= 1e-6, "mean-removed, reloaded: {diff}");
+    // zero-removing a mean-replaced component outputs zero (the mean is dropped), also after a reload
+    let zero = Ablation::parse(&gm, "z", mean_patterns, AblationMode::Zero).unwrap();
+    let zero_of_gm = zero.prune(&gm, &[]).unwrap();
+    let zero_of_mean = zero.prune(&back, &[]).unwrap();
+    assert!(zero_of_mean.model.decoder.blocks[1].removed.means[1].is_none());
+    let want = zero_of_gm
+        .model
+        .forward(&input, &mut Hooks::none())
+        .unwrap();
+    let got = zero_of_mean
+        .model
+        .forward(&input, &mut Hooks::none())
+        .unwrap();
+    let diff: f32 = (want.clone() - got).abs().max().into_scalar();
+    assert!(diff <= 1e-6, "zero after mean: {diff}");
+    let dir2 = tempfile::tempdir().unwrap();
+    zero_of_mean.save(dir2.path()).unwrap();
+    let reloaded = GenirModel::load(dir2.path(), &device()).unwrap();
+    let got = reloaded.model.forward(&input, &mut Hooks::none()).unwrap();
+    let diff: f32 = (want - got).abs().max().into_scalar();
+    assert!(diff <= 1e-6, "zero after mean, reloaded: {diff}");
     // only whole components can be removed, and a mean needs reference queries
     assert!(matches!(mean.prune(&gm, &[]), Err(InterpError::Input(_))));
     for mode in [AblationMode::Zero, AblationMode::Mean] {

@@ -19,9 +19,13 @@ pub enum Alignment {
     Append,
     /// Tokens were prepended: the original gets filler tokens at its start (`prepend`).
     Prepend,
-    /// Terms were replaced (or deleted): where the two differ, the shorter side gets filler tokens after the
-    /// replaced term (`replace`).
+    /// Terms were replaced: where the two differ, the shorter side gets filler tokens after the replaced term
+    /// (`replace`). Tokens left over at the end of the longer side (where MechIR drops them, so that both
+    /// inputs lose them) are kept, facing filler.
     Replace,
+    /// Tokens were deleted (genir's own; MechIR has no deletion): greedy alignment, filler in the perturbed
+    /// document wherever the original has a token the perturbed one does not.
+    Delete,
     /// Tokens were inserted anywhere: greedy alignment, filler in the original wherever the perturbed document
     /// has a token the original does not (MechIR's `pad(a, b, tok)`).
     Insert,
@@ -36,6 +40,7 @@ impl Alignment {
             Alignment::Append => "append",
             Alignment::Prepend => "prepend",
             Alignment::Replace => "replace",
+            Alignment::Delete => "delete",
             Alignment::Insert => "insert",
             Alignment::None => "inject",
         }
@@ -93,7 +98,35 @@ pub fn align_tokens(
                     }
                 }
             }
+            // what is left of one side (the other is used up) faces filler
+            for t in &a[i..] {
+                pa.push(t.clone());
+                pb.push(filler.to_string());
+            }
+            for t in &b[j..] {
+                pa.push(filler.to_string());
+                pb.push(t.clone());
+            }
             (pa, pb)
+        }
+        Alignment::Delete => {
+            let mut out = Vec::with_capacity(a.len().max(b.len()));
+            let mut j = 0;
+            for t in a {
+                if j < b.len() && *t == b[j] {
+                    out.push(b[j].clone());
+                    j += 1;
+                } else {
+                    out.push(filler.to_string());
+                }
+            }
+            // not a deletion after all: the perturbed document's remaining tokens face filler
+            let mut a = a.to_vec();
+            for t in &b[j..] {
+                a.push(filler.to_string());
+                out.push(t.clone());
+            }
+            (a, out)
         }
         Alignment::Insert => {
             let mut out = Vec::with_capacity(b.len());
@@ -191,6 +224,37 @@ mod tests {
         // "q r" replaced by "s" (or deleted): the perturbed side gets the filler.
         let (a, b) = align_tokens(&t("x q r y"), &t("x s y"), Alignment::Replace, "a");
         assert_eq!((a, b), (t("x q r y"), t("x s a y")));
+    }
+
+    #[test]
+    fn replace_keeps_what_is_left_at_the_end() {
+        // MechIR's loop stops when one side is used up and drops the rest of the other ("mat", "z").
+        let (a, b) = align_tokens(&t("the cat mat"), &t("the cat"), Alignment::Replace, "a");
+        assert_eq!((a, b), (t("the cat mat"), t("the cat a")));
+        let (a, b) = align_tokens(&t("x y"), &t("x y z"), Alignment::Replace, "a");
+        assert_eq!((a, b), (t("x y a"), t("x y z")));
+        // within the text, as before
+        let (a, b) = align_tokens(&t("x q"), &t("x r s t"), Alignment::Replace, "a");
+        assert_eq!((a, b), (t("x q a a"), t("x r s t")));
+    }
+
+    #[test]
+    fn delete_pads_the_perturbed_side_where_tokens_went() {
+        for (orig, pert, want) in [
+            (
+                "the cat sat on the mat",
+                "the cat sat on the",
+                "the cat sat on the a",
+            ),
+            ("x q y z", "x y z", "x a y z"),
+            ("q x y", "x y", "a x y"),
+            ("x q q", "x", "x a a"),
+            ("q x q y q", "x y", "a x a y a"),
+            ("x y", "x y", "x y"),
+        ] {
+            let (a, b) = align_tokens(&t(orig), &t(pert), Alignment::Delete, "a");
+            assert_eq!((a, b), (t(orig), t(want)), "{orig:?} -> {pert:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Patching pairs: (query, document, perturbed document), sampled from a collection with a perturbation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use genir_data::perturb::{self, CorpusStats, Perturbation};
@@ -106,13 +106,14 @@ impl PairPerturbation {
         )
     }
 
-    /// Query terms deleted from the document ([`Alignment::Replace`], which pads the perturbed side).
+    /// Query terms deleted from the document ([`Alignment::Delete`], which pads the perturbed side where the
+    /// terms were).
     pub fn delete_query_terms() -> Self {
         Self::new(
             perturb::Delete {
                 targets: perturb::Targets::QueryTerms,
             },
-            Alignment::Replace,
+            Alignment::Delete,
         )
     }
 
@@ -121,21 +122,36 @@ impl PairPerturbation {
         Self::new(perturb::Shuffle { seed }, Alignment::Replace)
     }
 
-    /// The query injected at a position ([`Alignment::Insert`]).
+    /// TFC1 as MechIR draws it: a random query term (seeded per query and document) appended
+    /// ([`Alignment::Append`]).
+    pub fn tfc1_random(seed: u64) -> Self {
+        Self::new(perturb::tfc1_random(seed), Alignment::Append)
+    }
+
+    /// The query injected at a position: at the start [`Alignment::Prepend`], at the end
+    /// [`Alignment::Append`] (both exact), elsewhere [`Alignment::Insert`] (greedy: an original token equal to
+    /// the first injected one is matched with it).
     pub fn inject_query(position: perturb::Position) -> Self {
+        let alignment = match position {
+            perturb::Position::Start => Alignment::Prepend,
+            perturb::Position::End => Alignment::Append,
+            perturb::Position::Word(_) | perturb::Position::Fraction(_) => Alignment::Insert,
+        };
         Self::new(
             perturb::Inject {
                 text: "{query}".into(),
                 position,
             },
-            Alignment::Insert,
+            alignment,
         )
     }
 
-    /// Parses `tfc1`, `tdc`, `delete`, `replace` (with `[UNK]`-free word "a"), `shuffle`, `inject`.
+    /// Parses `tfc1` (the first query term), `tfc1-random` (MechIR's draw, with `seed`), `tdc`, `delete`,
+    /// `replace` (with `[UNK]`-free word "a"), `shuffle`, `inject` (the query at the document's start).
     pub fn parse(name: &str, seed: u64) -> Result<Self> {
         Ok(match name {
             "tfc1" => Self::tfc1(),
+            "tfc1-random" => Self::tfc1_random(seed),
             "tdc" => Self::tdc(),
             "delete" => Self::delete_query_terms(),
             "replace" => Self::replace_query_terms("a"),
@@ -143,7 +159,7 @@ impl PairPerturbation {
             "inject" => Self::inject_query(perturb::Position::Start),
             other => {
                 return Err(MechirError::Input(format!(
-                    "unknown perturbation {other:?} (tfc1, tdc, delete, replace, shuffle, inject)"
+                    "unknown perturbation {other:?} (tfc1, tfc1-random, tdc, delete, replace, shuffle, inject)"
                 )))
             }
         })
@@ -233,7 +249,8 @@ impl PairDataset {
     /// Relevance-stratified, seeded sample of judged pairs: judgments are grouped by grade, each group
     /// shuffled with the seed, and pairs drawn from the groups in turn (highest grade first) until `n` are
     /// taken, so every grade is represented as evenly as the judgments allow. Judgments naming a missing
-    /// query or document are skipped.
+    /// query or document are skipped; a document judged twice for one query is drawn once, with its last
+    /// grade.
     pub fn sample(
         corpus: &Corpus,
         queries: &Queries,
@@ -241,21 +258,32 @@ impl PairDataset {
         perturbation: PairPerturbation,
         sampling: &Sampling,
     ) -> Result<Self> {
+        if sampling.n == 0 {
+            return Err(MechirError::Input(
+                "asked for 0 pairs: sample at least one".into(),
+            ));
+        }
         let stats = corpus.stats();
+        // a document judged twice for a query counts once, with its last grade (as `Qrels::to_map`)
+        let mut last: HashMap<(&str, &str), i32> = HashMap::new();
+        for q in qrels.iter() {
+            last.insert((q.qid.as_str(), q.docid.as_str()), q.grade);
+        }
         let mut groups: BTreeMap<i32, Vec<(&str, &str)>> = BTreeMap::new();
         for q in qrels.iter() {
+            let key = (q.qid.as_str(), q.docid.as_str());
+            let Some(grade) = last.remove(&key) else {
+                continue;
+            };
             if sampling
                 .grades
                 .as_ref()
-                .is_some_and(|g| !g.contains(&q.grade))
+                .is_some_and(|g| !g.contains(&grade))
             {
                 continue;
             }
             if queries.get(&q.qid).is_some() && corpus.get(&q.docid).is_some() {
-                groups
-                    .entry(q.grade)
-                    .or_default()
-                    .push((q.qid.as_str(), q.docid.as_str()));
+                groups.entry(grade).or_default().push(key);
             }
         }
         if groups.is_empty() {
@@ -330,5 +358,89 @@ impl PairDataset {
     /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genir_data::{Qrel, Query};
+
+    fn collection() -> (Corpus, Queries) {
+        let corpus = Corpus::new(vec![
+            Document::new("d1", "", "the cat sat"),
+            Document::new("d2", "", "a cat ran"),
+            Document::new("d3", "", "no match here"),
+        ]);
+        let queries = Queries::new(vec![Query::new("q1", "cat"), Query::new("q2", "cat")]);
+        (corpus, queries)
+    }
+
+    #[test]
+    fn a_document_judged_twice_is_drawn_once_with_its_last_grade() {
+        let (corpus, queries) = collection();
+        let qrels = Qrels::new(vec![
+            Qrel::new("q1", "d1", 0),
+            Qrel::new("q1", "d2", 1),
+            Qrel::new("q1", "d1", 2),
+            Qrel::new("q2", "d2", 1),
+        ]);
+        let ds = PairDataset::sample(
+            &corpus,
+            &queries,
+            &qrels,
+            PairPerturbation::tfc1(),
+            &Sampling::new(10, 3),
+        )
+        .unwrap();
+        let mut got: Vec<(String, String, Option<i32>)> = ds
+            .pairs
+            .iter()
+            .map(|p| (p.qid.clone(), p.docid.clone(), p.grade))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("q1".into(), "d1".into(), Some(2)),
+                ("q1".into(), "d2".into(), Some(1)),
+                ("q2".into(), "d2".into(), Some(1)),
+            ]
+        );
+        let zero = PairDataset::sample(
+            &corpus,
+            &queries,
+            &qrels,
+            PairPerturbation::tfc1(),
+            &Sampling::new(0, 3),
+        );
+        assert!(zero.unwrap_err().to_string().contains("0 pairs"));
+    }
+
+    #[test]
+    fn perturbations_carry_the_alignment_their_edits_need() {
+        use genir_data::perturb::Position;
+        let a = |p: PairPerturbation| p.alignment;
+        assert_eq!(
+            a(PairPerturbation::parse("delete", 0).unwrap()),
+            Alignment::Delete
+        );
+        assert_eq!(
+            a(PairPerturbation::parse("inject", 0).unwrap()),
+            Alignment::Prepend
+        );
+        assert_eq!(
+            a(PairPerturbation::inject_query(Position::End)),
+            Alignment::Append
+        );
+        assert_eq!(
+            a(PairPerturbation::inject_query(Position::Word(2))),
+            Alignment::Insert
+        );
+        let r = PairPerturbation::parse("tfc1-random", 4).unwrap();
+        assert_eq!(
+            (r.name(), r.alignment),
+            ("tfc1(random, seed=4)".to_string(), Alignment::Append)
+        );
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! As in trec_eval, a run is ordered by descending score with ties broken by descending docid (the `rank`
 //! column is ignored), and a document is relevant when its grade is at least 1. Queries of the evaluated set
-//! that have no results score 0 (trec_eval's `-c`); queries without a relevant document are skipped.
+//! that have no results score 0 (trec_eval's `-c`); a judged query without a relevant document (only grade 0
+//! or below) scores 0 too, as in trec_eval / pytrec_eval; queries without any judgment are skipped.
 //! Duplicates count once: a query listed twice, a document judged twice (its last grade, as in the qrels
 //! dictionary pytrec_eval takes), a document a run lists twice for one query (its best rank; a run
 //! dictionary would keep the row written last).
@@ -80,14 +81,14 @@ pub fn evaluate(run: &Run, qrels: &Qrels, qids: Option<&[String]>) -> Evaluation
         for j in qrels.for_query(qid) {
             grades.insert(j.docid.as_str(), j.grade);
         }
+        if grades.is_empty() {
+            continue;
+        }
         let relevant: BTreeSet<&str> = grades
             .into_iter()
             .filter(|&(_, g)| g > 0)
             .map(|(d, _)| d)
             .collect();
-        if relevant.is_empty() {
-            continue;
-        }
         let mut rows = by_query.get(qid.as_str()).cloned().unwrap_or_default();
         trec_order(&mut rows);
         // a document the run lists twice for a query counts at its best rank
@@ -99,7 +100,9 @@ pub fn evaluate(run: &Run, qrels: &Qrels, qids: Option<&[String]>) -> Evaluation
         let recall = RECALL_CUTOFFS
             .iter()
             .map(|&k| {
-                rows.iter().take(k).filter(|e| is_rel(e)).count() as f64 / relevant.len() as f64
+                // 0 without a relevant document (trec_eval's recall then is 0, not NaN)
+                rows.iter().take(k).filter(|e| is_rel(e)).count() as f64
+                    / relevant.len().max(1) as f64
             })
             .collect();
         per_query.push(QueryMetrics {

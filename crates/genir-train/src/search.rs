@@ -114,7 +114,7 @@ impl<'a> Searcher<'a> {
             .map(|q| {
                 let mut ids = self.tok.encode(q)?;
                 if ids.len() > self.max_source_len {
-                    ids.truncate(self.max_source_len - 1);
+                    ids.truncate(self.max_source_len.saturating_sub(1));
                     ids.push(self.scheme.eos);
                 }
                 Ok(ids)

@@ -734,6 +734,18 @@ impl Trainer {
                 })
             }
             (None, _) => {
+                // a model folder without checkpoints (an import, or a finished run whose checkpoints were
+                // deleted) is not overwritten
+                let weights = out.join("model.safetensors");
+                if weights.exists() {
+                    return Err(TrainError::Checkpoint {
+                        path: out.to_path_buf(),
+                        message: format!(
+                            "{} exists but no checkpoint does: the folder holds a model, not a run to resume;                              train into another folder",
+                            weights.display()
+                        ),
+                    });
+                }
                 std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
                 let b = initial_model(cfg, collection, &main)?;
                 vocab::save_tokenizer(b.tok.inner(), &out.join("tokenizer.json"))?;

@@ -210,6 +210,34 @@ fn naive_and_semantic_models_learn_and_search_only_valid_docids() {
 }
 
 #[test]
+fn a_model_folder_without_checkpoints_is_not_overwritten() {
+    let c = tiny_collection();
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config(DocidKind::Atomic, 4), device())
+        .train(&c, dir.path(), false, &mut LogProgress)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+    let before = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    for resume in [false, true] {
+        let err = Trainer::new(config(DocidKind::Atomic, 4), device())
+            .train(&c, dir.path(), resume, &mut LogProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a model"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+        before
+    );
+    // the model still loads and searches with a zero-length query budget clamped, not wrapped
+    let m = GenirModel::load(dir.path(), &device()).unwrap();
+    let mut s = m.searcher().unwrap();
+    s.max_source_len = 0;
+    let ids = s.encode_queries(&["glacier polar".into()]).unwrap();
+    assert_eq!(ids[0], vec![m.scheme.eos]);
+}
+
+#[test]
 fn beam_search_matches_exhaustive_scoring() {
     let c = tiny_collection();
     let dir = tempfile::tempdir().unwrap();

@@ -452,7 +452,7 @@ fn sections(s: &Study) -> Vec<Section> {
     );
     sec.figure(s, "stages");
     sec.text(format!(
-        "Minimal circuit on this split (every self-attention output, the priming layers' cross-attention and the priming and bridging layers' MLP outputs mean-ablated): Hits@1 {} against {} for the full model on the probes = **{}%** kept (paper, NQ10k: 94%).",
+        "Minimal circuit on this split, as the paper's `eval_patching_all_stages.py` builds it (every self-attention output and the priming layers' cross-attention zeroed, the priming and bridging layers' MLP outputs mean-ablated): Hits@1 {} against {} for the full model on the probes = **{}%** kept (paper, NQ10k: 94%).",
         f3(st.circuit_hits_at_1),
         f3(st.full_hits_at_1),
         f1(100.0 * st.circuit_hits_at_1 / st.full_hits_at_1.max(1e-12))

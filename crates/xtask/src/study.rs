@@ -15,7 +15,7 @@ use genir_interp::attribution::{
 use genir_interp::heads::{head_vocab_projection, HeadProjectionConfig};
 use genir_interp::lens::{component_contributions, encoder_lens, logit_lens, LensConfig};
 use genir_interp::patching::{
-    activation_patching, make_pairs, Corruption, PatchConfig, PatchTarget,
+    activation_patching, make_pairs, make_pairs_at, Corruption, PatchConfig, PatchTarget,
 };
 use genir_interp::stages::{stage_analysis, StageConfig};
 use genir_interp::swap::{EncoderSwap, SwapNorm};
@@ -574,7 +574,8 @@ fn multi_token_study(
             continue;
         }
         let n = max_pairs.min(probes.len());
-        let query_pairs = make_pairs(&probes[..n], &Corruption::OtherQuery { seed: 0 })?;
+        let query_pairs =
+            make_pairs_at(&gm, &probes[..n], &Corruption::OtherQuery { seed: 0 }, step)?;
         let prefix_pairs = match genir_interp::patching::prefix_pairs(&gm, &probes[..n], step, 0) {
             Ok(p) => p,
             Err(e) => {
@@ -1410,7 +1411,10 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
 
     // ---- stages derived from the data, path patching, minimal circuit, attribution patching
     // v2: encoder positions attributed with AtP*'s QK fix, the plain gradient estimate beside it
-    let stages_key = Key::of(&(n_pairs, "stages-v2", "shared-positions"), &[pkey])?;
+    let stages_key = Key::of(
+        &(n_pairs, "stages-v3", "shared-positions", "paper-circuit"),
+        &[pkey],
+    )?;
     let stages: StagesResult = steps.run("stages", stages_key, |dir, _| {
         let r = stage_analysis(&gm, &probes, &pairs, &probe_set, &StageConfig::default())?;
         let evidence = save(r.evidence, dir, "stages", figures::stages_figure)?;
@@ -1510,7 +1514,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     for (stem, caption) in [
         ("stages", "Decoder stages derived from the data: per layer, the logit lens's reciprocal rank of the correct docid (resid_post) and the mean patching effect of each component; the legend gives where each stage starts."),
         ("path_patching", "Path patching: mean normalised effect of each upstream component (sender) on the cross-attention of the bridging and interaction layers and the MLPs of the interaction layers (receivers), along the direct residual path only."),
-        ("minimal_circuit", "The minimal circuit on the derived split (every self-attention, priming cross-attention and priming + bridging MLP outputs mean-ablated) against the full model."),
+        ("minimal_circuit", "The minimal circuit on the derived split (every self-attention and the priming cross-attention outputs zeroed, priming + bridging MLP outputs mean-ablated, as the paper's) against the full model."),
         ("attribution", "Attribution patching (gradient estimate, one backward pass per pair; encoder positions with AtP*'s QK fix) of the same cells as the activation-patching figure."),
     ] {
         figs.push(Figure {
@@ -1548,12 +1552,14 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         },
     };
     let mt_key = Key::of(
-        // "different-token": prefix pairs compare different tokens; the rows count the pairs measured
+        // "different-token": prefix pairs compare different tokens; the rows count the pairs measured;
+        // "partners-differ-at-step": query pairs' partners have another token at the patched step
         &(
             &mt_cfg,
             params.patch_pairs,
             "multi-token-v2",
             "different-token",
+            "partners-differ-at-step",
         ),
         &mt_upstream,
     )?;

@@ -44,9 +44,16 @@ pub fn qrels_to_table(qrels: &Qrels) -> Result<Table> {
     ])
 }
 
-/// A table with columns `qid, docid, rank, score, tag`.
+/// A table with columns `qid, docid, rank, score, tag`; a score that is not a finite number is an error (the
+/// reader refuses it too, as the TREC writer does).
 pub fn run_to_table(run: &Run) -> Result<Table> {
     let r = run.entries.as_slice();
+    if let Some(e) = r.iter().find(|e| !e.score.is_finite()) {
+        return Err(Error::Unwritable {
+            what: format!("score of `{}` for `{}`", e.docid, e.qid),
+            message: "not a finite number".into(),
+        });
+    }
     Table::new(vec![
         Column::new("qid", strings(r, |x| &x.qid)),
         Column::new("docid", strings(r, |x| &x.docid)),

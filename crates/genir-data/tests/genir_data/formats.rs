@@ -138,6 +138,16 @@ fn files_round_trip_by_extension() {
     }
     let run_text = std::fs::read_to_string(dir.path().join("run.trec")).unwrap();
     assert_eq!(run_text.lines().next(), Some("q1 Q0 d1 1 3.5 bm25"));
+    // a NaN score is refused when written (the readers refuse it), in every format
+    let mut bad = run();
+    bad.entries[1].score = f64::NAN;
+    for name in with_parquet(&["nan.trec"], "nan.parquet") {
+        let p = dir.path().join(name);
+        let err = formats::save_run(&p, &bad).unwrap_err();
+        assert!(matches!(err, Error::Unwritable { .. }), "{name}: {err}");
+        assert!(err.to_string().contains("d2"), "{err}");
+        assert!(!p.exists(), "{name}");
+    }
 }
 
 #[test]

@@ -43,9 +43,10 @@ fn tfc1_and_tdc_append_the_documented_term() {
     let d1 = c.get("d1").unwrap();
     let tfc1 = perturb::tfc1();
     assert_eq!(tfc1.name(), "tfc1");
+    // the term as the query writes it (MechIR appends the query's own token; cased models tell them apart)
     assert_eq!(
         tfc1.apply("The Bird", d1, &s).text,
-        "The cat sat on the mat. the"
+        "The cat sat on the mat. The"
     );
     let tdc = perturb::append_most_discriminative();
     assert_eq!(tdc.name(), "tdc");
@@ -53,9 +54,66 @@ fn tfc1_and_tdc_append_the_documented_term() {
         tdc.apply("the bird dog", d1, &s).text,
         "The cat sat on the mat. bird"
     );
+    // chosen by the lowercase term's IDF, appended as written
+    assert_eq!(
+        tdc.apply("THE Bird dog", d1, &s).text,
+        "The cat sat on the mat. Bird"
+    );
     assert_eq!(tdc.apply("", d1, &s), d1.clone());
     let out = tdc.apply("dog", d1, &s);
     assert_eq!((out.docid.as_str(), out.title.as_str()), ("d1", "Cats"));
+}
+
+#[test]
+fn tfc1_random_draws_a_distinct_query_term_per_query_and_document() {
+    let c = corpus();
+    let s = CorpusStats::compute(&c);
+    let d1 = c.get("d1").unwrap();
+    let p = perturb::tfc1_random(7);
+    assert_eq!(p.name(), "tfc1(random, seed=7)");
+    let query = "cat cat Dog bird";
+    let appended = |p: &perturb::AppendQueryTerm, d: &Document| {
+        let out = p.apply(query, d, &s).text;
+        out.strip_prefix(&format!("{} ", d.text))
+            .unwrap()
+            .to_string()
+    };
+    // the same draw every time, one of the query's terms as written
+    let first = appended(&p, d1);
+    assert_eq!(appended(&p, d1), first);
+    assert!(["cat", "Dog", "bird"].contains(&first.as_str()), "{first}");
+    // over seeds every distinct term comes up, each about a third of the time ("cat" is not counted twice)
+    let mut counts = std::collections::HashMap::new();
+    for seed in 0..300 {
+        *counts
+            .entry(appended(&perturb::tfc1_random(seed), d1))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| (60..=140).contains(&n)),
+        "{counts:?}"
+    );
+    // other documents get their own draws
+    let draws: std::collections::HashSet<String> = (0..30)
+        .map(|i| appended(&p, &Document::new(format!("x{i}"), "", "text")))
+        .collect();
+    assert!(draws.len() > 1);
+    assert_eq!(p.apply("", d1, &s), d1.clone());
+}
+
+#[test]
+fn a_nan_fraction_targets_nothing() {
+    let c = corpus();
+    let s = CorpusStats::compute(&c);
+    let d1 = c.get("d1").unwrap();
+    let del = Delete {
+        targets: Targets::Random {
+            fraction: f64::NAN,
+            seed: 1,
+        },
+    };
+    assert_eq!(del.apply("", d1, &s).text, d1.text);
 }
 
 #[test]

@@ -80,7 +80,8 @@ pub struct T5Config {
     /// `relu`, `gelu`, `gated-gelu`, `gated-silu`, ...
     #[serde(default = "ff_proj")]
     pub feed_forward_proj: String,
-    /// Dropout probability used in training.
+    /// Dropout probability of Hugging Face training, kept as read; genir trains without dropout (see
+    /// docs/training.md).
     #[serde(default = "dropout")]
     pub dropout_rate: f64,
     /// Whether the LM head is the shared embedding (transformers 4 default: true).

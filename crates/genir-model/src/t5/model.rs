@@ -517,6 +517,8 @@ impl T5Model {
             config,
         };
         // components removed before saving stay removed (their output weights were saved as zeros)
+        // read before `remove_components`, which drops the means of the components it removes
+        let saved_means = model.config.extra.get(REMOVED_MEANS_KEY).cloned();
         if let Some(list) = model.config.extra.get(REMOVED_KEY).cloned() {
             let names: Vec<String> = serde_json::from_value(list).map_err(|e| {
                 ModelError::Input(format!(
@@ -529,7 +531,7 @@ impl T5Model {
                 .collect::<Result<Vec<_>, _>>()?;
             model = model.remove_components(&points)?;
         }
-        if let Some(map) = model.config.extra.get(REMOVED_MEANS_KEY).cloned() {
+        if let Some(map) = saved_means {
             let means: std::collections::BTreeMap<String, Vec<f32>> = serde_json::from_value(map)
                 .map_err(|e| {
                     ModelError::Input(format!(
@@ -596,7 +598,7 @@ impl T5Model {
     /// {self_attn,cross_attn,mlp}_out`): the blocks skip them (less work per forward pass), their output
     /// projections are set to zero (so the saved model, also loaded by Hugging Face, computes the same), and
     /// the list is kept in `config.json` ([`REMOVED_KEY`]) so that a reload keeps them removed. Equal to
-    /// zero-ablating those points.
+    /// zero-ablating those points, also where one was replaced by its mean before (the mean is dropped).
     pub fn remove_components(mut self, points: &[HookPoint]) -> Result<Self, ModelError> {
         let bad = |p: &HookPoint| {
             ModelError::Input(format!(
@@ -617,21 +619,34 @@ impl T5Model {
                 let v = w.val();
                 Param::initialized(w.id, v.zeros_like())
             };
-            match p.site {
+            let which = match p.site {
                 Site::SelfAttnOut => {
                     block.self_attn.o = zero(&block.self_attn.o);
                     block.removed.self_attn = true;
+                    0
                 }
                 Site::CrossAttnOut => {
                     let a = block.cross_attn.as_mut().ok_or_else(|| bad(p))?;
                     a.o = zero(&a.o);
                     block.removed.cross_attn = true;
+                    1
                 }
                 Site::MlpOut => {
                     block.ff.wo = zero(&block.ff.wo);
                     block.removed.mlp = true;
+                    2
                 }
                 _ => return Err(bad(p)),
+            };
+            // a component replaced by its mean before outputs zero now
+            block.removed.means[which] = None;
+            if let Some(saved) = self
+                .config
+                .extra
+                .get_mut(REMOVED_MEANS_KEY)
+                .and_then(|v| v.as_object_mut())
+            {
+                saved.remove(&p.to_string());
             }
         }
         let mut names: Vec<String> = self
