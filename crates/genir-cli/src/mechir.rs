@@ -84,8 +84,8 @@ pub struct PatchArgs {
     /// Seed of the sample (and of seeded perturbations).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Perturbation: tfc1 (the first query term appended), tfc1-random (a query term drawn with --seed, as
-    /// MechIR's TFC1 draws one), tdc, delete, replace, shuffle, inject (the query at the start).
+    /// Perturbation: tfc1 (the first query term appended), tfc1-random (a query term drawn with --seed, like
+    /// MechIR's TFC1), tdc, delete, replace, shuffle, inject (the query at the start).
     #[arg(long, default_value = "tfc1")]
     pub perturbation: String,
     /// What to patch.

@@ -210,8 +210,9 @@ pub enum TermChoice {
     MaxIdf,
     /// The query term with the lowest IDF (ties: the earlier term).
     MinIdf,
-    /// One of the query's distinct terms, drawn uniformly with the seed, the query and the docid (MechIR's
-    /// TFC1, `mode="random"`, which draws without a seed).
+    /// One of the query's distinct terms, drawn uniformly with the seed, the query and the docid (like
+    /// MechIR's TFC1, `mode="random"`, which draws without a seed among nltk's case-sensitive tokens,
+    /// punctuation included).
     Random {
         /// Seed.
         seed: u64,

@@ -182,7 +182,12 @@ pub fn attribution_patching_with(
         let mut leaf_points = points.clone();
         if qk_fix {
             for l in 0..layers {
-                for site in [AttnSite::Q, AttnSite::Pattern, AttnSite::V] {
+                for site in [
+                    AttnSite::Q,
+                    AttnSite::Scores,
+                    AttnSite::Pattern,
+                    AttnSite::V,
+                ] {
                     leaf_points.push(HookPoint::attn(
                         Stack::Decoder,
                         l,
@@ -292,22 +297,33 @@ pub fn attribution_patching_with(
     table.into_frame()
 }
 
-/// Change of `Σ_j g_j A_j` when the scores of a softmax row `A` change by `ds` at column `p` only, given
-/// `a_p = A_p`, `g_p`, and the sums over the other columns `r = Σ_{j≠p} A_j`, `g_r = Σ_{j≠p} g_j A_j`:
-/// `A'_j = A_j W / Z` (`j ≠ p`), `A'_p = A_p e^ds W / Z`, `W = r + a_p`, `Z = r + a_p e^ds`, so
-/// `Σ_j g_j (A'_j - A_j) = a_p (e^ds - 1) / Z · (g_p r - g_r)`. Written with the other columns' sums
-/// rather than `1 - a_p`, it stays exact when one key holds nearly all the attention.
-fn softmax_column_shift(a_p: f64, g_p: f64, r: f64, g_r: f64, ds: f64) -> f64 {
-    if a_p <= 0.0 {
-        return 0.0; // a masked (or underflowed) key: the pattern cannot move
+/// Change of `Σ_j g_j A_j` when the scores `x` of a softmax row `A = softmax(x)` change by `ds` at column `p`
+/// only: the row's softmax recomputed in f64 with max subtraction, so it stays exact when one key holds nearly
+/// all the attention and when `p`'s weight underflows (score gaps of thousands included).
+fn softmax_column_shift(x: &[f64], a: &[f64], g: &[f32], p: usize, ds: f64) -> f64 {
+    if a[p] <= 0.0 && !(x[p] + ds).is_finite() {
+        return 0.0; // a masked key stays masked
     }
-    // scores are f32 in the model; e^ds stays finite in f64 for |ds| < 700
-    let e = ds.clamp(-700.0, 700.0).exp();
-    let z = r + a_p * e;
-    if z <= 0.0 {
-        return 0.0;
+    let mut shifted = x.to_vec();
+    shifted[p] += ds;
+    let a2 = softmax_f64(&shifted);
+    a2.iter()
+        .zip(a)
+        .zip(g)
+        .map(|((&n, &o), &g)| f64::from(g) * (n - o))
+        .sum()
+}
+
+/// Softmax of a row of scores in f64, with max subtraction (masked keys, at -inf or the mask's large negative
+/// value, get 0).
+fn softmax_f64(scores: &[f64]) -> Vec<f64> {
+    let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !m.is_finite() {
+        return vec![0.0; scores.len()];
     }
-    a_p * (e - 1.0) / z * (g_p * r - g_r)
+    let e: Vec<f64> = scores.iter().map(|&x| (x - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / z).collect()
 }
 
 /// AtP*'s QK-fixed estimate for every encoder position `p` (length `s`): `Σ_l Σ_h Σ_i ∂m/∂A[h, i, :] ·
@@ -338,8 +354,9 @@ fn encoder_qk_fix(
     for l in 0..layers {
         // queries [1, t, h, dk], pattern [1, h, t, s], values [1, s, h, dk] (hook layouts); keys and values
         // of both runs [1, h, s, dk]
-        let (Some((qd, q, _)), Some((ad, a, ga)), Some((_, _, gv))) = (
+        let (Some((qd, q, _)), Some((sd, sc, _)), Some((ad, _, ga)), Some((_, _, gv))) = (
             find(l, AttnSite::Q)?,
+            find(l, AttnSite::Scores)?,
             find(l, AttnSite::Pattern)?,
             find(l, AttnSite::V)?,
         ) else {
@@ -357,7 +374,7 @@ fn encoder_qk_fix(
             )));
         };
         let (t, h, dk) = (qd[1], qd[2], qd[3]);
-        if ad[..] != [1, h, t, s] || kc.len() != h * s * dk || gv.len() != s * h * dk {
+        if ad[..] != [1, h, t, s] || sd != ad || kc.len() != h * s * dk || gv.len() != s * h * dk {
             return Err(InterpError::Input(format!(
                 "decoder layer {l}: cross-attention shapes {qd:?} / {ad:?} do not match {s} encoder positions"
             )));
@@ -365,7 +382,11 @@ fn encoder_qk_fix(
         for hh in 0..h {
             for i in 0..t {
                 let row = (hh * t + i) * s;
-                let (a_row, g_row) = (&a[row..row + s], &ga[row..row + s]);
+                let g_row = &ga[row..row + s];
+                // the pattern recomputed in f64 from the scores: a key whose f32 weight underflowed to 0 (a
+                // score gap beyond ~100, which unscaled T5 attention reaches) still moves when patched
+                let x_row: Vec<f64> = sc[row..row + s].iter().map(|&v| f64::from(v)).collect();
+                let a_row = softmax_f64(&x_row);
                 let q_i = &q[(i * h + hh) * dk..(i * h + hh + 1) * dk];
                 for (p, out) in attr.iter_mut().enumerate() {
                     let k = (hh * s + p) * dk;
@@ -374,16 +395,7 @@ fn encoder_qk_fix(
                         .zip(kc[k..k + dk].iter().zip(&kb[k..k + dk]))
                         .map(|(&q, (&c, &b))| f64::from(q) * f64::from(c - b))
                         .sum();
-                    // the other columns' sums, directly (not 1 - A_p: see softmax_column_shift)
-                    let (mut r, mut g_r) = (0f64, 0f64);
-                    for (j, (&a, &g)) in a_row.iter().zip(g_row).enumerate() {
-                        if j != p {
-                            r += f64::from(a);
-                            g_r += f64::from(a) * f64::from(g);
-                        }
-                    }
-                    *out +=
-                        softmax_column_shift(f64::from(a_row[p]), f64::from(g_row[p]), r, g_r, ds);
+                    *out += softmax_column_shift(&x_row, &a_row, g_row, p, ds);
                 }
             }
         }
@@ -503,17 +515,16 @@ mod tests {
     fn the_column_shift_equals_a_recomputed_softmax() {
         // the last row is saturated: one key holds all but 5e-4 of the attention
         for scores in [[0.3, -1.2, 2.5, 0.0, -30.0], [15.9, 6.8, 1.5, 7.2, 7.5]] {
-            let g = [0.7, -0.4, 1.1, 0.25, 3.0];
+            let g = [0.7f32, -0.4, 1.1, 0.25, 3.0];
             let a = softmax(&scores);
             for p in 0..scores.len() {
-                let r: f64 = (0..a.len()).filter(|&j| j != p).map(|j| a[j]).sum();
-                let g_r: f64 = (0..a.len()).filter(|&j| j != p).map(|j| a[j] * g[j]).sum();
                 for ds in [-50.0, -14.5, -3.0, -0.1, 0.0, 0.4, 5.0, 40.0] {
                     let mut s2 = scores;
                     s2[p] += ds;
                     let a2 = softmax(&s2);
-                    let want: f64 = (0..g.len()).map(|j| g[j] * (a2[j] - a[j])).sum();
-                    let got = softmax_column_shift(a[p], g[p], r, g_r, ds);
+                    let want: f64 = (0..g.len()).map(|j| f64::from(g[j]) * (a2[j] - a[j])).sum();
+                    let got =
+                        softmax_column_shift(&scores, &super::softmax_f64(&scores), &g, p, ds);
                     assert!(
                         (got - want).abs() < 1e-12 * (1.0 + want.abs()),
                         "p {p} ds {ds}: {got} vs {want}"
@@ -521,7 +532,31 @@ mod tests {
                 }
             }
         }
-        // a masked key (probability 0) cannot move the pattern
-        assert_eq!(softmax_column_shift(0.0, 1.0, 1.0, 0.5, 10.0), 0.0);
+        // a masked key (-inf) cannot move the pattern
+        let x = [1.0, f64::NEG_INFINITY, 0.5];
+        let a = super::softmax_f64(&x);
+        assert_eq!(a[1], 0.0);
+        assert!((a.iter().sum::<f64>() - 1.0).abs() < 1e-15);
+        assert_eq!(softmax_column_shift(&x, &a, &[1.0, 1.0, 0.5], 1, 10.0), 0.0);
+    }
+
+    #[test]
+    fn a_key_whose_f32_weight_underflowed_still_moves() {
+        // scores [0, -110, -2]: key 1's f32 softmax weight is 0; patched by +112 it takes most of the attention
+        let scores = [0.0f32, -110.0, -2.0];
+        let f32_weight = (scores[1] - scores[0]).exp() / (1.0 + (scores[2] - scores[0]).exp());
+        assert_eq!(f32_weight, 0.0);
+        let x: Vec<f64> = scores.iter().map(|&v| f64::from(v)).collect();
+        let a = super::softmax_f64(&x);
+        let got = softmax_column_shift(&x, &a, &[0.0, 1.0, 0.0], 1, 112.0);
+        let want = softmax(&[0.0, 2.0, -2.0])[1] - a[1];
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        assert!((want - 0.867).abs() < 1e-3, "{want}");
+        // gaps beyond f64's range too: a key 3000 below, patched by +3001, takes the row
+        let x = [0.0, -3000.0];
+        let a = super::softmax_f64(&x);
+        assert_eq!(a[1], 0.0);
+        let got = softmax_column_shift(&x, &a, &[0.0, 1.0], 1, 3001.0);
+        assert!((got - softmax(&[0.0, 1.0])[1]).abs() < 1e-12, "{got}");
     }
 }

@@ -176,8 +176,8 @@ pub fn logit_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result
 /// output vocabulary (the correct token is the docid's first token).
 ///
 /// One row per query x layer x component: `qid, docid, layer, component, rank` (mean-pooled; 1 = top of
-/// the vocabulary), `rank_in_docids`, `mean_rank_docids`, `mean_rank_non_docids` (mean-pooled), `best_rank`
-/// (best over positions) and `best_position`.
+/// the vocabulary), `rank_in_docids`, `mean_rank_docids`, `mean_rank_non_docids`, `median_rank_non_docids`
+/// (mean-pooled), `best_rank` (best over positions) and `best_position`.
 pub fn encoder_lens(gm: &GenirModel, probes: &[Probe], cfg: &LensConfig) -> Result<Table> {
     let prepared = prepare(gm, probes)?;
     let model = &gm.model;

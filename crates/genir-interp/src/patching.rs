@@ -90,12 +90,13 @@ fn pick_other<'p>(
 
 /// Builds one pair per probe with the given corruption.
 pub fn make_pairs(probes: &[Probe], corruption: &Corruption) -> Result<Vec<PatchPair>> {
-    pairs_where(probes, corruption, |p, o| o.docid != p.docid)
+    pairs_where(probes, corruption, |p, o| o.docid != p.docid, false)
 }
 
 /// [`make_pairs`] for patching decoding step `step` of `gm`'s docids (`PatchConfig::decoder_prefix`): an
 /// [`Corruption::OtherQuery`] partner's docid must have a token at that step, and another one than the clean
-/// docid's (the compared token: with the same one, every cell of the pair would be 0 / 0). Step 0 of atomic
+/// docid's (the compared token: with the same one, every cell of the pair would be 0 / 0); a probe no other
+/// probe can be paired with that way is left out (a warning), and none left is an error. Step 0 of atomic
 /// docids is [`make_pairs`]. A probe whose own docid is too short is an error naming it.
 pub fn make_pairs_at(
     gm: &GenirModel,
@@ -114,16 +115,27 @@ pub fn make_pairs_at(
             p.qid, p.docid
         )));
     }
-    pairs_where(probes, corruption, |p, o| {
-        o.docid != p.docid && token(&o.docid).is_some_and(|t| Some(t) != token(&p.docid))
-    })
+    let pairs = pairs_where(
+        probes,
+        corruption,
+        |p, o| o.docid != p.docid && token(&o.docid).is_some_and(|t| Some(t) != token(&p.docid)),
+        true,
+    )?;
+    if pairs.is_empty() {
+        return Err(InterpError::Input(format!(
+            "no two queries' docids have different tokens at decoding step {step}"
+        )));
+    }
+    Ok(pairs)
 }
 
-/// One pair per probe; `OtherQuery` partners are drawn among the probes `accept(clean, other)` takes.
+/// One pair per probe; `OtherQuery` partners are drawn among the probes `accept(clean, other)` takes (a
+/// probe without one is an error, or with `skip_unpaired` left out with a warning).
 fn pairs_where(
     probes: &[Probe],
     corruption: &Corruption,
     accept: impl Fn(&Probe, &Probe) -> bool,
+    skip_unpaired: bool,
 ) -> Result<Vec<PatchPair>> {
     if probes.is_empty() {
         return Err(InterpError::Input("no queries to pair".into()));
@@ -131,26 +143,27 @@ fn pairs_where(
     match corruption {
         Corruption::OtherQuery { seed } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
-            probes
-                .iter()
-                .map(|p| {
-                    let o = pick_other(probes, |j| accept(p, &probes[j]), &mut rng).ok_or_else(
-                        || {
-                            InterpError::Input(format!(
-                            "query {}: no other query with a different document to corrupt with",
-                            p.qid
-                        ))
-                        },
-                    )?;
-                    Ok(PatchPair::new(
-                        &p.qid,
-                        &p.text,
-                        &p.docid,
-                        &o.text,
-                        Some(o.docid.clone()),
-                    ))
-                })
-                .collect()
+            let mut pairs = Vec::with_capacity(probes.len());
+            for p in probes {
+                let Some(o) = pick_other(probes, |j| accept(p, &probes[j]), &mut rng) else {
+                    if skip_unpaired {
+                        tracing::warn!(qid = %p.qid, "no partner for this query: left out");
+                        continue;
+                    }
+                    return Err(InterpError::Input(format!(
+                        "query {}: no other query with a different document to corrupt with",
+                        p.qid
+                    )));
+                };
+                pairs.push(PatchPair::new(
+                    &p.qid,
+                    &p.text,
+                    &p.docid,
+                    &o.text,
+                    Some(o.docid.clone()),
+                ));
+            }
+            Ok(pairs)
         }
         Corruption::Shuffle { seed } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);

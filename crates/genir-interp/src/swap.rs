@@ -123,7 +123,7 @@ pub(crate) fn rank_atomic(
                     score,
                 }))
                 .collect();
-            // a text token tied with a docid ranks after it (ties count in the document's favour)
+            // (evaluation orders the run again, trec_eval's way: ties by descending name)
             hits.sort_by(|a, b| {
                 b.score
                     .total_cmp(&a.score)

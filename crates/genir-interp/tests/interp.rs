@@ -955,6 +955,11 @@ fn ranking_over_the_vocabulary_counts_text_tokens() {
             assert!(got <= f64s(&docids, col)[row] + 1e-12);
         }
     }
+    // without cross-attention, text tokens outrank the documents somewhere (the two modes differ)
+    assert!(
+        f64s(&vocab, "mrr_at_10")[1] < f64s(&docids, "mrr_at_10")[1],
+        "{vocab}\n{docids}"
+    );
 }
 
 #[test]

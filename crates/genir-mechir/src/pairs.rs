@@ -130,7 +130,8 @@ impl PairPerturbation {
 
     /// The query injected at a position: at the start [`Alignment::Prepend`], at the end
     /// [`Alignment::Append`] (both exact), elsewhere [`Alignment::Insert`] (greedy: an original token equal to
-    /// the first injected one is matched with it).
+    /// the first injected one is matched with it). Pairs sampled with titles (`Sampling::with_title`) align
+    /// an injection at the start with [`Alignment::Insert`], since it lands after the title.
     pub fn inject_query(position: perturb::Position) -> Self {
         let alignment = match position {
             perturb::Position::Start => Alignment::Prepend,
@@ -344,6 +345,19 @@ impl PairDataset {
                 perturbation.name()
             )));
         }
+        // text perturbations edit the text: with a title in front, tokens put at the text's start land after
+        // the title, which only the greedy alignment finds
+        let mut perturbation = perturbation;
+        if sampling.with_title
+            && perturbation.alignment == Alignment::Prepend
+            && pairs.iter().any(|p| {
+                corpus
+                    .get(&p.docid)
+                    .is_some_and(|d| !d.title.trim().is_empty())
+            })
+        {
+            perturbation.alignment = Alignment::Insert;
+        }
         Ok(Self {
             pairs,
             perturbation,
@@ -437,6 +451,34 @@ mod tests {
             a(PairPerturbation::inject_query(Position::Word(2))),
             Alignment::Insert
         );
+        // with titles in front, an injection at the text's start is no prepend
+        let (corpus, queries) = collection();
+        let titled = Corpus::new(
+            corpus
+                .iter()
+                .map(|d| Document::new(d.docid.clone(), "Title", d.text.clone()))
+                .collect(),
+        );
+        let qrels = Qrels::new(vec![Qrel::new("q1", "d1", 1)]);
+        for (c, with_title, want) in [
+            (&titled, true, Alignment::Insert),
+            (&titled, false, Alignment::Prepend),
+            (&corpus, true, Alignment::Prepend),
+        ] {
+            let sampling = Sampling {
+                with_title,
+                ..Sampling::new(1, 0)
+            };
+            let ds = PairDataset::sample(
+                c,
+                &queries,
+                &qrels,
+                PairPerturbation::parse("inject", 0).unwrap(),
+                &sampling,
+            )
+            .unwrap();
+            assert_eq!(ds.perturbation.alignment, want, "titles {with_title}");
+        }
         let r = PairPerturbation::parse("tfc1-random", 4).unwrap();
         assert_eq!(
             (r.name(), r.alignment),

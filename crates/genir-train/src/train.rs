@@ -741,7 +741,8 @@ impl Trainer {
                     return Err(TrainError::Checkpoint {
                         path: out.to_path_buf(),
                         message: format!(
-                            "{} exists but no checkpoint does: the folder holds a model, not a run to resume;                              train into another folder",
+                            "{} exists but no checkpoint does: the folder holds a model, not a run to resume; \
+                             train into another folder",
                             weights.display()
                         ),
                     });

@@ -1167,7 +1167,7 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
     })?;
     figs.push(Figure {
         stem: "logit_lens".into(),
-        caption: "Logit lens: rank of the correct docid (and mean rank of docid / non-docid tokens) read from the residual stream and each component's output at every decoder layer.".into(),
+        caption: "Logit lens: rank of the correct docid (and the mean rank of docid tokens, the median rank of non-docid tokens, as the paper plots them) read from the residual stream and each component's output at every decoder layer.".into(),
     });
 
     let encoder_lens_key = Key::of(&"encoder-lens-v1", &[pkey])?;
@@ -1640,7 +1640,9 @@ pub fn reproduce(opts: &Options) -> Result<Study> {
         }
         for (pert, patch, n) in jobs {
             let step = format!("mechir_{kind}_{pert}_{patch}");
-            let key = Key::of(&(kind, pert, patch, n), &[ckey, weights])?;
+            // "query-case": appended terms keep the query's case, judgments count once (cased rankers and
+            // duplicate qrels give other pairs than before)
+            let key = Key::of(&(kind, pert, patch, n, "query-case"), &[ckey, weights])?;
             let row: MechirRow = steps.run(&step, key, |out, _| {
                 let split = c
                     .split("test")
